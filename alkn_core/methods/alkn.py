@@ -1,0 +1,171 @@
+"""ALKN: Adaptive Localization of Knowledge Negation (ALKN_SPEC.md, steps 1-8).
+
+Probing records the forget tokens' initial probabilities (-> soft-label weights) and the
+mean retain gradient g_r. Training learns the forget set with the weighted NLL while a
+dynamic mask lets through only the coordinates whose accumulated score g * g_r is above a
+per-tensor threshold; coordinates used by earlier tasks are pushed out and tensors they
+cover train with a lower lr. Negation happens outside (shared with task_vector); the mask,
+thresholds and task index are carried to the next task in the UnlearnState.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ..data import IGNORE, cycle_batches, num_batches
+from ..data import collate as collate_batch
+from ..losses import nll, per_example_token_probs, weighted_nll
+from ..masking import (
+    accumulate_score,
+    low_lr_names,
+    robust_threshold,
+    soft_label_weights,
+    unmask_ratio_at,
+)
+from ..params import ALKN_DEFAULTS, LOOP_DEFAULTS, NEGATION_DEFAULTS
+from ..state import UnlearnState
+from .base import Batch, Method
+
+
+class Alkn(Method):
+    name = "alkn"
+    defaults = {**LOOP_DEFAULTS, **NEGATION_DEFAULTS, **ALKN_DEFAULTS}
+    negates = True
+    stateful = True
+
+    @classmethod
+    def needs_retain(cls, params: dict[str, Any]) -> bool:
+        return True  # the mean retain gradient decides what the mask protects
+
+    # -- probing ---------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        ctx, p = self.ctx, self.params
+        self.named = [(n, q) for n, q in ctx.model.named_parameters() if q.requires_grad]
+        self._soft_labels()
+        self.g_r = self._mean_retain_gradient()
+        prev = ctx.state.masks if ctx.state is not None else None
+        self.prev = ({n: m.to(ctx.device) for n, m in prev.items()} if prev else None)
+        self.first = self.prev is None
+        if not self.first:
+            assert ctx.state is not None and ctx.state.thresholds is not None
+            self.thresholds: dict[str, float] = dict(ctx.state.thresholds)
+        else:
+            self.thresholds = {}
+        # Scores accumulate in fp32 even for a bf16 model: products of two gradients are tiny.
+        self.score = {n: torch.zeros_like(q, dtype=torch.float32) for n, q in self.named}
+        self.sign = 1.0 if p["mask_rule"] == "reference" else -1.0
+        self.kept_history: list[float] = []
+
+    def _soft_labels(self) -> None:
+        ctx, p = self.ctx, self.params
+        probs = per_example_token_probs(ctx.model, ctx.forget, ctx.pad, p["batch_size"],
+                                        ctx.device)
+        trained = 0
+        prob_sum = 0.0
+        for e, pr in zip(ctx.forget, probs, strict=True):
+            pt = torch.tensor(pr)
+            w = soft_label_weights(pt, p["init_prob_k"])
+            w[torch.tensor(e.labels) == IGNORE] = 0.0
+            e.extras["weights"] = w.tolist()
+            is_target = torch.tensor(e.labels) != IGNORE
+            trained += int(is_target.sum())
+            prob_sum += float(pt[is_target].sum())
+        ctx.stats["initial_token_prob"] = prob_sum / max(1, trained)
+
+    def _mean_retain_gradient(self) -> dict[str, torch.Tensor]:
+        """Mean over as many retain batches as the forget set has batches, at theta_t."""
+        ctx, p = self.ctx, self.params
+        pool = list(ctx.retain or [])
+        if p["retain_gradient_sets"] == "retain+eval":
+            pool += ctx.general or []
+        n = num_batches(len(ctx.forget), p["batch_size"])
+        batches = cycle_batches(len(pool), p["batch_size"],
+                                torch.Generator().manual_seed(p["seed"] + 1))
+        model = ctx.model
+        model.zero_grad(set_to_none=True)
+        model.eval()
+        for i in range(n):
+            batch = collate_batch([pool[j] for j in next(batches)], ctx.pad, ctx.device)
+            (nll(model, batch) / n).backward()
+            ctx.report("probing", i + 1, n)
+        g_r = {name: (q.grad.float() if q.grad is not None else torch.zeros_like(
+            q, dtype=torch.float32)) for name, q in self.named}
+        model.zero_grad(set_to_none=True)
+        return g_r
+
+    # -- training --------------------------------------------------------------------------
+
+    def lr(self) -> float:
+        return self.params["lr"] * self.params["lr_decay"] ** self.ctx.task_index
+
+    def lr_scale(self) -> Callable[[str], float] | None:
+        if self.first:
+            return None
+        assert self.prev is not None
+        coverage = {n: float(m.float().mean()) for n, m in self.prev.items()}
+        low = low_lr_names(coverage)
+        self.ctx.stats["low_lr_tensors"] = len(low)
+        ratio = self.params["low_lr_ratio"]
+        return lambda name: ratio if name in low else 1.0
+
+    def loss(self, model: torch.nn.Module, forget: Batch, retain: Batch | None) -> torch.Tensor:
+        return weighted_nll(model, forget)
+
+    @torch.no_grad()
+    def grad_hook(self, step: int, total: int) -> None:  # type: ignore[override]
+        """Score, penalise earlier tasks' coordinates, threshold, and mask the gradient."""
+        p = self.params
+        u = unmask_ratio_at(step, total, p["unmask_ratio"])
+        update = self.first and step % p["threshold_update_step"] == 0
+        kept = 0
+        count = 0
+        for name, q in self.named:
+            score = self.score[name]
+            g = q.grad  # None when unused this step: a zero gradient adds nothing
+            if g is not None:
+                accumulate_score(score, g, self.g_r[name], self.sign,
+                                 self.prev[name] if self.prev is not None else None,
+                                 p["mask_p_k"])
+            if update or name not in self.thresholds:
+                self.thresholds[name] = robust_threshold(score, u, p["trim_ratio"])
+            keep = score > self.thresholds[name]
+            if g is not None:
+                g.mul_(keep)
+            kept += int(keep.sum())
+            count += keep.numel()
+        self.kept_history.append(kept / max(1, count))
+
+    # -- state -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def finish(self) -> UnlearnState:
+        ctx = self.ctx
+        masks: dict[str, torch.Tensor] = {}
+        task_total = overlap = 0
+        for name, _ in self.named:
+            task = self.score[name] > self.thresholds[name]
+            task_total += int(task.sum())
+            if self.prev is not None:
+                overlap += int((task & self.prev[name]).sum())
+                task |= self.prev[name]
+            masks[name] = task.cpu()
+        del self.score, self.g_r  # free before negation
+        ctx.stats.update(
+            unmask_ratio=self.kept_history[-1] if self.kept_history else None,
+            unmask_ratio_mean=(sum(self.kept_history) / len(self.kept_history)
+                               if self.kept_history else None),
+            overlap_with_previous=overlap / task_total if task_total and self.prev else 0.0,
+        )
+        state = UnlearnState(
+            method=self.name, task_index=ctx.task_index + 1,
+            shapes={n: list(q.shape) for n, q in self.named}, masks=masks,
+            thresholds=dict(self.thresholds),
+            info={"mask_rule": self.params["mask_rule"],
+                  "retain_gradient_sets": self.params["retain_gradient_sets"]},
+        )
+        ctx.stats["mask_coverage"] = state.coverage()
+        return state

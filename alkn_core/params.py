@@ -1,0 +1,107 @@
+"""Hyper-parameters of every method: names, defaults, types and validation.
+
+The names are part of the public contract (API `params`, benchmarks), see ALKN_SPEC.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+DEFAULT_QA_TEMPLATE = "Question: {question}\nAnswer: {answer}"
+
+# Shared by every method: the training loop.
+LOOP_DEFAULTS: dict[str, Any] = {
+    "lr": 2e-5,
+    "epochs": 5,
+    "batch_size": 16,
+    "grad_accum": 4,
+    "weight_decay": 0.01,
+    "warmup_ratio": 0.2,
+    "max_grad_norm": 1.0,
+    "max_length": 500,
+    "seed": 42,
+    "qa_template": DEFAULT_QA_TEMPLATE,
+    "chat_template": False,
+}
+
+NEGATION_DEFAULTS: dict[str, Any] = {"alpha": 1.0, "coef_decay": 1.0, "lr_decay": 1.0}
+
+ALKN_DEFAULTS: dict[str, Any] = {
+    "unmask_ratio": 0.8,
+    "mask_p_k": 0.5,
+    "low_lr_ratio": 0.1,
+    "init_prob_k": 1.5,
+    "threshold_update_step": 1,
+    "trim_ratio": 0.15,
+    "mask_rule": "reference",
+    "retain_gradient_sets": "retain",
+}
+
+NPO_DEFAULTS: dict[str, Any] = {"beta": 0.1}
+LOSS_WEIGHT_DEFAULTS: dict[str, Any] = {"forget_weight": 1.0, "retain_weight": 1.0}
+
+# Allowed values of the string-valued parameters.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "mask_rule": ("reference", "retain_safe"),
+    "retain_gradient_sets": ("retain", "retain+eval"),
+}
+
+# Parameters that must be > 0 (the rest of the numbers must be >= 0).
+POSITIVE = {"lr", "epochs", "batch_size", "grad_accum", "max_length", "alpha", "coef_decay",
+            "lr_decay", "init_prob_k", "threshold_update_step", "beta", "max_grad_norm"}
+# Parameters in [0, 1].
+FRACTIONS = {"warmup_ratio", "unmask_ratio", "low_lr_ratio", "trim_ratio"}
+
+
+def _check_type(name: str, value: Any, default: Any) -> Any:
+    """Coerce `value` to the type of `default`, refusing anything that would lose meaning."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"param {name!r} must be a boolean, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ValueError(f"param {name!r} must be an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"param {name!r} must be a number, got {value!r}")
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"param {name!r} must be finite, got {value!r}")
+        return value
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ValueError(f"param {name!r} must be a string, got {value!r}")
+        return value
+    raise AssertionError(f"no type rule for {name}")
+
+
+def resolve_params(defaults: dict[str, Any], params: dict[str, Any] | None) -> dict[str, Any]:
+    """Merge `params` over `defaults`; raise ValueError naming any unknown or ill-typed key."""
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise ValueError(f"params must be a mapping, got {type(params).__name__}")
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown param(s) {', '.join(map(repr, unknown))}; "
+                         f"allowed: {', '.join(sorted(defaults))}")
+    out = dict(defaults)
+    for name, value in params.items():
+        value = _check_type(name, value, defaults[name])
+        if name in CHOICES and value not in CHOICES[name]:
+            raise ValueError(f"param {name!r} must be one of {CHOICES[name]}, got {value!r}")
+        if name in POSITIVE and value <= 0:
+            raise ValueError(f"param {name!r} must be > 0, got {value!r}")
+        if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+            raise ValueError(f"param {name!r} must be >= 0, got {value!r}")
+        if name in FRACTIONS and value > 1:
+            raise ValueError(f"param {name!r} must be <= 1, got {value!r}")
+        out[name] = value
+    template = out.get("qa_template")
+    if template is not None and not (0 <= template.find("{question}") < template.find("{answer}")):
+        raise ValueError("param 'qa_template' must contain {question} followed by {answer}")
+    return out

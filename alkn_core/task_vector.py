@@ -1,0 +1,49 @@
+"""Task vectors: tau = theta_finetuned - theta_base, with the few operators negation needs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of every trainable parameter (the base of a task vector)."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+class TaskVector:
+    """A direction in parameter space, one tensor per parameter name."""
+
+    def __init__(self, vector: Mapping[str, torch.Tensor]) -> None:
+        self.vector = dict(vector)
+
+    @classmethod
+    def between(cls, base: Mapping[str, torch.Tensor], finetuned: torch.nn.Module) -> TaskVector:
+        params = dict(finetuned.named_parameters())
+        with torch.no_grad():
+            return cls({n: params[n].detach() - b for n, b in base.items()})
+
+    def __add__(self, other: TaskVector) -> TaskVector:
+        if self.vector.keys() != other.vector.keys():
+            raise ValueError("task vectors cover different parameters")
+        return TaskVector({n: v + other.vector[n] for n, v in self.vector.items()})
+
+    def __neg__(self) -> TaskVector:
+        return TaskVector({n: -v for n, v in self.vector.items()})
+
+    def __mul__(self, scale: float) -> TaskVector:
+        return TaskVector({n: v * scale for n, v in self.vector.items()})
+
+    __rmul__ = __mul__
+
+    def norm(self) -> float:
+        return float(torch.sqrt(sum((v.float() ** 2).sum() for v in self.vector.values())))
+
+    @torch.no_grad()
+    def apply_to(self, model: torch.nn.Module, base: Mapping[str, torch.Tensor],
+                 scale: float = 1.0) -> None:
+        """Set the model's parameters to base + scale * tau, in place."""
+        params = dict(model.named_parameters())
+        for n, v in self.vector.items():
+            params[n].copy_(base[n] + scale * v.to(base[n].dtype))
