@@ -1,0 +1,191 @@
+"""What ALKN costs over plain fine-tuning, measured side by side in one run.
+
+1. Time of one optimiser step on the same batch: plain fine-tuning (NLL, clip, AdamW) vs
+   ALKN (weighted NLL, clip, score + threshold + mask, AdamW) in its first task (thresholds
+   recomputed every step) and in a later task (previous-mask penalty, reused thresholds).
+   The variants alternate round by round so machine noise hits them alike; medians.
+2. Peak memory of a whole task (plain fine-tuning vs ALKN vs task_vector), each in a fresh
+   child process: on CUDA torch.cuda.max_memory_allocated, on CPU the peak resident set
+   size minus the process's size before the model was loaded.
+
+    python bench/core_overhead.py [--model DIR] [--data DIR] [--rounds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+TARGET_STEP = 1.3
+TARGET_MEMORY = 2.0
+
+
+def _load(model_dir: str, data_dir: str, n_forget: int) -> tuple[Any, Any, list, list]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from alkn_core.demo_corpus import read_jsonl
+    from alkn_core.runtime import pick_device, pick_dtype
+
+    device = pick_device()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=pick_dtype(device)).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    forget = read_jsonl(Path(data_dir) / "forget10.json")[:n_forget]
+    retain = read_jsonl(Path(data_dir) / "retain90.json")[: 4 * n_forget]
+    return model, tokenizer, forget, retain
+
+
+def _params(batch_size: int) -> dict[str, Any]:
+    return {"lr": 1e-3, "epochs": 1, "batch_size": batch_size, "grad_accum": 1,
+            "max_length": 128}
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def step_times(args: argparse.Namespace) -> dict[str, float]:
+    import torch
+
+    from alkn_core.data import collate, encode_items, pad_id
+    from alkn_core.losses import nll
+    from alkn_core.methods import TaskContext, get_method
+    from alkn_core.state import UnlearnState
+    from alkn_core.train import build_optimizer
+    from alkn_core.unlearn import method_params
+
+    model, tok, forget, retain = _load(args.model, args.data, args.forget)
+    device = next(model.parameters()).device
+    pad = pad_id(tok)
+    p = method_params("alkn", _params(args.batch_size))
+    f_ex = encode_items(forget, tok, p)
+    r_ex = encode_items(retain, tok, p)
+
+    def alkn_impl(m: torch.nn.Module, state: UnlearnState | None) -> Any:
+        ctx = TaskContext(model=m, tokenizer=tok, params=p, pad=pad, device=device,
+                          forget=copy.deepcopy(f_ex), retain=r_ex, general=None, state=state)
+        impl = get_method("alkn")(ctx)
+        impl.prepare()
+        return impl
+
+    # A later-task state: the first task's mask and thresholds, from a real first task.
+    first = alkn_impl(copy.deepcopy(model), None)
+    first.grad_hook(0, 2)
+    later_state = first.finish()
+    del first
+
+    variants: dict[str, dict[str, Any]] = {}
+    for name in ("plain", "alkn_first_task", "alkn_later_task"):
+        m = copy.deepcopy(model)
+        impl = None
+        if name != "plain":
+            impl = alkn_impl(m, None if name == "alkn_first_task" else later_state)
+            batch_examples = impl.ctx.forget[: args.batch_size]  # carry the soft-label weights
+        else:
+            batch_examples = f_ex[: args.batch_size]
+        scale = impl.lr_scale() if impl else None
+        variants[name] = {"model": m, "impl": impl, "opt": build_optimizer(m, 1e-5, 0.01, scale),
+                          "batch": collate(batch_examples, pad, device), "times": []}
+    for r in range(args.rounds + 2):
+        for v in variants.values():
+            m, impl, opt = v["model"], v["impl"], v["opt"]
+            _sync()
+            t = time.perf_counter()
+            loss = impl.loss(m, v["batch"], None) if impl else nll(m, v["batch"])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(list(m.parameters()), 1.0)
+            if impl:
+                impl.grad_hook(r, args.rounds + 2)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            _sync()
+            if r >= 2:  # warm-up rounds are not timed
+                v["times"].append(time.perf_counter() - t)
+    return {n: statistics.median(v["times"]) for n, v in variants.items()}
+
+
+def memory_child(kind: str, args: argparse.Namespace) -> None:
+    """Run one whole task and print its peak memory in bytes (JSON on stdout)."""
+    import torch
+
+    torch.set_num_threads(1)  # same thread pools in every child
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    model, tok, forget, retain = _load(args.model, args.data, args.forget)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    params = _params(args.batch_size)
+    if kind == "plain":
+        from alkn_core.train import finetune
+
+        finetune(model, tok, forget, params)
+    else:
+        from alkn_core import unlearn
+
+        unlearn(model, tok, forget, retain, method=kind, params=params)
+    if torch.cuda.is_available():
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    print(json.dumps({"kind": kind, "peak_bytes": peak}))
+
+
+def memory(args: argparse.Namespace) -> dict[str, int]:
+    out = {}
+    for kind in ("plain", "alkn", "task_vector"):
+        cmd = [sys.executable, __file__, "--memory-child", kind, "--model", args.model,
+               "--data", args.data, "--forget", str(args.forget),
+               "--batch-size", str(args.batch_size)]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        out[kind] = json.loads(res.stdout.strip().splitlines()[-1])["peak_bytes"]
+    return out
+
+
+def main() -> int:
+    from alkn_core.demo_model import demo_data_dir, demo_model_dir
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=str(demo_model_dir()))
+    ap.add_argument("--data", default=str(demo_data_dir()))
+    ap.add_argument("--forget", type=int, default=64, help="forget items of the task")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--memory-child", choices=["plain", "alkn", "task_vector"])
+    args = ap.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child, args)
+        return 0
+
+    import torch
+
+    n_params = sum(p.numel() for p in _load(args.model, args.data, 1)[0].parameters())
+    print(f"model {args.model}: {n_params / 1e6:.2f}M parameters, device "
+          f"{'cuda' if torch.cuda.is_available() else 'cpu'}, batch {args.batch_size}")
+    times = step_times(args)
+    print(f"\noptimiser step (median of {args.rounds} rounds, same batch)")
+    for name, t in times.items():
+        print(f"  {name:16s} {t * 1000:8.1f} ms   {t / times['plain']:.2f}x plain")
+    mem = memory(args)
+    print(f"\npeak memory of one task ({args.forget} forget items, 1 epoch)")
+    for name, b in mem.items():
+        print(f"  {name:16s} {b / 2**20:8.1f} MiB   {b / mem['plain']:.2f}x plain")
+    step_ratio = max(times["alkn_first_task"], times["alkn_later_task"]) / times["plain"]
+    mem_ratio = mem["alkn"] / mem["plain"]
+    print(f"\nRATIO step alkn/plain = {step_ratio:.2f} (target <= {TARGET_STEP})")
+    print(f"RATIO memory alkn/plain = {mem_ratio:.2f} (target <= {TARGET_MEMORY})")
+    ok = step_ratio <= TARGET_STEP and mem_ratio <= TARGET_MEMORY
+    print("targets met" if ok else "TARGETS MISSED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

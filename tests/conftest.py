@@ -1,0 +1,43 @@
+"""Shared fixtures: a tiny tokenizer and a tiny Llama trained on a few fictitious people."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import torch
+
+from alkn_core.demo_corpus import generate_corpus
+from alkn_core.demo_model import build_tokenizer, corpus_texts, tiny_llama_config
+
+
+@dataclass
+class TinyWorld:
+    tokenizer: Any
+    people: list[str]
+    items: list[dict[str, Any]]  # QA of every person, with "person"
+
+    def of(self, *people: str) -> list[dict[str, Any]]:
+        return [i for i in self.items if i["person"] in people]
+
+
+@pytest.fixture(scope="session")
+def tiny_world() -> TinyWorld:
+    corpus = generate_corpus(people=8, holdout_people=0, seed=1)
+    tokenizer = build_tokenizer(corpus_texts(corpus), vocab_size=512)
+    items = [{"question": r["question"], "answer": r["answer"], "person": r["person"]}
+             for r in corpus.full]
+    return TinyWorld(tokenizer, corpus.people("full"), items)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_world: TinyWorld) -> Any:
+    return tiny_world.tokenizer
+
+
+def random_tiny_model(tokenizer: Any, seed: int = 0) -> torch.nn.Module:
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(tiny_llama_config(len(tokenizer), "test", tokenizer))
