@@ -13,6 +13,7 @@ from alkn_core.masking import (
     low_lr_names,
     pack_mask,
     robust_threshold,
+    sample_positions,
     soft_label_weights,
     unmask_ratio_at,
     unpack_mask,
@@ -168,3 +169,16 @@ def test_state_round_trip_and_mismatch(tmp_path, tokenizer: object) -> None:
         loaded.check_compatible(other)
     with pytest.raises(ValueError, match="no unlearning state"):
         UnlearnState.load(tmp_path / "missing")
+
+
+def test_sampled_threshold_keeps_requested_fraction() -> None:
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2_000_000, generator=gen) ** 3  # heavy-tailed, like products of gradients
+    positions = sample_positions(x.numel(), torch.Generator().manual_seed(0))
+    assert positions is not None and positions.numel() == 1 << 14
+    for keep in (0.8, 0.4):
+        exact = robust_threshold(x, keep)
+        sampled = robust_threshold(x, keep, positions=positions)
+        kept_exact = float((x > exact).float().mean())
+        assert abs(float((x > sampled).float().mean()) - kept_exact) <= 0.01
+    assert sample_positions(10_000, torch.Generator()) is None  # small tensors are used whole

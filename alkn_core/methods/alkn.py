@@ -22,6 +22,7 @@ from ..masking import (
     accumulate_score,
     low_lr_names,
     robust_threshold,
+    sample_positions,
     soft_label_weights,
     unmask_ratio_at,
 )
@@ -58,6 +59,8 @@ class Alkn(Method):
         # Scores accumulate in fp32 even for a bf16 model: products of two gradients are tiny.
         self.score = {n: torch.zeros_like(q, dtype=torch.float32) for n, q in self.named}
         self.sign = 1.0 if p["mask_rule"] == "reference" else -1.0
+        gen = torch.Generator().manual_seed(p["seed"])
+        self.positions = {n: sample_positions(q.numel(), gen) for n, q in self.named}
         self.kept_history: list[float] = []
 
     def _soft_labels(self) -> None:
@@ -121,7 +124,7 @@ class Alkn(Method):
         p = self.params
         u = unmask_ratio_at(step, total, p["unmask_ratio"])
         update = self.first and step % p["threshold_update_step"] == 0
-        kept = 0
+        kept = torch.zeros((), dtype=torch.long, device=self.ctx.device)
         count = 0
         for name, q in self.named:
             score = self.score[name]
@@ -131,13 +134,14 @@ class Alkn(Method):
                                  self.prev[name] if self.prev is not None else None,
                                  p["mask_p_k"])
             if update or name not in self.thresholds:
-                self.thresholds[name] = robust_threshold(score, u, p["trim_ratio"])
+                self.thresholds[name] = robust_threshold(score, u, p["trim_ratio"],
+                                                         self.positions[name])
             keep = score > self.thresholds[name]
             if g is not None:
                 g.mul_(keep)
-            kept += int(keep.sum())
+            kept += keep.sum()
             count += keep.numel()
-        self.kept_history.append(kept / max(1, count))
+        self.kept_history.append(int(kept) / max(1, count))
 
     # -- state -----------------------------------------------------------------------------
 
