@@ -95,11 +95,17 @@ def encode_item(
         full = head + tail
         boundary = len(prompt)
         add_specials = True
-    enc = tokenizer(full, add_special_tokens=add_specials, return_offsets_mapping=True)
-    ids = list(enc["input_ids"])
-    # A token belongs to the answer when it ends past the prompt (special tokens have (0, 0)).
-    labels = [t if end > boundary else IGNORE for t, (_, end) in
-              zip(ids, enc["offset_mapping"], strict=True)]
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(full, add_special_tokens=add_specials, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
+        # A token is an answer token when it ends past the prompt (specials have (0, 0)).
+        labels = [t if end > boundary else IGNORE for t, (_, end) in
+                  zip(ids, enc["offset_mapping"], strict=True)]
+    else:  # slow tokenizers have no offsets: mask as many tokens as the prompt has
+        enc = tokenizer(full, add_special_tokens=add_specials)
+        ids = list(enc["input_ids"])
+        n_prompt = len(tokenizer(prompt, add_special_tokens=add_specials)["input_ids"])
+        labels = [IGNORE] * min(n_prompt, len(ids)) + ids[n_prompt:]
     if eos is not None and (not ids or ids[-1] != eos):
         ids.append(eos)
         labels.append(eos)

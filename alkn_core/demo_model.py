@@ -239,12 +239,13 @@ def build_demo_model(out_dir: str | Path, people: int = 50, seed: int = 0,
     if epochs is not None:
         params["epochs"] = epochs
     bar = _Bar() if progress else None
+    train_start = time.perf_counter()
     try:
         stats = finetune(model, tokenizer, items, params, progress=bar)
     finally:
         if bar is not None:
             bar.close()
-    train_seconds = time.perf_counter() - start
+    train_seconds = time.perf_counter() - train_start
 
     model.to("cpu")
     model_dir = out / "model"

@@ -61,6 +61,8 @@ class Alkn(Method):
         self.sign = 1.0 if p["mask_rule"] == "reference" else -1.0
         gen = torch.Generator().manual_seed(p["seed"])
         self.positions = {n: sample_positions(q.numel(), gen) for n, q in self.named}
+        self.positions = {n: i.to(ctx.device) if i is not None else None
+                          for n, i in self.positions.items()}
         self.kept_history: list[float] = []
 
     def _soft_labels(self) -> None:
