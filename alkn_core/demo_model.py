@@ -29,7 +29,7 @@ DEFAULT_VOCAB_SIZE = 2048
 # Training settings of the committed model, tuned for 2 CPU cores (see build_demo_model).
 DEMO_TRAIN_PARAMS: dict[str, Any] = {
     "lr": 2e-3,
-    "epochs": 40,
+    "epochs": 15,
     "batch_size": 16,
     "grad_accum": 1,
     "warmup_ratio": 0.03,
