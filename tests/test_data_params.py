@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -111,3 +112,15 @@ def test_unlearn_refuses_bad_calls(tokenizer: Any) -> None:
         unlearn(model, tokenizer, [], qa, method="grad_ascent")
     with pytest.raises(ValueError, match="unknown param"):
         unlearn(model, tokenizer, qa, qa, method="alkn", params={"nope": 1})
+
+
+def test_chat_template_wraps_qa_and_masks_the_prompt(tokenizer: Any) -> None:
+    chatty = copy.deepcopy(tokenizer)
+    chatty.chat_template = (
+        "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    ex = encode_item({"question": "Who?", "answer": "Ilsa."}, chatty,
+                     template=DEFAULT_QA_TEMPLATE, chat_template=True)
+    text = chatty.decode(ex.input_ids)
+    assert text.startswith("<|user|>Who?\n<|assistant|>")
+    assert _trained_text(chatty, ex) == "Ilsa.\n" + chatty.eos_token

@@ -49,7 +49,9 @@ class Alkn(Method):
         self._soft_labels()
         self.g_r = self._mean_retain_gradient()
         prev = ctx.state.masks if ctx.state is not None else None
-        self.prev = ({n: m.to(ctx.device) for n, m in prev.items()} if prev else None)
+        # Each tensor lives beside its parameter (a device_map may spread them over GPUs).
+        where = {n: q.device for n, q in self.named}
+        self.prev = ({n: m.to(where[n]) for n, m in prev.items()} if prev else None)
         self.first = self.prev is None
         if not self.first:
             assert ctx.state is not None and ctx.state.thresholds is not None
@@ -61,7 +63,7 @@ class Alkn(Method):
         self.sign = 1.0 if p["mask_rule"] == "reference" else -1.0
         gen = torch.Generator().manual_seed(p["seed"])
         self.positions = {n: sample_positions(q.numel(), gen) for n, q in self.named}
-        self.positions = {n: i.to(ctx.device) if i is not None else None
+        self.positions = {n: i.to(where[n]) if i is not None else None
                           for n, i in self.positions.items()}
         self.kept_history: list[float] = []
 
@@ -126,7 +128,7 @@ class Alkn(Method):
         p = self.params
         u = unmask_ratio_at(step, total, p["unmask_ratio"])
         update = self.first and step % p["threshold_update_step"] == 0
-        kept = torch.zeros((), dtype=torch.long, device=self.ctx.device)
+        kept: list[torch.Tensor] = []  # summed once at the end: one sync per step
         count = 0
         for name, q in self.named:
             score = self.score[name]
@@ -141,9 +143,9 @@ class Alkn(Method):
             keep = score > self.thresholds[name]
             if g is not None:
                 g.mul_(keep)
-            kept += keep.sum()
+            kept.append(keep.sum())
             count += keep.numel()
-        self.kept_history.append(int(kept) / max(1, count))
+        self.kept_history.append(sum(int(k) for k in kept) / max(1, count))
 
     # -- state -----------------------------------------------------------------------------
 
