@@ -41,3 +41,6 @@ def random_tiny_model(tokenizer: Any, seed: int = 0) -> torch.nn.Module:
 
     torch.manual_seed(seed)
     return LlamaForCausalLM(tiny_llama_config(len(tokenizer), "test", tokenizer))
+
+
+from .services import pg_url, redis_url  # noqa: E402,F401  (fixtures for service tests)
