@@ -1,11 +1,24 @@
 """alkn_core: continual LLM unlearning (ALKN and baselines). Depends on torch + transformers
-only; nothing of ours imports below it."""
+only; nothing of ours is imported here.
 
-from .methods import METHODS
-from .params import DEFAULT_QA_TEMPLATE
-from .state import UnlearnState
-from .task_vector import TaskVector
-from .unlearn import UnlearnResult, method_params, unlearn
+The package is imported lazily: `alkn_core.params` and `alkn_core.items` are pure Python, so
+the web tier can validate requests without loading torch.
+"""
 
-__all__ = ["DEFAULT_QA_TEMPLATE", "METHODS", "TaskVector", "UnlearnResult", "UnlearnState",
-           "method_params", "unlearn"]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "unlearn": "unlearning", "UnlearnResult": "unlearning", "UnlearnState": "state",
+    "TaskVector": "task_vector", "METHODS": "methods", "method_params": "params",
+    "DEFAULT_QA_TEMPLATE": "params",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'alkn_core' has no attribute {name!r}")

@@ -40,6 +40,19 @@ ALKN_DEFAULTS: dict[str, Any] = {
 NPO_DEFAULTS: dict[str, Any] = {"beta": 0.1}
 LOSS_WEIGHT_DEFAULTS: dict[str, Any] = {"forget_weight": 1.0, "retain_weight": 1.0}
 
+# Every method's parameters (the methods' modules use these; the web tier validates with
+# them without importing torch).
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "alkn": {**LOOP_DEFAULTS, **NEGATION_DEFAULTS, **ALKN_DEFAULTS},
+    "task_vector": {**LOOP_DEFAULTS, **NEGATION_DEFAULTS},
+    "grad_ascent": dict(LOOP_DEFAULTS),
+    "grad_diff": {**LOOP_DEFAULTS, **LOSS_WEIGHT_DEFAULTS},
+    "npo": {**LOOP_DEFAULTS, **NPO_DEFAULTS},
+    "npo_gd": {**LOOP_DEFAULTS, **NPO_DEFAULTS, **LOSS_WEIGHT_DEFAULTS},
+}
+# Methods that cannot run without a retain set.
+NEEDS_RETAIN = frozenset({"alkn", "grad_diff", "npo_gd"})
+
 # Allowed values of the string-valued parameters.
 CHOICES: dict[str, tuple[str, ...]] = {
     "mask_rule": ("reference", "retain_safe"),
@@ -105,3 +118,10 @@ def resolve_params(defaults: dict[str, Any], params: dict[str, Any] | None) -> d
     if template is not None and not (0 <= template.find("{question}") < template.find("{answer}")):
         raise ValueError("param 'qa_template' must contain {question} followed by {answer}")
     return out
+
+
+def method_params(method: str, params: dict[str, Any] | None) -> dict[str, Any]:
+    """The full, validated parameter set of a method (ValueError names a bad key)."""
+    if method not in METHOD_DEFAULTS:
+        raise ValueError(f"unknown method {method!r}; one of {', '.join(METHOD_DEFAULTS)}")
+    return resolve_params(METHOD_DEFAULTS[method], dict(params or {}))

@@ -59,9 +59,9 @@ def step_times(args: argparse.Namespace) -> dict[str, float]:
     from alkn_core.data import collate, encode_items, pad_id
     from alkn_core.losses import nll
     from alkn_core.methods import TaskContext, get_method
+    from alkn_core.params import method_params
     from alkn_core.state import UnlearnState
     from alkn_core.train import build_optimizer
-    from alkn_core.unlearn import method_params
 
     model, tok, forget, retain = _load(args.model, args.data, args.forget)
     device = next(model.parameters()).device

@@ -26,14 +26,14 @@ from ..masking import (
     soft_label_weights,
     unmask_ratio_at,
 )
-from ..params import ALKN_DEFAULTS, LOOP_DEFAULTS, NEGATION_DEFAULTS
+from ..params import METHOD_DEFAULTS
 from ..state import UnlearnState
 from .base import Batch, Method
 
 
 class Alkn(Method):
     name = "alkn"
-    defaults = {**LOOP_DEFAULTS, **NEGATION_DEFAULTS, **ALKN_DEFAULTS}
+    defaults = METHOD_DEFAULTS["alkn"]
     negates = True
     stateful = True
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 
 from ..losses import nll
-from ..params import LOOP_DEFAULTS, LOSS_WEIGHT_DEFAULTS
+from ..params import METHOD_DEFAULTS
 from .base import Batch, Method
 
 
 class GradDiff(Method):
     name = "grad_diff"
-    defaults = {**LOOP_DEFAULTS, **LOSS_WEIGHT_DEFAULTS}
+    defaults = METHOD_DEFAULTS["grad_diff"]
     trains_on_retain = True
 
     def loss(self, model: torch.nn.Module, forget: Batch, retain: Batch | None) -> torch.Tensor:

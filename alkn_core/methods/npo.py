@@ -11,13 +11,13 @@ import torch.nn.functional as F
 
 from ..data import collate
 from ..losses import nll, sequence_logprob
-from ..params import LOOP_DEFAULTS, LOSS_WEIGHT_DEFAULTS, NPO_DEFAULTS
+from ..params import METHOD_DEFAULTS
 from .base import Batch, Method
 
 
 class Npo(Method):
     name = "npo"
-    defaults = {**LOOP_DEFAULTS, **NPO_DEFAULTS}
+    defaults = METHOD_DEFAULTS["npo"]
 
     @torch.no_grad()
     def prepare(self) -> None:
@@ -42,7 +42,7 @@ class Npo(Method):
 
 class NpoGd(Npo):
     name = "npo_gd"
-    defaults = {**LOOP_DEFAULTS, **NPO_DEFAULTS, **LOSS_WEIGHT_DEFAULTS}
+    defaults = METHOD_DEFAULTS["npo_gd"]
     trains_on_retain = True
 
     def loss(self, model: torch.nn.Module, forget: Batch, retain: Batch | None) -> torch.Tensor:

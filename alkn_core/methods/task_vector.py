@@ -5,14 +5,14 @@ from __future__ import annotations
 import torch
 
 from ..losses import nll
-from ..params import LOOP_DEFAULTS, NEGATION_DEFAULTS
+from ..params import METHOD_DEFAULTS
 from ..state import UnlearnState
 from .base import Batch, Method
 
 
 class TaskVectorMethod(Method):
     name = "task_vector"
-    defaults = {**LOOP_DEFAULTS, **NEGATION_DEFAULTS}
+    defaults = METHOD_DEFAULTS["task_vector"]
     negates = True
     stateful = True  # only the task index, for the per-task decay of alpha and lr
 

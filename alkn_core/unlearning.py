@@ -11,7 +11,7 @@ import torch
 
 from .data import encode_items, pad_id, validate_items
 from .methods import TaskContext, get_method
-from .params import resolve_params
+from .params import method_params, resolve_params  # noqa: F401  (re-exported)
 from .runtime import place
 from .state import UnlearnState
 from .task_vector import TaskVector, snapshot
@@ -26,11 +26,6 @@ class UnlearnResult:
     model: torch.nn.Module
     state: UnlearnState | None
     stats: dict[str, Any] = field(default_factory=dict)
-
-
-def method_params(method: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The full, validated parameter set of a method (ValueError names a bad key)."""
-    return resolve_params(get_method(method).defaults, dict(params or {}))
 
 
 def _general_items(eval_sets: Mapping[str, Items] | Items | None) -> list[dict[str, Any]]:
