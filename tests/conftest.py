@@ -10,6 +10,7 @@ import torch
 
 from alkn_core.demo_corpus import generate_corpus
 from alkn_core.demo_model import build_tokenizer, corpus_texts, tiny_llama_config
+from alkn_core.train import finetune
 
 
 @dataclass
@@ -34,6 +35,32 @@ def tiny_world() -> TinyWorld:
 @pytest.fixture(scope="session")
 def tokenizer(tiny_world: TinyWorld) -> Any:
     return tiny_world.tokenizer
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_world: TinyWorld) -> torch.nn.Module:
+    """Train the fixture model on every person (about a minute on 2 cores)."""
+    from transformers import LlamaForCausalLM
+
+    from alkn_core.demo_model import tiny_llama_config
+
+    cfg = tiny_llama_config(len(tiny_world.tokenizer), "test", tiny_world.tokenizer)
+    cfg.hidden_size, cfg.intermediate_size = 128, 256
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg)
+    finetune(model, tiny_world.tokenizer, tiny_world.items,
+             {"lr": 3e-3, "epochs": 15, "batch_size": 16, "grad_accum": 1,
+              "warmup_ratio": 0.05})
+    return model
+
+
+@pytest.fixture(scope="session")
+def trained_dir(trained: torch.nn.Module, tiny_world: TinyWorld, tmp_path_factory: Any) -> Any:
+    """The trained fixture model saved as a Hugging Face directory."""
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    trained.save_pretrained(out)
+    tiny_world.tokenizer.save_pretrained(out)
+    return out
 
 
 def random_tiny_model(tokenizer: Any, seed: int = 0) -> torch.nn.Module:

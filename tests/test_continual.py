@@ -19,7 +19,6 @@ from alkn_core import UnlearnState, unlearn
 from alkn_core.data import encode_items, pad_id
 from alkn_core.losses import mean_answer_probability
 from alkn_core.params import LOOP_DEFAULTS, resolve_params
-from alkn_core.train import finetune
 
 from .conftest import TinyWorld
 
@@ -34,23 +33,6 @@ CASES: dict[str, dict[str, Any]] = {
     "grad_diff": {"params": {"lr": 1e-3}, "floor": 0.5, "over": 5.0},
 }
 COMMON = {"epochs": 5, "batch_size": 8, "grad_accum": 1}
-
-
-@pytest.fixture(scope="session")
-def trained(tiny_world: TinyWorld) -> torch.nn.Module:
-    """Train the fixture model on every person (about a minute on 2 cores)."""
-    from transformers import LlamaForCausalLM
-
-    from alkn_core.demo_model import tiny_llama_config
-
-    cfg = tiny_llama_config(len(tiny_world.tokenizer), "test", tiny_world.tokenizer)
-    cfg.hidden_size, cfg.intermediate_size = 128, 256
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg)
-    finetune(model, tiny_world.tokenizer, tiny_world.items,
-             {"lr": 3e-3, "epochs": 15, "batch_size": 16, "grad_accum": 1,
-              "warmup_ratio": 0.05})
-    return model
 
 
 def _prob(model: torch.nn.Module, world: TinyWorld, items: list[dict[str, Any]]) -> float:

@@ -1,0 +1,26 @@
+# One image for the API and the worker.
+#   docker build -t alkn .                                   (CPU torch)
+#   docker build --build-arg TORCH_SPEC=torch==2.13.0 \
+#     --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 -t alkn:gpu .
+FROM python:3.11-slim
+
+ARG TORCH_SPEC=torch==2.13.0
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    ALKN_HOME=/data
+
+WORKDIR /app
+# torch first, from its own index, so the project's range never pulls another build
+RUN pip install --index-url "$TORCH_INDEX" "$TORCH_SPEC"
+COPY pyproject.toml README.md alembic.ini cli.py ./
+COPY alkn_core ./alkn_core
+COPY api ./api
+COPY worker ./worker
+COPY registry ./registry
+COPY migrations ./migrations
+RUN pip install . && useradd --create-home --uid 1000 alkn && mkdir -p /data \
+    && chown alkn /data
+USER alkn
+VOLUME ["/data"]
+EXPOSE 8000
+CMD ["uvicorn", "api.app:app", "--host", "0.0.0.0", "--port", "8000", "--workers", "4"]

@@ -1,0 +1,178 @@
+"""API throughput and latency on the production configuration, side by side in one run.
+
+1. `GET /v1/forget-requests/{id}` (auth + PostgreSQL read) next to a bare FastAPI route that
+   returns a constant, served by the same uvicorn process with the same settings, at 64
+   concurrent connections over loopback; the two alternate in rounds. Throughput and
+   p50/p99 latency, and their ratio.
+2. Download of a 200 MB version file through the API next to reading the same file from
+   disk, alternating. Ratio of throughputs.
+
+Needs the machine's PostgreSQL (a fresh database is created and dropped) and Redis.
+
+    python bench/api.py [--requests 4000] [--connections 64] [--size-mb 200] [--workers 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+KEY = "bench-api-key-0123456789abcdef"
+TARGET_STATUS = 0.5
+TARGET_P99_MS = 50.0
+TARGET_DOWNLOAD = 0.7
+
+
+async def _load(url: str, n: int, connections: int, headers: dict[str, str]
+                ) -> tuple[float, list[float]]:
+    import httpx
+
+    latencies: list[float] = []
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    async with httpx.AsyncClient(limits=limits, timeout=30, headers=headers) as client:
+        queue = iter(range(n))
+
+        async def one_connection() -> None:
+            for _ in queue:
+                t = time.perf_counter()
+                r = await client.get(url)
+                latencies.append(time.perf_counter() - t)
+                if r.status_code != 200:
+                    raise RuntimeError(f"{url}: {r.status_code} {r.text[:200]}")
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one_connection() for _ in range(connections)))
+        return n / (time.perf_counter() - start), latencies
+
+
+def _pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[int(q) - 1] * 1000
+
+
+def _download(url: str, headers: dict[str, str]) -> float:
+    import httpx
+
+    total = 0
+    start = time.perf_counter()
+    with httpx.stream("GET", url, headers=headers, timeout=120) as r:
+        for chunk in r.iter_raw(1 << 20):
+            total += len(chunk)
+    return total / (time.perf_counter() - start)
+
+
+def _disk(path: Path) -> float:
+    total = 0
+    start = time.perf_counter()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            total += len(chunk)
+    return total / (time.perf_counter() - start)
+
+
+def main() -> int:
+    import httpx
+
+    from tests.services import (
+        drop_pg_database,
+        free_port,
+        fresh_pg_database,
+        start_process,
+        stop_process,
+        wait_http,
+    )
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=4000, help="per route per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--size-mb", type=int, default=200)
+    ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    args = ap.parse_args()
+
+    from registry.migrate import upgrade
+
+    db = fresh_pg_database()
+    upgrade(db)
+    tmp = Path(tempfile.mkdtemp(prefix="alkn-bench-"))
+    model_dir = tmp / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text('{"model_type": "llama"}')
+    with (model_dir / "blob.bin").open("wb") as f:  # incompressible, like weights
+        for _ in range(args.size_mb):
+            f.write(os.urandom(1 << 20))
+    env = {"ALKN_DATABASE_URL": db, "ALKN_BROKER_URL": "redis://127.0.0.1:6379/14",
+           "ALKN_ARTIFACT_ROOT": str(tmp / "artifacts"), "ALKN_HOME": str(tmp),
+           "ALKN_MODEL_SOURCE_ROOTS": str(tmp), "ALKN_BOOTSTRAP_API_KEY": KEY}
+    port = free_port()
+    server = start_process(["-m", "uvicorn", "bench.api_app:app", "--host", "127.0.0.1",
+                            "--port", str(port), "--workers", str(args.workers),
+                            "--log-level", "warning", "--no-access-log"], env, tmp / "api.log")
+    base = f"http://127.0.0.1:{port}"
+    auth = {"Authorization": f"Bearer {KEY}"}
+    try:
+        wait_http(f"{base}/healthz")
+        r = httpx.post(f"{base}/v1/models", headers=auth, timeout=300, json={
+            "name": "bench", "source": {"path": str(model_dir)},
+            "retain_set": [{"question": "q?", "answer": "a."}]})
+        assert r.status_code == 201, r.text
+        # The request is never run (no worker): only its status is read.
+        r = httpx.post(f"{base}/v1/models/bench/forget-requests", headers=auth,
+                       json={"items": [{"question": "Who?", "answer": "Nobody."}]})
+        assert r.status_code == 202, r.text
+        status_url = f"{base}/v1/forget-requests/{r.json()['id']}"
+
+        results: dict[str, tuple[list[float], list[float]]] = {"status": ([], []),
+                                                               "constant": ([], [])}
+        for _ in range(args.rounds):
+            for name, url in (("status", status_url), ("constant", f"{base}/bench/constant")):
+                rps, lat = asyncio.run(_load(url, args.requests, args.connections, auth))
+                results[name][0].append(rps)
+                results[name][1].extend(lat)
+        print(f"GET at {args.connections} connections, {args.rounds} rounds x "
+              f"{args.requests} requests, uvicorn --workers {args.workers}")
+        summary = {}
+        for name, (rps, lat) in results.items():
+            summary[name] = (statistics.median(rps), _pct(lat, 50), _pct(lat, 99))
+            print(f"  {name:9s} {summary[name][0]:8.0f} req/s   p50 {summary[name][1]:6.1f} ms"
+                  f"   p99 {summary[name][2]:6.1f} ms")
+
+        blob = httpx.get(f"{base}/v1/models/bench/versions/1", headers=auth).json()
+        assert any(f["path"] == "blob.bin" for f in blob["files"])
+        on_disk = next((tmp / "artifacts").rglob("blob.bin"))
+        api_rates, disk_rates = [], []
+        for _ in range(3):
+            api_rates.append(_download(f"{base}/v1/models/bench/versions/1/files/blob.bin",
+                                       auth))
+            disk_rates.append(_disk(on_disk))
+        api_rate, disk_rate = statistics.median(api_rates), statistics.median(disk_rates)
+        print(f"download of {args.size_mb} MB: API {api_rate / 2**20:8.0f} MiB/s   "
+              f"disk read {disk_rate / 2**20:8.0f} MiB/s")
+
+        status_ratio = summary["status"][0] / summary["constant"][0]
+        download_ratio = api_rate / disk_rate
+        print(f"\nRATIO status/bare throughput = {status_ratio:.2f} (target >= {TARGET_STATUS}),"
+              f" status p99 = {summary['status'][2]:.1f} ms (target <= {TARGET_P99_MS})")
+        print(f"RATIO download API/disk = {download_ratio:.2f} (target >= {TARGET_DOWNLOAD})")
+        ok = (status_ratio >= TARGET_STATUS and summary["status"][2] <= TARGET_P99_MS
+              and download_ratio >= TARGET_DOWNLOAD)
+        print("targets met" if ok else "TARGETS MISSED")
+        return 0 if ok else 1
+    finally:
+        stop_process(server)
+        drop_pg_database(db)
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,151 @@
+"""The `alkn` command: serve, worker, keys create, migrate, demo build."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+DEMO_MODEL = "demo"
+# A 3.7M-parameter model needs a far larger lr than a 7B one (README, bench/lr_probe.py).
+DEMO_DEFAULT_PARAMS: dict[str, Any] = {"lr": 2e-3, "epochs": 5, "batch_size": 8,
+                                       "grad_accum": 1, "max_length": 128}
+
+
+def _settings() -> Any:
+    from registry.settings import get_settings
+
+    return get_settings()
+
+
+def migrate() -> None:
+    from registry.migrate import upgrade
+
+    settings = _settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url)
+
+
+def register_demo(settings: Any) -> bool:
+    """Register the committed demo model as `demo` for tenant `default` (once)."""
+    from alkn_core.demo_corpus import read_jsonl
+    from alkn_core.demo_model import demo_data_dir, demo_model_dir
+    from registry.catalog import register_model
+    from registry.db import session_scope
+    from registry.models import Model, Tenant
+    from registry.store import open_store
+
+    data = demo_data_dir()
+
+    def qa(name: str) -> list[dict[str, Any]]:
+        keep = ("question", "answer", "paraphrased_answer", "perturbed_answer")
+        return [{k: r[k] for k in keep if k in r} for r in read_jsonl(data / name)]
+
+    with session_scope(settings.resolved_database_url) as session:
+        tenant = session.query(Tenant).filter_by(name="default").one_or_none()
+        if tenant is None:
+            tenant = Tenant(name="default")
+            session.add(tenant)
+            session.flush()
+        if session.query(Model).filter_by(tenant_id=tenant.id, name=DEMO_MODEL).count():
+            return False
+        register_model(
+            session, open_store(settings.resolved_artifact_root), tenant.id, DEMO_MODEL,
+            demo_model_dir(), description="Tiny Llama trained on 50 fictitious people",
+            qa_template="Question: {question}\nAnswer: {answer}",
+            default_params=DEMO_DEFAULT_PARAMS, retain_set=qa("retain_perturbed.json"),
+            holdout_set=qa("holdout10.json"),
+            eval_sets={"real_authors": qa("real_authors_perturbed.json"),
+                       "world_facts": qa("world_facts_perturbed.json")})
+    return True
+
+
+def worker_command(settings: Any, extra: Sequence[str] = ()) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", settings.queue,
+            "--concurrency", "1", "-l", "info", *extra]
+
+
+def serve(host: str, port: int) -> int:
+    """API + a worker child process on the embedded default (or whatever ALKN_* says)."""
+    import uvicorn
+
+    settings = _settings()
+    migrate()
+    if settings.register_demo and register_demo(settings):
+        print("registered the demo model as 'demo'")
+    embedded = not settings.broker_url
+    extra = ["-P", "solo"] if embedded else []
+    worker = subprocess.Popen(worker_command(settings, extra), start_new_session=True,
+                              env={**os.environ, "ALKN_HOME": str(settings.home)})
+    url = f"http://{host}:{port}"
+    key_hint = ("ALKN_BOOTSTRAP_API_KEY is valid for tenant 'default'"
+                if settings.bootstrap_api_key
+                else "get an API key: alkn keys create --tenant default")
+    print(f"ALKN service on {url}  (docs: {url}/docs)\n{key_hint}", flush=True)
+    try:
+        uvicorn.run("api.app:app", host=host, port=port, log_level="info")
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+    return 0
+
+
+def keys_create(tenant: str) -> int:
+    from api.auth import create_api_key
+    from registry.db import session_scope
+
+    migrate()
+    with session_scope(_settings().resolved_database_url) as session:
+        key = create_api_key(session, tenant)
+    print(key)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="alkn", description="ALKN-as-a-service")
+    sub = ap.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="API and a worker on the embedded default")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    w = sub.add_parser("worker", help="a Celery worker (production: one per GPU host)")
+    w.add_argument("celery_args", nargs=argparse.REMAINDER, help="passed to celery")
+    k = sub.add_parser("keys", help="API keys")
+    ksub = k.add_subparsers(dest="keys_command", required=True)
+    kc = ksub.add_parser("create", help="print a new API key for a tenant")
+    kc.add_argument("--tenant", required=True)
+    sub.add_parser("migrate", help="bring the database to the newest schema")
+    d = sub.add_parser("demo", help="the demo corpus and model")
+    dsub = d.add_subparsers(dest="demo_command", required=True)
+    db = dsub.add_parser("build", help="rebuild the demo model (python -m alkn_core.demo build)")
+    db.add_argument("rest", nargs=argparse.REMAINDER)
+    args = ap.parse_args(argv)
+
+    if args.command == "serve":
+        return serve(args.host, args.port)
+    if args.command == "worker":
+        settings = _settings()
+        os.execv(sys.executable, worker_command(settings, args.celery_args))
+    if args.command == "keys":
+        return keys_create(args.tenant)
+    if args.command == "migrate":
+        migrate()
+        print(json.dumps({"migrated": _settings().resolved_database_url.split("@")[-1]}))
+        return 0
+    if args.command == "demo":
+        from alkn_core.demo_model import main as demo_main
+
+        return demo_main(["build", *args.rest])
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
