@@ -70,6 +70,16 @@ def worker_command(settings: Any, extra: Sequence[str] = ()) -> list[str]:
             "--concurrency", "1", "-l", "info", *extra]
 
 
+def _die_with_parent() -> None:
+    """In the worker child: get SIGTERM if `alkn serve` dies without cleaning up (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def serve(host: str, port: int) -> int:
     """API + a worker child process on the embedded default (or whatever ALKN_* says)."""
     import uvicorn
@@ -81,12 +91,16 @@ def serve(host: str, port: int) -> int:
     embedded = not settings.broker_url
     extra = ["-P", "solo"] if embedded else []
     worker = subprocess.Popen(worker_command(settings, extra), start_new_session=True,
-                              env={**os.environ, "ALKN_HOME": str(settings.home)})
+                              env={**os.environ, "ALKN_HOME": str(settings.home)},
+                              preexec_fn=_die_with_parent)
     url = f"http://{host}:{port}"
     key_hint = ("ALKN_BOOTSTRAP_API_KEY is valid for tenant 'default'"
                 if settings.bootstrap_api_key
                 else "get an API key: alkn keys create --tenant default")
     print(f"ALKN service on {url}  (docs: {url}/docs)\n{key_hint}", flush=True)
+    # uvicorn re-raises the signal that stopped it once it has shut down; turning SIGTERM
+    # into SystemExit lets the `finally` below stop the worker first.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         uvicorn.run("api.app:app", host=host, port=port, log_level="info")
     finally:

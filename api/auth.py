@@ -1,0 +1,88 @@
+"""Bearer API keys. Only the sha256 of a key is stored; a key maps to one tenant."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, HTTPException
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from registry.models import ApiKey, Tenant, utcnow
+
+from .deps import SessionDep
+
+log = logging.getLogger("api")
+
+KEY_PREFIX = "alkn_"
+DEFAULT_TENANT = "default"
+
+# auto_error=False: we answer 401 (not FastAPI's 403) as a problem document ourselves;
+# the scheme is still published in /openapi.json.
+_bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bearer <key>`")
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def get_or_create_tenant(session: Session, name: str) -> Tenant:
+    tenant = session.scalar(select(Tenant).where(Tenant.name == name))
+    if tenant is None:
+        tenant = Tenant(name=name, created_at=utcnow())
+        session.add(tenant)
+        session.flush()
+    return tenant
+
+
+def create_api_key(session: Session, tenant_name: str) -> str:
+    """A new key for `tenant_name` (created if missing). The caller commits; the key is
+    returned once and never stored in clear."""
+    tenant = get_or_create_tenant(session, tenant_name)
+    key = KEY_PREFIX + secrets.token_urlsafe(24)  # 32 url-safe characters, 192 bits
+    session.add(ApiKey(tenant_id=tenant.id, key_hash=hash_key(key), prefix=key[:12],
+                       created_at=utcnow()))
+    session.flush()
+    return key
+
+
+def ensure_bootstrap_key(session: Session, key: str) -> None:
+    """Make exactly `key` valid for tenant `default` (idempotent; un-revokes it). The caller
+    commits."""
+    if not key:
+        return
+    if len(key) < 16:
+        log.warning("ALKN_BOOTSTRAP_API_KEY is shorter than 16 characters: easy to guess")
+    tenant = get_or_create_tenant(session, DEFAULT_TENANT)
+    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key)))
+    if row is None:
+        session.add(ApiKey(tenant_id=tenant.id, key_hash=hash_key(key), prefix=key[:12],
+                           created_at=utcnow()))
+    else:
+        row.tenant_id = tenant.id
+        row.revoked_at = None
+    session.flush()
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def require_tenant(session: SessionDep,
+                   credentials: Annotated[HTTPAuthorizationCredentials | None,
+                                          Depends(_bearer)]) -> str:
+    """The tenant id of the request's API key, or 401."""
+    if credentials is None or not credentials.credentials:
+        raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+    tenant_id = session.scalar(select(ApiKey.tenant_id).where(
+        ApiKey.key_hash == hash_key(credentials.credentials), ApiKey.revoked_at.is_(None)))
+    if tenant_id is None:
+        raise _unauthorized("invalid or revoked API key")
+    return tenant_id
+
+
+TenantDep = Annotated[str, Depends(require_tenant)]

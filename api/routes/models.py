@@ -1,0 +1,57 @@
+"""Registered models: create (from a server-side directory), list, get."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from registry import catalog
+from registry.models import Model
+
+from .. import idempotency
+from ..auth import TenantDep
+from ..deps import SessionDep, SettingsDep, StoreDep
+from ..idempotency import Created, IdempotencyKey
+from ..pagination import PageDep, paginate
+from ..schemas import ModelCreate, ModelOut, Page, problems
+
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=problems(401))
+
+
+@router.post("", status_code=201, response_model=ModelOut,
+             responses=problems(400, 409, 413, 422))
+def create_model(body: ModelCreate, request: Request, session: SessionDep, store: StoreDep,
+                 settings: SettingsDep, tenant: TenantDep,
+                 idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    """Register a model; its `source.path` directory is copied into the store as version 1."""
+
+    def create() -> Created:
+        model = catalog.register_model(
+            session, store, tenant, body.name,
+            Path(body.source.path) if body.source is not None else None,
+            body.description, body.qa_template, body.default_params, body.retain_set,
+            body.holdout_set, body.eval_sets, allowed_roots=settings.source_roots)
+        out = ModelOut.model_validate(catalog.model_dicts(session, [model])[0])
+        return Created(201, out.model_dump(mode="json"), {"Location": f"/v1/models/{model.name}"})
+
+    return idempotency.run(
+        session, tenant, idempotency_key, f"POST {request.url.path}",
+        idempotency.json_hash(body.model_dump(mode="json", exclude_unset=True)), create,
+        commit=lambda: catalog.commit_or_discard(session, store),
+        abort=lambda: catalog.discard_published(session, store))
+
+
+@router.get("", response_model=Page[ModelOut], responses=problems(422))
+def list_models(session: SessionDep, tenant: TenantDep, page: PageDep) -> dict[str, Any]:
+    rows, next_cursor = paginate(session, catalog.models_query(tenant), Model.created_at,
+                                 Model.id, page)
+    return {"items": catalog.model_dicts(session, rows), "next_cursor": next_cursor}
+
+
+@router.get("/{name}", response_model=ModelOut, responses=problems(404))
+def get_model(name: str, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
+    model = catalog.get_model(session, tenant, name)
+    return catalog.model_dicts(session, [model])[0]

@@ -1,0 +1,72 @@
+"""Forget (deletion) requests: submit, list, get, cancel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
+
+from registry import catalog
+from registry import requests as forget
+from registry.models import ForgetRequest
+
+from .. import idempotency
+from ..auth import TenantDep
+from ..deps import SessionDep
+from ..idempotency import Created, IdempotencyKey
+from ..pagination import PageDep, paginate
+from ..schemas import ForgetRequestCreate, ForgetRequestOut, Page, RequestStatus, problems
+
+router = APIRouter(tags=["forget requests"], responses=problems(401, 404))
+
+
+def request_out(session: Session, req: ForgetRequest) -> dict[str, Any]:
+    return ForgetRequestOut.model_validate(forget.request_dicts(session, [req])[0]
+                                           ).model_dump(mode="json")
+
+
+@router.post("/v1/models/{name}/forget-requests", status_code=202,
+             response_model=ForgetRequestOut, responses=problems(400, 409, 413, 422))
+def submit(name: str, body: ForgetRequestCreate, request: Request, session: SessionDep,
+           tenant: TenantDep, idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    """Queue the deletion of `items` from the model; poll the `Location` for progress."""
+    model = catalog.get_model(session, tenant, name)
+
+    def create() -> Created:
+        req = forget.submit_forget_request(session, tenant, model, body.items, body.method,
+                                           body.params, body.base_version)
+        return Created(202, request_out(session, req),
+                       {"Location": f"/v1/forget-requests/{req.id}"})
+
+    return idempotency.run(
+        session, tenant, idempotency_key, f"POST {request.url.path}",
+        idempotency.json_hash(body.model_dump(mode="json", exclude_unset=True)), create)
+
+
+@router.get("/v1/forget-requests", response_model=Page[ForgetRequestOut],
+            responses=problems(422))
+def list_requests(session: SessionDep, tenant: TenantDep, page: PageDep,
+                  model: str | None = Query(default=None, description="model name"),
+                  status: RequestStatus | None = None) -> dict[str, Any]:
+    model_id = catalog.get_model(session, tenant, model).id if model is not None else None
+    rows, next_cursor = paginate(session, forget.requests_query(tenant, model_id, status),
+                                 ForgetRequest.created_at, ForgetRequest.id, page)
+    return {"items": forget.request_dicts(session, rows), "next_cursor": next_cursor}
+
+
+@router.get("/v1/forget-requests/{request_id}", response_model=ForgetRequestOut)
+def get_request(request_id: str, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
+    req = forget.get_request(session, tenant, request_id)
+    return forget.request_dicts(session, [req])[0]
+
+
+@router.post("/v1/forget-requests/{request_id}:cancel", response_model=ForgetRequestOut,
+             responses=problems(409))
+def cancel_request(request_id: str, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
+    """A queued request is cancelled at once; a running one gets `cancel_requested` and
+    its job stops at the next step; a finished one answers 409."""
+    req = forget.cancel_request(session, tenant, request_id)
+    session.commit()
+    return forget.request_dicts(session, [req])[0]

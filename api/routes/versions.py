@@ -1,0 +1,311 @@
+"""Versions of a model: list, get, upload, file and archive downloads, aliases, revoke,
+evaluation."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from sqlalchemy.orm import Session
+from starlette.requests import ClientDisconnect
+
+from registry import catalog
+from registry.models import Version
+from registry.store import CHUNK, ArtifactStore, LocalStore
+
+from .. import idempotency
+from ..auth import TenantDep
+from ..deps import SessionDep, SettingsDep, StoreDep
+from ..idempotency import Created, IdempotencyKey
+from ..pagination import PageDep, paginate
+from ..schemas import AliasIn, AliasOut, Page, VersionOut, problems
+
+router = APIRouter(prefix="/v1/models/{name}", tags=["versions"], responses=problems(401, 404))
+
+UPLOAD_SUFFIX = "/versions:upload"
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+
+
+def is_upload_path(path: str) -> bool:
+    """The upload route takes ALKN_MAX_UPLOAD_BYTES; every other body ALKN_MAX_JSON_BYTES."""
+    return path.startswith("/v1/models/") and path.endswith(UPLOAD_SUFFIX)
+
+
+def _version_out(version: Version, model_name: str) -> dict[str, Any]:
+    return VersionOut.model_validate(catalog.version_dict(version, model_name)
+                                     ).model_dump(mode="json")
+
+
+# --------------------------------------------------------------------------------------------
+# Versions
+# --------------------------------------------------------------------------------------------
+
+
+@router.get("/versions", response_model=Page[VersionOut], responses=problems(422))
+def list_versions(name: str, session: SessionDep, tenant: TenantDep,
+                  page: PageDep) -> dict[str, Any]:
+    model = catalog.get_model(session, tenant, name)
+    rows, next_cursor = paginate(session, catalog.versions_query(model), Version.created_at,
+                                 Version.id, page)
+    return {"items": [catalog.version_dict(v, model.name) for v in rows],
+            "next_cursor": next_cursor}
+
+
+@router.post(
+    "/versions:upload", status_code=201, response_model=VersionOut,
+    responses=problems(409, 413, 422),
+    openapi_extra={"requestBody": {"required": True, "description": (
+        "a .tar or .tar.gz of a Hugging Face model directory (config.json at the top or "
+        "inside one top-level directory)"), "content": {
+        "application/x-tar": _BINARY, "application/gzip": _BINARY,
+        "application/octet-stream": _BINARY}}})
+async def upload_version(name: str, request: Request, session: SessionDep, store: StoreDep,
+                         settings: SettingsDep, tenant: TenantDep,
+                         idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    """A new root version (no parent) from an uploaded archive."""
+    model = await run_in_threadpool(catalog.get_model, session, tenant, name)
+    # On the store's filesystem when local, so the extracted files are published by rename.
+    tmp = store.staging_dir() if isinstance(store, LocalStore) else \
+        Path(tempfile.mkdtemp(prefix="alkn-upload-"))
+    try:
+        archive = tmp / "upload.tar"
+        digest = hashlib.sha256()
+        received = 0
+        buffer = bytearray()
+        with archive.open("wb") as f:
+            try:
+                async for chunk in request.stream():
+                    digest.update(chunk)
+                    received += len(chunk)
+                    buffer += chunk
+                    if len(buffer) >= CHUNK:  # disk writes off the event loop, in big pieces
+                        await run_in_threadpool(f.write, bytes(buffer))
+                        buffer.clear()
+            except ClientDisconnect:
+                raise HTTPException(400, "the upload was interrupted") from None
+            await run_in_threadpool(f.write, bytes(buffer))
+        if received == 0:
+            raise catalog.Invalid("empty body: send a .tar or .tar.gz of a model directory",
+                                  loc=["body"])
+
+        def create() -> Created:
+            version = catalog.register_upload(session, store, model, archive,
+                                              max_bytes=settings.max_upload_bytes)
+            return Created(201, _version_out(version, model.name), {
+                "Location": f"/v1/models/{model.name}/versions/{version.number}"})
+
+        return await run_in_threadpool(
+            idempotency.run, session, tenant, idempotency_key, f"POST {request.url.path}",
+            digest.hexdigest(), create, lambda: catalog.commit_or_discard(session, store),
+            lambda: catalog.discard_published(session, store))
+    finally:
+        await run_in_threadpool(shutil.rmtree, tmp, True)
+
+
+@router.get("/versions/{ref}", response_model=VersionOut)
+def get_version(name: str, ref: str, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
+    """`ref`: a version number, `latest` (newest ready) or an alias."""
+    model = catalog.get_model(session, tenant, name)
+    return catalog.version_dict(catalog.resolve_version(session, model, ref), model.name)
+
+
+@router.post("/versions/{ref}:revoke", response_model=VersionOut, responses=problems(409))
+def revoke_version(name: str, ref: str, session: SessionDep, store: StoreDep,
+                   tenant: TenantDep) -> dict[str, Any]:
+    """Delete the version's files (and ALKN state) from the store; the row stays, revoked."""
+    model = catalog.get_model(session, tenant, name)
+    version = catalog.revoke_version(session, store, model, ref)
+    return catalog.version_dict(version, model.name)
+
+
+@router.get("/versions/{ref}/evaluation", response_model=dict[str, Any])
+def get_evaluation(name: str, ref: str, session: SessionDep,
+                   tenant: TenantDep) -> dict[str, Any]:
+    """The evaluation of the version (its metrics when no full evaluation was stored);
+    404 when it has none (a registered or uploaded root version)."""
+    model = catalog.get_model(session, tenant, name)
+    return catalog.version_evaluation(catalog.resolve_version(session, model, ref))
+
+
+# --------------------------------------------------------------------------------------------
+# Downloads
+# --------------------------------------------------------------------------------------------
+
+
+class _Unsatisfiable(Exception):
+    pass
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The (start, end) inclusive of a single `bytes=` range, None to send the whole file
+    (no header, another unit, several ranges or a malformed one: RFC 9110 lets us ignore
+    those); raises _Unsatisfiable when no byte of the file is in the range."""
+    if not header or not header.strip().lower().startswith("bytes="):
+        return None
+    spec = header.strip()[6:].strip()
+    first, sep, last = spec.partition("-")
+    first, last = first.strip(), last.strip()
+    if "," in spec or not sep or not (first.isdigit() or first == "") \
+            or not (last.isdigit() or last == "") or (first == last == ""):
+        return None
+    if first == "":  # suffix: the last N bytes
+        length = int(last)
+        if length == 0 or size == 0:
+            raise _Unsatisfiable
+        return max(0, size - length), size - 1
+    start = int(first)
+    end = int(last) if last else size - 1
+    if last and end < start:
+        return None
+    if start >= size:
+        raise _Unsatisfiable
+    return start, min(end, size - 1)
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
+    return "*" in tags or etag in tags
+
+
+def _ready_file(session: Session, store: ArtifactStore, tenant: str, name: str, ref: str,
+                path: str) -> tuple[str, dict[str, Any]]:
+    model = catalog.get_model(session, tenant, name)
+    version = catalog.require_ready(catalog.resolve_version(session, model, ref))
+    entry = next((f for f in version.files or [] if f["path"] == path), None)
+    if entry is None:
+        raise catalog.NotFound(f"version {version.number} has no file {path!r}")
+    if not store.exists(version.storage_key, path):  # revoked since the row was read
+        raise catalog.Conflict(f"version {version.number} is no longer available")
+    return version.storage_key, entry
+
+
+def _file_headers(entry: dict[str, Any]) -> dict[str, str]:
+    filename = quote(entry["path"].rsplit("/", 1)[-1])
+    return {"ETag": f'"{entry["sha256"]}"', "Accept-Ranges": "bytes",
+            "Content-Disposition": f"attachment; filename*=UTF-8''{filename}",
+            # Content-addressed: the same URL of a ready version never changes its bytes.
+            "Cache-Control": "private, max-age=3600"}
+
+
+_FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the file", "content": {"application/octet-stream": _BINARY}},
+    206: {"description": "the requested byte range",
+          "content": {"application/octet-stream": _BINARY}},
+    304: {"description": "If-None-Match matched the ETag"},
+    **problems(409, 416),
+}
+
+
+@router.get("/versions/{ref}/files/{path:path}", response_class=StreamingResponse,
+            responses=_FILE_RESPONSES)
+def download_file(name: str, ref: str, path: str, request: Request, session: SessionDep,
+                  store: StoreDep, tenant: TenantDep) -> Response:
+    """One file of the version, streamed; `ETag` is its sha256; `Range` resumes."""
+    key, entry = _ready_file(session, store, tenant, name, ref, path)
+    size = int(entry["size"])
+    headers = _file_headers(entry)
+    if _etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
+        return Response(status_code=304, headers=headers)
+    if_range = request.headers.get("if-range")
+    rng_header = request.headers.get("range") if if_range in (None, headers["ETag"]) else None
+    try:
+        rng = parse_range(rng_header, size)
+    except _Unsatisfiable:
+        raise HTTPException(416, f"range not satisfiable (file size {size})",
+                            headers={"Content-Range": f"bytes */{size}"}) from None
+    if rng is None:
+        start, end, status = 0, size - 1, 200
+    else:
+        (start, end), status = rng, 206
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    headers["Content-Length"] = str(end - start + 1)
+    body = store.open_range(key, path, start, end) if size else iter(())
+    return StreamingResponse(body, status_code=status, headers=headers,
+                             media_type="application/octet-stream")
+
+
+@router.head("/versions/{ref}/files/{path:path}", include_in_schema=False)
+def head_file(name: str, ref: str, path: str, session: SessionDep, store: StoreDep,
+              tenant: TenantDep) -> Response:
+    _, entry = _ready_file(session, store, tenant, name, ref, path)
+    headers = {**_file_headers(entry), "Content-Length": str(entry["size"]),
+               "Content-Type": "application/octet-stream"}
+    return Response(status_code=200, headers=headers)
+
+
+def _tar_stream(store: ArtifactStore, key: str, members: list[tuple[bytes, str, int]]
+                ) -> Iterator[bytes]:
+    for header, path, size in members:
+        yield header
+        sent = 0
+        for chunk in store.open_range(key, path):
+            sent += len(chunk)
+            yield chunk
+        if sent != size:  # the store no longer matches the row: cut, never a corrupt tar
+            raise RuntimeError(f"artifact {key}/{path} is {sent} bytes, expected {size}")
+        yield b"\0" * (-size % tarfile.BLOCKSIZE)
+    yield b"\0" * (2 * tarfile.BLOCKSIZE)  # end-of-archive marker
+
+
+@router.get("/versions/{ref}/archive", response_class=StreamingResponse,
+            responses={200: {"description": "the version's directory as a tar",
+                             "content": {"application/x-tar": _BINARY}}, **problems(409)})
+def download_archive(name: str, ref: str, session: SessionDep, store: StoreDep,
+                     tenant: TenantDep) -> Response:
+    """The whole directory as an uncompressed tar, built while streaming (files are read
+    chunk by chunk, never whole); unpack it and load with from_pretrained."""
+    model = catalog.get_model(session, tenant, name)
+    version = catalog.require_ready(catalog.resolve_version(session, model, ref))
+    if version.files and not store.exists(version.storage_key, version.files[0]["path"]):
+        raise catalog.Conflict(f"version {version.number} is no longer available")
+    created = catalog.as_utc(version.created_at)
+    mtime = int(created.timestamp()) if created else 0
+    members = []
+    for f in version.files or []:
+        info = tarfile.TarInfo(f["path"])
+        info.size, info.mtime, info.mode, info.type = int(f["size"]), mtime, 0o644, tarfile.REGTYPE
+        # PAX: long paths and files over 8 GiB need no special casing.
+        members.append((info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"),
+                        f["path"], int(f["size"])))
+    length = sum(len(h) + s + (-s % tarfile.BLOCKSIZE) for h, _, s in members) \
+        + 2 * tarfile.BLOCKSIZE
+    filename = quote(f"{model.name}-v{version.number}.tar")
+    headers = {"Content-Length": str(length),
+               "Content-Disposition": f"attachment; filename*=UTF-8''{filename}"}
+    return StreamingResponse(_tar_stream(store, version.storage_key, members),
+                             headers=headers, media_type="application/x-tar")
+
+
+# --------------------------------------------------------------------------------------------
+# Aliases
+# --------------------------------------------------------------------------------------------
+
+
+@router.put("/aliases/{alias}", response_model=AliasOut, tags=["aliases"],
+            responses=problems(409, 422))
+def set_alias(name: str, alias: str, body: AliasIn, session: SessionDep,
+              tenant: TenantDep) -> AliasOut:
+    """Point `alias` at a ready version (created or moved)."""
+    model = catalog.get_model(session, tenant, name)
+    row = catalog.set_alias(session, model, alias, body.version)
+    session.commit()
+    return AliasOut(alias=row.name, version=row.version)
+
+
+@router.delete("/aliases/{alias}", status_code=204, response_class=Response, tags=["aliases"])
+def delete_alias(name: str, alias: str, session: SessionDep, tenant: TenantDep) -> Response:
+    model = catalog.get_model(session, tenant, name)
+    catalog.delete_alias(session, model, alias)
+    session.commit()
+    return Response(status_code=204)

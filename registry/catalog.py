@@ -1,0 +1,507 @@
+"""Torch-free operations on tenants' models, versions and aliases (used by the API and CLI).
+
+Functions flush but do not commit, so a caller can add its own rows (an idempotency record)
+to the same transaction; bytes they publish are remembered on the session and
+`commit_or_discard` deletes them again if the transaction fails. `revoke_version` is the one
+exception: it commits itself, because its bytes must be deleted only after the row says so.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import lzma
+import re
+import shutil
+import tarfile
+import tempfile
+import uuid
+import zlib
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+from alkn_core.items import validate_items
+from alkn_core.params import DEFAULT_QA_TEMPLATE, METHOD_DEFAULTS, resolve_params
+
+from .models import Alias, Job, Model, Version, utcnow
+from .store import CHUNK, ArtifactStore, FileInfo, LocalStore, safe_relpath
+
+log = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+ALIAS_RE = re.compile(r"[a-z][a-z0-9._-]{0,63}")  # starts with a letter: never a number
+RESERVED_REFS = frozenset({"latest"})
+ACTIVE_JOB_STATUSES = ("queued", "running")
+MAX_ARCHIVE_MEMBERS = 100_000
+
+# Every parameter any method knows: a model's default_params may hold keys for several
+# methods, each request then takes the ones its method knows.
+ALL_PARAM_DEFAULTS: dict[str, Any] = {
+    k: v for defaults in METHOD_DEFAULTS.values() for k, v in defaults.items()}
+
+_PUBLISHED = "alkn_published_keys"  # session.info entry: store keys written this transaction
+
+
+class RegistryError(Exception):
+    """A refusal the caller can show to a client; `status` is the matching HTTP status."""
+
+    status = 400
+
+    def __init__(self, message: str, loc: Sequence[str | int] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.loc = list(loc) if loc is not None else None
+
+
+class NotFound(RegistryError):
+    status = 404
+
+
+class Conflict(RegistryError):
+    status = 409
+
+
+class Invalid(RegistryError):
+    status = 422
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def as_utc(dt: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; they are UTC."""
+    if dt is None:
+        return None
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+def check_name(name: str, what: str = "name") -> str:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise Invalid(f"{what} must match [a-z0-9][a-z0-9._-]{{0,63}}", loc=["body", what])
+    return name
+
+
+def check_source_path(path: str | Path, roots: Sequence[Path]) -> Path:
+    """The resolved source directory, if it lies under one of `roots` (symlinks resolved
+    first, so a link inside a root cannot point outside it)."""
+    loc = ["body", "source", "path"]
+    try:
+        resolved = Path(path).expanduser().resolve(strict=True)
+    except (OSError, RuntimeError):
+        resolved = None
+    # The same answer for "missing" and "not allowed": never probe the server's filesystem.
+    if resolved is None or not any(resolved.is_relative_to(r.resolve()) for r in roots):
+        raise Invalid("source.path is not a directory under an allowed model source root",
+                      loc=loc)
+    if not resolved.is_dir():
+        raise Invalid("source.path is not a directory", loc=loc)
+    return resolved
+
+
+def _check_model_dir(d: Path) -> None:
+    if not (d / "config.json").is_file():
+        raise Invalid("the model directory has no config.json (not a Hugging Face model)")
+
+
+def _validated_sets(retain_set: Any, holdout_set: Any, eval_sets: Any
+                    ) -> tuple[list[Any], list[Any], dict[str, Any]]:
+    def items(value: Any, what: str) -> list[Any]:
+        try:
+            return validate_items(value or [], what)
+        except ValueError as e:
+            raise Invalid(str(e), loc=["body", what]) from None
+
+    sets = eval_sets or {}
+    if not isinstance(sets, dict):
+        raise Invalid("eval_sets must map a set name to a list of items", loc=["body", "eval_sets"])
+    return (items(retain_set, "retain_set"), items(holdout_set, "holdout_set"),
+            {str(k): items(v, f"eval_sets.{k}") for k, v in sets.items()})
+
+
+def validate_default_params(params: dict[str, Any] | None, qa_template: str) -> dict[str, Any]:
+    """A model's defaults: any method's keys, each checked like a request param."""
+    try:
+        resolve_params(ALL_PARAM_DEFAULTS, {"qa_template": qa_template})
+    except ValueError as e:
+        raise Invalid(str(e), loc=["body", "qa_template"]) from None
+    try:
+        resolve_params(ALL_PARAM_DEFAULTS, params or {})
+    except ValueError as e:
+        raise Invalid(str(e), loc=["body", "default_params"]) from None
+    return dict(params or {})
+
+
+def _remember_published(session: Session, key: str) -> None:
+    session.info.setdefault(_PUBLISHED, []).append(key)
+
+
+def discard_published(session: Session, store: ArtifactStore) -> None:
+    """Roll back and delete the bytes published in this transaction (nothing points to them)."""
+    session.rollback()
+    for key in session.info.pop(_PUBLISHED, []):
+        try:
+            store.delete(key)
+        except Exception:  # an orphan costs disk space only; the failure is what matters
+            log.exception("could not delete unpublished artifact %s", key)
+
+
+def commit_or_discard(session: Session, store: ArtifactStore) -> None:
+    try:
+        session.commit()
+    except BaseException:
+        discard_published(session, store)
+        raise
+    session.info.pop(_PUBLISHED, None)
+
+
+def lock_model(session: Session, model_id: str) -> None:
+    """Serialise writers of one lineage: a row lock of the model (SQLAlchemy renders nothing
+    on SQLite, whose writers are serial anyway)."""
+    session.execute(select(Model.id).where(Model.id == model_id).with_for_update())
+
+
+def _short_id() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------
+
+
+def get_model(session: Session, tenant_id: str, name: str) -> Model:
+    model = session.scalar(select(Model).where(Model.tenant_id == tenant_id, Model.name == name))
+    if model is None:
+        raise NotFound(f"model {name!r} not found")
+    return model
+
+
+def models_query(tenant_id: str) -> Select[Model]:
+    return select(Model).where(Model.tenant_id == tenant_id)
+
+
+def register_model(session: Session, store: ArtifactStore, tenant_id: str, name: str,
+                   source_dir: Path | None, description: str = "",
+                   qa_template: str = DEFAULT_QA_TEMPLATE,
+                   default_params: dict[str, Any] | None = None,
+                   retain_set: list[Any] | None = None, holdout_set: list[Any] | None = None,
+                   eval_sets: dict[str, Any] | None = None, *,
+                   allowed_roots: Sequence[Path] | None = None) -> Model:
+    """A new model; its source directory (if any) is copied into the store as version 1.
+
+    `allowed_roots` (the API passes settings.source_roots) restricts where the source may
+    lie; None trusts the caller (the CLI registering the bundled demo model). Without a
+    source the model has no version until one is uploaded.
+    """
+    check_name(name)
+    defaults = validate_default_params(default_params, qa_template)
+    retain, holdout, evals = _validated_sets(retain_set, holdout_set, eval_sets)
+    src: Path | None = None
+    if source_dir is not None:
+        src = (check_source_path(source_dir, allowed_roots) if allowed_roots is not None
+               else Path(source_dir).resolve())
+        _check_model_dir(src)
+    # Checked before the (possibly long) copy; the unique constraint still guards races.
+    if session.scalar(select(Model.id).where(Model.tenant_id == tenant_id, Model.name == name)):
+        raise Conflict(f"model {name!r} already exists", loc=["body", "name"])
+
+    model = Model(id=str(uuid.uuid4()), tenant_id=tenant_id, name=name,
+                  description=description or "", qa_template=qa_template,
+                  default_params=defaults, retain_set=retain, holdout_set=holdout,
+                  eval_sets=evals, created_at=utcnow())
+    session.add(model)
+    if src is not None:
+        key = f"{model.id}/v1-{_short_id()}"
+        files = _publish(session, store, src, key)
+        session.add(_root_version(model, 1, key, files))
+    session.flush()
+    return model
+
+
+def _publish(session: Session, store: ArtifactStore, src: Path, key: str) -> list[FileInfo]:
+    _remember_published(session, key)  # before: a failed publish may leave a partial copy
+    try:
+        files = store.publish_dir(src, key)
+    except ValueError as e:  # scan_dir refuses links and special files
+        raise Invalid(f"the model directory holds something other than regular files: {e}"
+                      ) from None
+    if not any(f.path == "config.json" for f in files):
+        raise Invalid("the model directory has no config.json (not a Hugging Face model)")
+    return files
+
+
+def _root_version(model: Model, number: int, key: str, files: list[FileInfo]) -> Version:
+    return Version(model_id=model.id, number=number, status="ready", parent_version=None,
+                   job_id=None, forget_request_ids=[], method=None,
+                   size_bytes=sum(f.size for f in files), files=[f.as_dict() for f in files],
+                   storage_key=key, has_state=False, created_at=utcnow())
+
+
+# --------------------------------------------------------------------------------------------
+# Upload of a tar / tar.gz
+# --------------------------------------------------------------------------------------------
+
+
+def _member_path(name: str) -> str:
+    """The member's path relative to the archive root; "" for the root itself."""
+    rel = name
+    while rel.startswith("./"):  # `tar -C dir .` writes ./config.json
+        rel = rel[2:]
+    rel = rel.rstrip("/")
+    if rel in ("", "."):
+        return ""
+    try:
+        return safe_relpath(rel)
+    except ValueError:
+        raise Invalid(f"unsafe path in archive: {name!r}") from None
+
+
+def extract_tar(archive: Path, dest: Path, max_bytes: int | None = None) -> None:
+    """Extract regular files and directories only; absolute paths, '..', links, devices,
+    duplicates and more than `max_bytes` of content are refused (Invalid)."""
+    total = 0
+    seen: set[str] = set()
+    try:
+        # Stream mode ("r|*"): one sequential pass, compression detected from the bytes.
+        with tarfile.open(archive, mode="r|*") as tf:
+            for count, member in enumerate(tf, 1):
+                if count > MAX_ARCHIVE_MEMBERS:
+                    raise Invalid(f"archive has more than {MAX_ARCHIVE_MEMBERS} entries")
+                rel = _member_path(member.name)
+                target = dest / rel
+                if member.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                if not member.isreg() or member.issparse() or rel == "":
+                    raise Invalid(f"archive entry {rel!r} is not a regular file or directory "
+                                  "(links and devices are refused)")
+                if rel in seen:
+                    raise Invalid(f"archive holds {rel!r} twice")
+                seen.add(rel)
+                total += member.size
+                if max_bytes is not None and total > max_bytes:
+                    raise Invalid(f"archive content exceeds {max_bytes} bytes")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                src = tf.extractfile(member)
+                assert src is not None  # a regular member always has content
+                with target.open("wb") as out:
+                    shutil.copyfileobj(src, out, CHUNK)
+    except (FileExistsError, NotADirectoryError, IsADirectoryError):
+        raise Invalid("archive entries conflict (a file and a directory of the same path)"
+                      ) from None
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError) as e:
+        raise Invalid(f"not a readable tar or tar.gz archive ({type(e).__name__})") from None
+
+
+def _model_root(extracted: Path) -> Path:
+    """config.json at the top, or inside the archive's single top-level directory."""
+    if (extracted / "config.json").is_file():
+        return extracted
+    entries = list(extracted.iterdir())
+    if len(entries) == 1 and entries[0].is_dir() and (entries[0] / "config.json").is_file():
+        return entries[0]
+    raise Invalid("the archive has no config.json at its top (not a Hugging Face model)")
+
+
+def register_upload(session: Session, store: ArtifactStore, model: Model, archive: Path, *,
+                    max_bytes: int | None = None) -> Version:
+    """A new root version (no parent) of `model` from a .tar / .tar.gz file."""
+    # Extracted on the store's filesystem when local, so publishing is a rename.
+    staging = store.staging_dir() if isinstance(store, LocalStore) else \
+        Path(tempfile.mkdtemp(prefix="alkn-upload-"))
+    try:
+        extract_tar(archive, staging, max_bytes)
+        root = _model_root(staging)
+        key = f"{model.id}/root-{uuid.uuid4().hex[:12]}"
+        files = _publish(session, store, root, key)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already when published by rename
+    # The number is taken under the model lock, after the slow part.
+    lock_model(session, model.id)
+    number = (session.scalar(select(func.max(Version.number))
+                             .where(Version.model_id == model.id)) or 0) + 1
+    version = _root_version(model, number, key, files)
+    session.add(version)
+    session.flush()
+    return version
+
+
+# --------------------------------------------------------------------------------------------
+# Versions and aliases
+# --------------------------------------------------------------------------------------------
+
+
+def versions_query(model: Model) -> Select[Version]:
+    return select(Version).where(Version.model_id == model.id)
+
+
+def latest_ready(session: Session, model: Model) -> Version | None:
+    return session.scalar(select(Version)
+                          .where(Version.model_id == model.id, Version.status == "ready")
+                          .order_by(Version.number.desc()).limit(1))
+
+
+def get_version(session: Session, model: Model, number: int) -> Version:
+    version = session.scalar(select(Version).where(Version.model_id == model.id,
+                                                   Version.number == number))
+    if version is None:
+        raise NotFound(f"model {model.name!r} has no version {number}")
+    return version
+
+
+def resolve_version(session: Session, model: Model, ref: str | int) -> Version:
+    """`ref` is a version number, `latest` (the newest ready version) or an alias."""
+    if isinstance(ref, int) or ref.isdigit():
+        return get_version(session, model, int(ref))
+    if ref == "latest":
+        version = latest_ready(session, model)
+        if version is None:
+            raise NotFound(f"model {model.name!r} has no ready version")
+        return version
+    number = session.scalar(select(Alias.version).where(Alias.model_id == model.id,
+                                                        Alias.name == ref))
+    if number is None:
+        raise NotFound(f"model {model.name!r} has no version or alias {ref!r}")
+    return get_version(session, model, number)
+
+
+def require_ready(version: Version) -> Version:
+    if version.status != "ready":
+        raise Conflict(f"version {version.number} is {version.status}, not ready")
+    return version
+
+
+def aliases_of(session: Session, model_ids: Iterable[str]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    ids = list(model_ids)
+    if ids:
+        for a in session.scalars(select(Alias).where(Alias.model_id.in_(ids))
+                                 .order_by(Alias.name)):
+            out.setdefault(a.model_id, {})[a.name] = a.version
+    return out
+
+
+def latest_numbers(session: Session, model_ids: Iterable[str]) -> dict[str, int]:
+    ids = list(model_ids)
+    if not ids:
+        return {}
+    rows = session.execute(select(Version.model_id, func.max(Version.number))
+                           .where(Version.model_id.in_(ids), Version.status == "ready")
+                           .group_by(Version.model_id))
+    return {mid: n for mid, n in rows}
+
+
+def set_alias(session: Session, model: Model, alias: str, number: int) -> Alias:
+    if not ALIAS_RE.fullmatch(alias) or alias in RESERVED_REFS:
+        raise Invalid("alias must match [a-z][a-z0-9._-]{0,63} and not be 'latest'",
+                      loc=["path", "alias"])
+    require_ready(get_version(session, model, number))
+    row = session.get(Alias, (model.id, alias))
+    if row is None:
+        row = Alias(model_id=model.id, name=alias, version=number)
+        session.add(row)
+    else:
+        row.version = number
+    session.flush()
+    return row
+
+
+def delete_alias(session: Session, model: Model, alias: str) -> None:
+    row = session.get(Alias, (model.id, alias))
+    if row is None:
+        raise NotFound(f"model {model.name!r} has no alias {alias!r}")
+    session.delete(row)
+    session.flush()
+
+
+def revoke_version(session: Session, store: ArtifactStore, model: Model, ref: str | int) -> Version:
+    """Mark the version revoked, COMMIT, then delete its bytes and ALKN state.
+
+    The row stays (lineage, audit). Revoking an already revoked version deletes its bytes
+    again, so a deletion that failed half-way can be retried. 409 while a queued or running
+    job starts from it.
+    """
+    lock_model(session, model.id)
+    version = resolve_version(session, model, ref)
+    # The version row too: a worker that locks its base version while creating a job is
+    # ordered with us, so it never starts from bytes we are deleting.
+    version = session.scalars(select(Version).where(Version.id == version.id).with_for_update()
+                              .execution_options(populate_existing=True)).one()
+    busy = session.scalar(select(Job.id).where(Job.model_id == model.id,
+                                               Job.base_version == version.number,
+                                               Job.status.in_(ACTIVE_JOB_STATUSES)).limit(1))
+    if busy is not None:
+        raise Conflict(f"version {version.number} is the base of job {busy}, which has not "
+                       "finished; cancel it or wait")
+    if version.status == "pending":
+        raise Conflict(f"version {version.number} is still being written")
+    if version.status != "revoked":
+        version.status = "revoked"
+        version.revoked_at = utcnow()
+    session.commit()
+    store.delete(version.storage_key)
+    store.delete(version.storage_key + "-state")
+    return version
+
+
+def version_evaluation(version: Version) -> dict[str, Any]:
+    if version.evaluation:
+        return version.evaluation
+    if version.metrics:
+        return version.metrics
+    raise NotFound(f"version {version.number} has no evaluation (it has not been evaluated)")
+
+
+# --------------------------------------------------------------------------------------------
+# Serialisers (the shapes of API.md)
+# --------------------------------------------------------------------------------------------
+
+
+def version_dict(version: Version, model_name: str | None = None) -> dict[str, Any]:
+    return {
+        "model": model_name,
+        "version": version.number,
+        "status": version.status,
+        "parent_version": version.parent_version,
+        "job_id": version.job_id,
+        "forget_request_ids": list(version.forget_request_ids or []),
+        "method": version.method,
+        "size_bytes": version.size_bytes,
+        "files": list(version.files or []),
+        "metrics": version.metrics,
+        "has_state": version.has_state,
+        "created_at": as_utc(version.created_at),
+        "revoked_at": as_utc(version.revoked_at),
+    }
+
+
+def model_dict(model: Model, latest_version: int | None,
+               aliases: dict[str, int] | None = None) -> dict[str, Any]:
+    return {
+        "id": model.id,
+        "name": model.name,
+        "description": model.description,
+        "created_at": as_utc(model.created_at),
+        "latest_version": latest_version,
+        "aliases": dict(aliases or {}),
+        "qa_template": model.qa_template,
+        "default_params": dict(model.default_params or {}),
+        # Sizes only: the sets can be large and a listing should stay small.
+        "retain_set_size": len(model.retain_set or []),
+        "holdout_set_size": len(model.holdout_set or []),
+        "eval_sets": {k: len(v or []) for k, v in (model.eval_sets or {}).items()},
+    }
+
+
+def model_dicts(session: Session, models: Sequence[Model]) -> list[dict[str, Any]]:
+    ids = [m.id for m in models]
+    latest, aliases = latest_numbers(session, ids), aliases_of(session, ids)
+    return [model_dict(m, latest.get(m.id), aliases.get(m.id)) for m in models]
+

@@ -1,0 +1,270 @@
+"""Forget requests (submission, cancellation, readers) and readers of jobs and their events.
+
+Torch-free. Like registry.catalog, functions flush and the caller commits, so a submission,
+its outbox row and an idempotency record land in one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Select, func, select, update
+from sqlalchemy.orm import Session
+
+from alkn_core.items import validate_items
+from alkn_core.params import METHOD_DEFAULTS, NEEDS_RETAIN, method_params
+
+from .catalog import (
+    Conflict,
+    Invalid,
+    NotFound,
+    as_utc,
+    get_version,
+    latest_ready,
+    lock_model,
+    require_ready,
+)
+from .jobs import RUN_LINEAGE_TASK
+from .models import FINISHED, REQUEST_STATUSES, ForgetRequest, Job, JobEvent, Model, Outbox, utcnow
+
+DEFAULT_METHOD = "alkn"
+
+
+def effective_params(model: Model, method: str, params: dict[str, Any] | None) -> dict[str, Any]:
+    """The full parameter set a job uses: method defaults < the model's defaults (the keys
+    this method knows) < the model's qa_template < the request's params."""
+    if method not in METHOD_DEFAULTS:
+        raise Invalid(f"unknown method {method!r}; one of {', '.join(METHOD_DEFAULTS)}",
+                      loc=["body", "method"])
+    known = METHOD_DEFAULTS[method]
+    # The precedence of registry.jobs.resolve_request_params (what the worker runs).
+    merged = {k: v for k, v in (model.default_params or {}).items() if k in known}
+    merged["qa_template"] = model.qa_template
+    merged.update(params or {})
+    try:
+        return method_params(method, merged)
+    except ValueError as e:
+        raise Invalid(str(e), loc=["body", "params"]) from None
+
+
+def submit_forget_request(session: Session, tenant_id: str, model: Model, items: Any,
+                          method: str = DEFAULT_METHOD, params: dict[str, Any] | None = None,
+                          base_version: int | None = None) -> ForgetRequest:
+    """Validate and queue a request: its row and the outbox message that wakes the worker
+    are added to the session together (commit both, or neither)."""
+    if model.tenant_id != tenant_id:
+        raise NotFound(f"model {model.name!r} not found")
+    effective_params(model, method, params)
+    try:
+        checked = validate_items(items, "items")
+    except ValueError as e:
+        raise Invalid(str(e), loc=["body", "items"]) from None
+    if not checked:
+        raise Invalid("items must hold at least one item", loc=["body", "items"])
+    if method in NEEDS_RETAIN and not model.retain_set:
+        raise Invalid(f"method {method!r} needs a retain set and model {model.name!r} has "
+                      "none; register the model with retain_set or pick another method",
+                      loc=["body", "method"])
+
+    lock_model(session, model.id)  # seq and the base check see every earlier submission
+    if base_version is not None:
+        require_ready(get_version(session, model, base_version))
+    elif latest_ready(session, model) is None:
+        raise Conflict(f"model {model.name!r} has no ready version to unlearn from")
+    seq = (session.scalar(select(func.max(ForgetRequest.seq))
+                          .where(ForgetRequest.model_id == model.id)) or 0) + 1
+    req = ForgetRequest(tenant_id=tenant_id, model_id=model.id, status="queued", method=method,
+                        params=dict(params or {}), base_version=base_version,
+                        items=list(checked), item_count=len(checked),
+                        progress={"stage": "queued"}, cancel_requested=False, seq=seq,
+                        created_at=utcnow())
+    session.add(req)
+    session.add(Outbox(task=RUN_LINEAGE_TASK, payload={"model_id": model.id},
+                       created_at=utcnow()))
+    session.flush()
+    return req
+
+
+def get_request(session: Session, tenant_id: str, request_id: str) -> ForgetRequest:
+    req = session.scalar(select(ForgetRequest).where(ForgetRequest.id == request_id,
+                                                     ForgetRequest.tenant_id == tenant_id))
+    if req is None:
+        raise NotFound(f"forget request {request_id!r} not found")
+    return req
+
+
+def _reload(session: Session, request_id: str) -> ForgetRequest:
+    return session.scalars(select(ForgetRequest).where(ForgetRequest.id == request_id)
+                           .execution_options(populate_existing=True)).one()
+
+
+def cancel_request(session: Session, tenant_id: str, request_id: str) -> ForgetRequest:
+    """A queued request outside any job is cancelled at once; one that a job serves gets
+    cancel_requested (and its job too once every request of that job asked to stop: the
+    worker then stops at its next step, otherwise it drops just this one); a finished
+    request is a Conflict.
+
+    Locks are taken job first, then request, the order the worker uses, and with
+    conditional UPDATEs, so a worker claiming the request concurrently is never overwritten
+    and never deadlocks with us.
+    """
+    req = get_request(session, tenant_id, request_id)
+    for _ in range(3):
+        if req.status in FINISHED:
+            raise Conflict(f"forget request {req.id} has already finished ({req.status})")
+        if req.job_id is None:
+            done = session.execute(
+                update(ForgetRequest)
+                .where(ForgetRequest.id == req.id, ForgetRequest.status == "queued",
+                       ForgetRequest.job_id.is_(None))
+                .values(status="cancelled", finished_at=utcnow(),
+                        progress={"stage": "cancelled"})
+                .execution_options(synchronize_session=False))
+            if done.rowcount == 1:  # type: ignore[attr-defined]
+                return _reload(session, req.id)
+            req = _reload(session, req.id)  # a worker took it meanwhile: look again
+            continue
+        job = session.scalars(select(Job).where(Job.id == req.job_id).with_for_update()
+                              .execution_options(populate_existing=True)).one_or_none()
+        flagged = session.execute(
+            update(ForgetRequest)
+            .where(ForgetRequest.id == req.id, ForgetRequest.status.not_in(FINISHED))
+            .values(cancel_requested=True).execution_options(synchronize_session=False))
+        if flagged.rowcount == 0:  # type: ignore[attr-defined]
+            req = _reload(session, req.id)
+            continue
+        if job is not None and job.status not in FINISHED:
+            still_wanted = session.scalar(
+                select(func.count()).select_from(ForgetRequest)
+                .where(ForgetRequest.job_id == job.id, ForgetRequest.status.not_in(FINISHED),
+                       ForgetRequest.cancel_requested.is_(False)))
+            if not still_wanted:
+                job.cancel_requested = True
+                session.flush()
+        return _reload(session, req.id)
+    raise Conflict(f"forget request {req.id} changed state repeatedly; retry the cancel")
+
+
+def requests_query(tenant_id: str, model_id: str | None = None,
+                   status: str | None = None) -> Select[ForgetRequest]:
+    q = select(ForgetRequest).where(ForgetRequest.tenant_id == tenant_id)
+    if model_id is not None:
+        q = q.where(ForgetRequest.model_id == model_id)
+    if status is not None:
+        if status not in REQUEST_STATUSES:
+            raise Invalid(f"status must be one of {', '.join(REQUEST_STATUSES)}",
+                          loc=["query", "status"])
+        q = q.where(ForgetRequest.status == status)
+    return q
+
+
+def get_job(session: Session, tenant_id: str, job_id: str) -> Job:
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
+    if job is None:
+        raise NotFound(f"job {job_id!r} not found")
+    return job
+
+
+def jobs_query(tenant_id: str, model_id: str | None = None,
+               status: str | None = None) -> Select[Job]:
+    q = select(Job).where(Job.tenant_id == tenant_id)
+    if model_id is not None:
+        q = q.where(Job.model_id == model_id)
+    if status is not None:
+        q = q.where(Job.status == status)
+    return q
+
+
+def job_events_query(job: Job) -> Select[JobEvent]:
+    return select(JobEvent).where(JobEvent.job_id == job.id)
+
+
+# --------------------------------------------------------------------------------------------
+# Serialisers (the shapes of API.md)
+# --------------------------------------------------------------------------------------------
+
+
+def progress_dict(progress: dict[str, Any] | None, status: str) -> dict[str, Any]:
+    p = dict(progress or {})
+    default_stage = {"queued": "queued", "succeeded": "done"}.get(status, status)
+    p.setdefault("stage", default_stage)
+    for key in ("step", "total_steps", "fraction"):
+        p.setdefault(key, None)
+    if p["fraction"] is None and status == "succeeded":
+        p["fraction"] = 1.0
+    return p
+
+
+def model_names(session: Session, model_ids: Iterable[str]) -> dict[str, str]:
+    ids = list(set(model_ids))
+    if not ids:
+        return {}
+    return dict(session.execute(select(Model.id, Model.name).where(Model.id.in_(ids))).all())
+
+
+def request_dict(req: ForgetRequest, model_name: str | None,
+                 job: Job | None = None) -> dict[str, Any]:
+    # base_version as submitted; once a job runs it, the version that job really started from.
+    base = req.base_version if req.base_version is not None else (
+        job.base_version if job is not None else None)
+    return {
+        "id": req.id,
+        "model": model_name,
+        "status": req.status,
+        "method": req.method,
+        "params": dict(req.params or {}),
+        "base_version": base,
+        "result_version": req.result_version,
+        "job_id": req.job_id,
+        "item_count": req.item_count,
+        "progress": progress_dict(req.progress, req.status),
+        "metrics": req.metrics,
+        "error": req.error,
+        "cancel_requested": req.cancel_requested,
+        "created_at": as_utc(req.created_at),
+        "started_at": as_utc(req.started_at),
+        "finished_at": as_utc(req.finished_at),
+    }
+
+
+def request_dicts(session: Session, reqs: Sequence[ForgetRequest]) -> list[dict[str, Any]]:
+    names = model_names(session, (r.model_id for r in reqs))
+    job_ids = {r.job_id for r in reqs if r.job_id is not None}
+    jobs = {j.id: j for j in session.scalars(select(Job).where(Job.id.in_(job_ids)))} \
+        if job_ids else {}
+    return [request_dict(r, names.get(r.model_id), jobs.get(r.job_id or "")) for r in reqs]
+
+
+def job_dict(job: Job, model_name: str | None) -> dict[str, Any]:
+    metrics = job.metrics or {}
+    return {
+        "id": job.id,
+        "model": model_name,
+        "status": job.status,
+        "method": job.method,
+        "params": dict(job.params or {}),
+        "forget_request_ids": list(job.forget_request_ids or []),
+        "base_version": job.base_version,
+        "result_version": job.result_version,
+        "progress": progress_dict(job.progress, job.status),
+        "metrics": {"before": metrics.get("before"), "after": metrics.get("after"),
+                    **{k: v for k, v in metrics.items() if k not in ("before", "after")}},
+        "timings": dict(job.timings or {}),
+        "error": job.error,
+        "cancel_requested": job.cancel_requested,
+        "attempts": job.attempts,
+        "created_at": as_utc(job.created_at),
+        "started_at": as_utc(job.started_at),
+        "finished_at": as_utc(job.finished_at),
+    }
+
+
+def job_dicts(session: Session, jobs: Sequence[Job]) -> list[dict[str, Any]]:
+    names = model_names(session, (j.model_id for j in jobs))
+    return [job_dict(j, names.get(j.model_id)) for j in jobs]
+
+
+def event_dict(event: JobEvent) -> dict[str, Any]:
+    return {"id": event.id, "at": as_utc(event.at), "stage": event.stage,
+            "message": event.message, "data": dict(event.data or {})}

@@ -1,0 +1,379 @@
+"""Running a lineage's jobs: take the lease, run queued jobs one at a time, release.
+
+`run_lineage_once` is what the Celery task calls; it needs no Celery, so tests call it
+directly. Database work goes through `registry.jobs`; model work through `alkn_core`.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from sqlalchemy.exc import SQLAlchemyError
+
+from alkn_core import UnlearnState, unlearn
+from alkn_core.runtime import pick_device, pick_dtype, place
+from registry import jobs
+from registry.jobs import JobError, JobSpec
+from registry.settings import Settings
+from registry.store import LocalStore, S3Store, open_store
+
+from .evaluation import evaluate
+
+log = logging.getLogger(__name__)
+
+Store = LocalStore | S3Store
+
+# Share of the job's overall progress fraction per stage (evaluating runs twice).
+SPANS: dict[str, tuple[float, float]] = {
+    "queued": (0.0, 0.0), "loading": (0.0, 0.05), "evaluating:before": (0.05, 0.12),
+    "probing": (0.12, 0.2), "training": (0.2, 0.85), "negating": (0.85, 0.88),
+    "evaluating:after": (0.88, 0.96), "saving": (0.96, 1.0), "done": (1.0, 1.0),
+}
+MESSAGES = {
+    "loading": "loading the base version", "evaluating:before": "evaluating before unlearning",
+    "probing": "probing (initial probabilities, retain gradient)",
+    "training": "training", "negating": "negating the task vector",
+    "evaluating:after": "evaluating after unlearning", "saving": "saving the new version",
+}
+
+
+# The progress callback renews the lease at most this often (s); LeaseKeeper covers the
+# phases without progress.
+RENEW_EVERY = 5.0
+
+
+class Cancelled(Exception):
+    """Raised from the progress callback: the job or one of its requests was cancelled."""
+
+
+class LeaseLost(Exception):
+    """Our lineage lease expired and another worker took it: stop without a trace."""
+
+
+def new_worker_id() -> str:
+    """Unique per task run (not per process: a thread pool runs several in one process)."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class LeaseKeeper:
+    """Renews the lease in the background while we hold it, so long silent phases (loading
+    a large model, saving it) never let it lapse; `lost` is set when it is no longer ours."""
+
+    def __init__(self, url: str, model_id: str, owner: str, seconds: float) -> None:
+        self.url, self.model_id, self.owner, self.seconds = url, model_id, owner, seconds
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{model_id[:8]}",
+                                        daemon=True)
+
+    def _run(self) -> None:
+        interval = max(0.5, self.seconds / 4)
+        while not self._stop.wait(interval):
+            try:
+                if not jobs.renew_lease(self.url, self.model_id, self.owner, self.seconds):
+                    self.lost.set()
+                    return
+            except SQLAlchemyError as exc:  # transient: the lease still has time left
+                log.warning("lease renewal failed: %s", exc)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class ProgressReporter:
+    """The progress callback: writes progress (throttled, but always stage changes and the
+    last step), an event per stage, renews the lease and raises on cancel or lost lease."""
+
+    def __init__(self, url: str, spec: JobSpec, owner: str, lease_seconds: float,
+                 keeper: LeaseKeeper | None = None, min_interval: float = 0.5) -> None:
+        self.url, self.spec, self.owner, self.lease_seconds = url, spec, owner, lease_seconds
+        self.keeper, self.min_interval = keeper, min_interval
+        self.phase = ""  # "before"/"after" for evaluating
+        self.stage: str | None = None
+        self._last_write = 0.0
+        self._last_renew = 0.0
+
+    def _key(self, stage: str) -> str:
+        return f"{stage}:{self.phase}" if stage == "evaluating" else stage
+
+    def __call__(self, stage: str, step: int, total: int) -> None:
+        if self.keeper is not None and self.keeper.lost.is_set():
+            raise LeaseLost()
+        key = self._key(stage)
+        changed = key != self.stage
+        now = time.monotonic()
+        last = total > 0 and step >= total
+        if not changed and not last and now - self._last_write < self.min_interval:
+            return
+        self.stage = key
+        lo, hi = SPANS.get(key, (0.0, 0.0))
+        frac = lo + (hi - lo) * (min(step, total) / total if total > 0 else 0.0)
+        progress = {"stage": stage, "step": step, "total_steps": total,
+                    "fraction": round(frac, 4)}
+        event = (stage, MESSAGES.get(key, stage), {"total_steps": total}) if changed else None
+        renew = now - self._last_renew >= RENEW_EVERY
+        try:
+            ack = jobs.report_progress(self.url, self.spec.job_id, progress,
+                                       model_id=self.spec.model_id, owner=self.owner,
+                                       lease_seconds=self.lease_seconds, renew=renew,
+                                       event=event)
+        except SQLAlchemyError as exc:
+            # A database hiccup must not kill an hours-long run; the next write retries.
+            log.warning("progress write failed for job %s: %s", self.spec.job_id, exc)
+            return
+        self._last_write = now
+        if renew:
+            self._last_renew = now
+        if not ack.lease_ok:
+            raise LeaseLost()
+        if ack.cancel_job or ack.cancelled_requests:
+            raise Cancelled()
+
+    def begin(self, stage: str, phase: str = "") -> None:
+        self.phase = phase
+        self(stage, 0, 1 if stage in ("loading", "saving") else 0)
+
+
+# --------------------------------------------------------------------------------------------
+# One job
+# --------------------------------------------------------------------------------------------
+
+
+def describe_error(exc: BaseException, stage: str | None) -> JobError:
+    """A clear error for clients: no stack trace, and no file path or internal detail (the
+    traceback goes to the worker log)."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return JobError("out_of_memory", "the job ran out of accelerator memory; lower "
+                                         "batch_size or max_length")
+    if isinstance(exc, ValueError) and stage not in ("loading", "saving"):
+        # alkn_core's ValueErrors name the bad parameter or item: meant for the client.
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return JobError("invalid_input", message[:1000])
+    where = f" while {MESSAGES[stage]}" if stage in MESSAGES else ""
+    return JobError("internal_error",
+                    f"the job failed{where} ({type(exc).__name__}); see the worker log")
+
+
+def _staging(store: Store) -> Path:
+    maker: Callable[[], Path] | None = getattr(store, "staging_dir", None)
+    return maker() if maker is not None else Path(tempfile.mkdtemp(prefix="alkn-stage-"))
+
+
+def load_base(store: Store, spec: JobSpec, workdir: Path
+              ) -> tuple[torch.nn.Module, Any, UnlearnState | None]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # progress bars per load/save only clutter the log
+
+    src = store.fetch_dir(spec.base_storage_key, workdir / "model")
+    device = pick_device()
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=pick_dtype(device))
+    tokenizer = AutoTokenizer.from_pretrained(src)
+    place(model)
+    state = None
+    if spec.base_state:
+        state = UnlearnState.load(store.fetch_dir(spec.base_storage_key + "-state",
+                                                  workdir / "state"))
+        if state.method != spec.method:  # the base row said otherwise: trust the file
+            log.warning("base state of job %s is %s, not %s; starting without it",
+                        spec.job_id, state.method, spec.method)
+            state = None
+    return model, tokenizer, state
+
+
+def _eval_sets(spec: JobSpec) -> dict[str, list[dict[str, Any]]]:
+    sets = {"forget": spec.forget_items, "retain": spec.retain_set}
+    sets.update({f"eval/{name}": items for name, items in spec.eval_sets.items()})
+    if len(spec.request_ids) > 1:  # a merged job: each request also gets its own numbers
+        sets.update({f"request/{rid}": spec.request_items[rid] for rid in spec.request_ids})
+    return sets
+
+
+def _split_metrics(before: dict[str, Any], after: dict[str, Any], spec: JobSpec
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+    def job_part(m: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in m.items() if not k.startswith("request/")}
+
+    def request_part(m: dict[str, Any], rid: str) -> dict[str, Any]:
+        own = m.get(f"request/{rid}")
+        return {**job_part(m), **({"forget": own} if own is not None else {})}
+
+    job = {"before": job_part(before), "after": job_part(after)}
+    per_request = {rid: {"before": request_part(before, rid), "after": request_part(after, rid)}
+                   for rid in spec.request_ids}
+    return job, per_request
+
+
+def _publish(store: Store, settings: Settings, spec: JobSpec, model: torch.nn.Module,
+             tokenizer: Any, state: UnlearnState | None) -> tuple[str, list[dict[str, Any]]]:
+    """Write the new version's files (and state) under a fresh key nothing points to yet."""
+    number = jobs.next_version_number(settings.resolved_database_url, spec.model_id)
+    key = f"{spec.model_id}/v{number}-{uuid.uuid4().hex[:8]}"
+    staged: list[Path] = []
+    try:
+        model_dir = _staging(store)
+        staged.append(model_dir)
+        model.save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+        if state is not None:
+            state_dir = _staging(store)
+            staged.append(state_dir)
+            state.save(state_dir)
+            store.publish_dir(state_dir, key + "-state")
+        files = [f.as_dict() for f in store.publish_dir(model_dir, key)]
+    finally:
+        for d in staged:  # LocalStore moved them away; anything left is a temp copy
+            shutil.rmtree(d, ignore_errors=True)
+    return key, files
+
+
+def run_job(settings: Settings, store: Store, spec: JobSpec, owner: str,
+            keeper: LeaseKeeper | None = None) -> str:
+    """Run one claimed job to its end; returns the job's status (or "lease_lost")."""
+    url = settings.resolved_database_url
+    report = ProgressReporter(url, spec, owner, settings.lease_seconds, keeper)
+    timings: dict[str, float] = {}
+    key: str | None = None
+    t_start = time.perf_counter()
+    log.info("job %s: %s on v%d, %d request(s), attempt %d", spec.job_id, spec.method,
+             spec.base_version, len(spec.request_ids), spec.attempts)
+    try:
+        with tempfile.TemporaryDirectory(prefix="alkn-job-") as tmp:
+            t = time.perf_counter()
+            report.begin("loading")
+            model, tokenizer, state = load_base(store, spec, Path(tmp))
+            report("loading", 1, 1)
+            timings["loading"] = time.perf_counter() - t
+
+            sets = _eval_sets(spec)
+            t = time.perf_counter()
+            report.phase = "before"
+            before = evaluate(model, tokenizer, sets, spec.params, report)
+            timings["evaluating_before"] = time.perf_counter() - t
+
+            result = unlearn(model, tokenizer, spec.forget_items, spec.retain_set or None,
+                             method=spec.method, params=spec.params, state=state,
+                             progress=report, eval_sets=spec.eval_sets or None)
+            model, state = result.model, result.state
+            stats = dict(result.stats)
+            timings.update(stats.pop("seconds", {}))
+
+            t = time.perf_counter()
+            report.phase = "after"
+            after = evaluate(model, tokenizer, sets, spec.params, report)
+            timings["evaluating_after"] = time.perf_counter() - t
+
+            t = time.perf_counter()
+            report.begin("saving")
+            key, files = _publish(store, settings, spec, model, tokenizer, state)
+            report("saving", 1, 1)  # a cancel that came meanwhile stops it here
+            timings["saving"] = time.perf_counter() - t
+            timings["total"] = time.perf_counter() - t_start
+            del model
+
+        job_metrics, request_metrics = _split_metrics(before, after, spec)
+        job_metrics["unlearning"] = stats
+        outcome = jobs.publish_version(
+            url, spec.job_id, storage_key=key, files=files, has_state=state is not None,
+            metrics=job_metrics, request_metrics=request_metrics, timings=timings,
+            evaluation=job_metrics["after"])
+        if not outcome.created:
+            _drop(store, key)
+        log.info("job %s: %s, version %s", spec.job_id, outcome.status, outcome.version)
+        return outcome.status
+    except Cancelled:
+        log.info("job %s: cancelled", spec.job_id)
+        jobs.cancel_job(url, spec.job_id)
+        _drop_unreferenced(url, store, spec, key)
+        return "cancelled"
+    except LeaseLost:
+        # Another worker holds the lineage now and re-runs this job: leave it alone.
+        log.warning("job %s: lineage lease lost; leaving the job to its new holder",
+                    spec.job_id)
+        _drop_unreferenced(url, store, spec, key)
+        return "lease_lost"
+    except Exception as exc:
+        log.exception("job %s failed at %s", spec.job_id, report.stage)
+        jobs.fail_job(url, spec.job_id, describe_error(exc, (report.stage or "").split(":")[0]))
+        _drop_unreferenced(url, store, spec, key)
+        return "failed"
+
+
+def _drop(store: Store, key: str | None) -> None:
+    if key is not None:
+        store.delete(key)
+        store.delete(key + "-state")
+
+
+def _drop_unreferenced(url: str, store: Store, spec: JobSpec, key: str | None) -> None:
+    """Delete files we published only when we know no committed version points to them."""
+    if key is None:
+        return
+    try:
+        if jobs.version_of_job(url, spec.model_id, spec.job_id) is None:
+            _drop(store, key)
+    except SQLAlchemyError:
+        log.warning("could not check job %s; its files under %s stay", spec.job_id, key)
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------------------------
+# A lineage
+# --------------------------------------------------------------------------------------------
+
+
+def run_lineage_once(settings: Settings, model_id: str, worker_id: str | None = None, *,
+                     store: Store | None = None) -> int:
+    """Run every queued job of a lineage if we can take its lease; returns how many jobs
+    ran. Without the lease it returns at once: the holder picks up queued requests before
+    it lets go."""
+    url = settings.resolved_database_url
+    owner = worker_id or new_worker_id()
+    store = store if store is not None else open_store(settings.resolved_artifact_root)
+    ran = 0
+    while True:
+        if not jobs.take_lease(url, model_id, owner, settings.lease_seconds):
+            log.info("lineage %s is leased by another worker", model_id)
+            return ran
+        lost = False
+        try:
+            with LeaseKeeper(url, model_id, owner, settings.lease_seconds) as keeper:
+                while not keeper.lost.is_set() and jobs.renew_lease(
+                        url, model_id, owner, settings.lease_seconds):
+                    spec = jobs.next_job(url, model_id)
+                    if spec is None:
+                        break
+                    status = run_job(settings, store, spec, owner, keeper)
+                    ran += 1
+                    _free_memory()
+                    if status == "lease_lost":
+                        break
+                lost = keeper.lost.is_set()
+        finally:
+            jobs.release_lease(url, model_id, owner)
+        # A request that arrived while we held the lease saw it taken and left it to us.
+        if lost or not jobs.has_queued(url, model_id):
+            return ran
