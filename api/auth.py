@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+import time
 from typing import Annotated
 
 from fastapi import Depends, HTTPException
@@ -19,6 +20,10 @@ from .deps import SessionDep
 log = logging.getLogger("api")
 
 KEY_PREFIX = "alkn_"
+# A valid key's tenant is remembered this long per process (saves a database round trip on
+# every call); a revoked key stops working within this time.
+KEY_CACHE_SECONDS = 10.0
+_KEY_CACHE: dict[str, tuple[str, float]] = {}
 DEFAULT_TENANT = "default"
 
 # auto_error=False: we answer 401 (not FastAPI's 403) as a problem document ourselves;
@@ -78,10 +83,18 @@ def require_tenant(session: SessionDep,
     """The tenant id of the request's API key, or 401."""
     if credentials is None or not credentials.credentials:
         raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+    digest = hash_key(credentials.credentials)
+    cached = _KEY_CACHE.get(digest)
+    now = time.monotonic()
+    if cached is not None and cached[1] > now:
+        return cached[0]
     tenant_id = session.scalar(select(ApiKey.tenant_id).where(
-        ApiKey.key_hash == hash_key(credentials.credentials), ApiKey.revoked_at.is_(None)))
+        ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None)))
     if tenant_id is None:
         raise _unauthorized("invalid or revoked API key")
+    if len(_KEY_CACHE) > 10_000:  # bounded: a flood of distinct valid keys cannot grow it
+        _KEY_CACHE.clear()
+    _KEY_CACHE[digest] = (tenant_id, now + KEY_CACHE_SECONDS)
     return tenant_id
 
 

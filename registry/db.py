@@ -25,7 +25,9 @@ def get_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # No pre-ping (a round trip on every checkout): a connection the server dropped fails
+    # one request, SQLAlchemy then invalidates the pool, and recycling bounds idle age.
+    return create_engine(url, pool_size=10, max_overflow=20, pool_recycle=1800)
 
 
 @lru_cache

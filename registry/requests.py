@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Select, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from alkn_core.items import validate_items
 from alkn_core.params import METHOD_DEFAULTS, NEEDS_RETAIN, method_params
@@ -94,6 +94,25 @@ def get_request(session: Session, tenant_id: str, request_id: str) -> ForgetRequ
     return req
 
 
+def request_view(session: Session, tenant_id: str, request_id: str) -> dict[str, Any]:
+    """GET /v1/forget-requests/{id} in one round trip: the row (without its items, which
+    can be large) with its model's name and its job's base version."""
+    row = session.execute(
+        select(ForgetRequest, Model.name, Job.base_version)
+        .options(defer(ForgetRequest.items))
+        .join(Model, Model.id == ForgetRequest.model_id)
+        .outerjoin(Job, Job.id == ForgetRequest.job_id)
+        .where(ForgetRequest.id == request_id, ForgetRequest.tenant_id == tenant_id)
+    ).first()
+    if row is None:
+        raise NotFound(f"forget request {request_id!r} not found")
+    req, model_name, job_base = row
+    out = request_dict(req, model_name)
+    if out["base_version"] is None:
+        out["base_version"] = job_base
+    return out
+
+
 def _reload(session: Session, request_id: str) -> ForgetRequest:
     return session.scalars(select(ForgetRequest).where(ForgetRequest.id == request_id)
                            .execution_options(populate_existing=True)).one()
@@ -148,7 +167,9 @@ def cancel_request(session: Session, tenant_id: str, request_id: str) -> ForgetR
 
 def requests_query(tenant_id: str, model_id: str | None = None,
                    status: str | None = None) -> Select[ForgetRequest]:
-    q = select(ForgetRequest).where(ForgetRequest.tenant_id == tenant_id)
+    # The items (possibly thousands per request) are not part of a listing.
+    q = select(ForgetRequest).options(defer(ForgetRequest.items)).where(
+        ForgetRequest.tenant_id == tenant_id)
     if model_id is not None:
         q = q.where(ForgetRequest.model_id == model_id)
     if status is not None:

@@ -58,8 +58,7 @@ def list_requests(session: SessionDep, tenant: TenantDep, page: PageDep,
 
 @router.get("/v1/forget-requests/{request_id}", response_model=ForgetRequestOut)
 def get_request(request_id: str, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
-    req = forget.get_request(session, tenant, request_id)
-    return forget.request_dicts(session, [req])[0]
+    return forget.request_view(session, tenant, request_id)
 
 
 @router.post("/v1/forget-requests/{request_id}:cancel", response_model=ForgetRequestOut,
