@@ -1,0 +1,58 @@
+"""The artifact store: local directory and S3 (boto3 against moto's in-process S3)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from registry.store import LocalStore, S3Store, safe_relpath
+
+
+def _version_dir(root: Path) -> Path:
+    (root / "sub").mkdir(parents=True)
+    (root / "config.json").write_text('{"model_type": "llama"}')
+    (root / "sub" / "weights.bin").write_bytes(bytes(range(256)) * 5000)
+    return root
+
+
+def _check(store: LocalStore | S3Store, src: Path, tmp: Path) -> None:
+    files = store.publish_dir(src, "m1/v2-abc")
+    assert [f.path for f in files] == ["config.json", "sub/weights.bin"]
+    blob = (src / "sub" / "weights.bin").read_bytes()
+    assert files[1].size == len(blob) and files[1].sha256 == hashlib.sha256(blob).hexdigest()
+    assert b"".join(store.open_range("m1/v2-abc", "sub/weights.bin")) == blob
+    assert b"".join(store.open_range("m1/v2-abc", "sub/weights.bin", 1000, 1999)) == \
+        blob[1000:2000]
+    assert store.exists("m1/v2-abc", "config.json")
+    got = store.fetch_dir("m1/v2-abc", tmp / "fetched")
+    assert (got / "sub" / "weights.bin").read_bytes() == blob
+    store.ping()
+    store.delete("m1/v2-abc")
+    assert not store.exists("m1/v2-abc", "config.json")
+
+
+def test_local_store(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "artifacts")
+    _check(store, _version_dir(tmp_path / "src"), tmp_path)
+    assert not any((tmp_path / "artifacts" / ".tmp").iterdir())  # staging cleaned by rename
+
+
+def test_s3_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    moto = pytest.importorskip("moto")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with moto.mock_aws():
+        import boto3
+
+        boto3.client("s3").create_bucket(Bucket="alkn-test")
+        _check(S3Store("s3://alkn-test/prefix"), _version_dir(tmp_path / "src"), tmp_path)
+
+
+@pytest.mark.parametrize("bad", ["", "/etc/passwd", "../x", "a/../../b", "a\\\\b"])
+def test_safe_relpath_refuses_escapes(bad: str) -> None:
+    with pytest.raises(ValueError):
+        safe_relpath(bad)
