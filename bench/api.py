@@ -153,7 +153,7 @@ def main() -> int:
             print(f"  {name:9s} {summary[name][0]:8.0f} req/s   p50 {summary[name][1]:6.1f} ms"
                   f"   p99 {summary[name][2]:6.1f} ms   (medians of rounds)")
 
-        blob = httpx.get(f"{base}/v1/models/bench/versions/1", headers=auth).json()
+        blob = httpx.get(f"{base}/v1/models/bench/versions/1", headers=auth, timeout=120).json()
         assert any(f["path"] == "blob.bin" for f in blob["files"])
         on_disk = next((tmp / "artifacts").rglob("blob.bin"))
         api_rates, disk_rates = [], []

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -51,3 +51,11 @@ def session_scope(url: str) -> Iterator[Session]:
 
 def new_session(url: str) -> Session:
     return _factory(url)()
+
+
+@contextmanager
+def read_connection(url: str) -> Iterator[Connection]:
+    """A pooled connection in autocommit mode, for single-statement reads: no BEGIN and
+    ROLLBACK round trips around the one query (the hot status-polling path)."""
+    with get_engine(url).connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        yield conn

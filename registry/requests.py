@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Connection, Select, bindparam, func, select, update
 from sqlalchemy.orm import Session, defer
 
 from alkn_core.items import validate_items
@@ -94,22 +94,29 @@ def get_request(session: Session, tenant_id: str, request_id: str) -> ForgetRequ
     return req
 
 
-def request_view(session: Session, tenant_id: str, request_id: str) -> dict[str, Any]:
-    """GET /v1/forget-requests/{id} in one round trip: the row (without its items, which
-    can be large) with its model's name and its job's base version."""
-    row = session.execute(
-        select(ForgetRequest, Model.name, Job.base_version)
-        .options(defer(ForgetRequest.items))
-        .join(Model, Model.id == ForgetRequest.model_id)
-        .outerjoin(Job, Job.id == ForgetRequest.job_id)
-        .where(ForgetRequest.id == request_id, ForgetRequest.tenant_id == tenant_id)
-    ).first()
+_VIEW_COLUMNS = (ForgetRequest.id, ForgetRequest.status, ForgetRequest.method,
+                 ForgetRequest.params, ForgetRequest.base_version, ForgetRequest.result_version,
+                 ForgetRequest.job_id, ForgetRequest.item_count, ForgetRequest.progress,
+                 ForgetRequest.metrics, ForgetRequest.error, ForgetRequest.cancel_requested,
+                 ForgetRequest.created_at, ForgetRequest.started_at, ForgetRequest.finished_at)
+_VIEW = (select(*_VIEW_COLUMNS, Model.name.label("model_name"),
+                Job.base_version.label("job_base"))
+         .join(Model, Model.id == ForgetRequest.model_id)
+         .outerjoin(Job, Job.id == ForgetRequest.job_id)
+         .where(ForgetRequest.id == bindparam("request_id"),
+                ForgetRequest.tenant_id == bindparam("tenant_id")))
+
+
+def request_view(conn: Connection | Session, tenant_id: str, request_id: str
+                 ) -> dict[str, Any]:
+    """GET /v1/forget-requests/{id} in one statement and without ORM objects (clients poll
+    it): the request's columns but its items, its model's name, its job's base version."""
+    row = conn.execute(_VIEW, {"request_id": request_id, "tenant_id": tenant_id}).first()
     if row is None:
         raise NotFound(f"forget request {request_id!r} not found")
-    req, model_name, job_base = row
-    out = request_dict(req, model_name)
+    out = request_dict(row, row.model_name)  # a Row reads like the ORM object here
     if out["base_version"] is None:
-        out["base_version"] = job_base
+        out["base_version"] = row.job_base
     return out
 
 

@@ -14,7 +14,7 @@ from registry.models import ForgetRequest
 
 from .. import idempotency
 from ..auth import TenantDep
-from ..deps import SessionDep
+from ..deps import ReadConnDep, SessionDep
 from ..idempotency import Created, IdempotencyKey
 from ..pagination import PageDep, paginate
 from ..schemas import ForgetRequestCreate, ForgetRequestOut, Page, RequestStatus, problems
@@ -57,8 +57,8 @@ def list_requests(session: SessionDep, tenant: TenantDep, page: PageDep,
 
 
 @router.get("/v1/forget-requests/{request_id}", response_model=ForgetRequestOut)
-def get_request(request_id: str, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
-    return forget.request_view(session, tenant, request_id)
+def get_request(request_id: str, conn: ReadConnDep, tenant: TenantDep) -> dict[str, Any]:
+    return forget.request_view(conn, tenant, request_id)
 
 
 @router.post("/v1/forget-requests/{request_id}:cancel", response_model=ForgetRequestOut,
