@@ -8,14 +8,14 @@ import secrets
 import time
 from typing import Annotated
 
-from fastapi import Depends, HTTPException
+from fastapi import Depends, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from registry.db import read_connection
 from registry.models import ApiKey, Tenant, utcnow
-
-from .deps import SessionDep
 
 log = logging.getLogger("api")
 
@@ -77,10 +77,17 @@ def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-def require_tenant(session: SessionDep,
-                   credentials: Annotated[HTTPAuthorizationCredentials | None,
-                                          Depends(_bearer)]) -> str:
-    """The tenant id of the request's API key, or 401."""
+def _lookup_tenant(db_url: str, digest: str) -> str | None:
+    with read_connection(db_url) as conn:
+        return conn.execute(select(ApiKey.tenant_id).where(
+            ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))).scalar()
+
+
+async def require_tenant(request: Request,
+                         credentials: Annotated[HTTPAuthorizationCredentials | None,
+                                                Depends(_bearer)]) -> str:
+    """The tenant id of the request's API key, or 401. Async: a cached key costs no thread
+    hand-off and no database round trip."""
     if credentials is None or not credentials.credentials:
         raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'")
     digest = hash_key(credentials.credentials)
@@ -88,8 +95,7 @@ def require_tenant(session: SessionDep,
     now = time.monotonic()
     if cached is not None and cached[1] > now:
         return cached[0]
-    tenant_id = session.scalar(select(ApiKey.tenant_id).where(
-        ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None)))
+    tenant_id = await run_in_threadpool(_lookup_tenant, request.app.state.db_url, digest)
     if tenant_id is None:
         raise _unauthorized("invalid or revoked API key")
     if len(_KEY_CACHE) > 10_000:  # bounded: a flood of distinct valid keys cannot grow it
