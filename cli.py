@@ -137,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     kc = ksub.add_parser("create", help="print a new API key for a tenant")
     kc.add_argument("--tenant", required=True)
     sub.add_parser("migrate", help="bring the database to the newest schema")
+    g = sub.add_parser("gc", help="delete artifact keys no version points to")
+    g.add_argument("--older-than", type=float, default=24 * 3600.0, help="seconds")
     d = sub.add_parser("demo", help="the demo corpus and model")
     dsub = d.add_subparsers(dest="demo_command", required=True)
     db = dsub.add_parser("build", help="rebuild the demo model (python -m alkn_core.demo build)")
@@ -153,6 +155,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "migrate":
         migrate()
         print(json.dumps({"migrated": _settings().resolved_database_url.split("@")[-1]}))
+        return 0
+    if args.command == "gc":
+        from registry.gc import collect_orphans
+        from registry.store import open_store
+
+        settings = _settings()
+        deleted = collect_orphans(settings.resolved_database_url,
+                                  open_store(settings.resolved_artifact_root), args.older_than)
+        print(json.dumps({"deleted": deleted}))
         return 0
     if args.command == "demo":
         from alkn_core.demo_model import main as demo_main

@@ -69,6 +69,7 @@ class ArtifactStore(Protocol):
                    end: int | None = None) -> Iterator[bytes]: ...
     def fetch_dir(self, key: str, dest: Path) -> Path: ...
     def delete(self, key: str) -> None: ...
+    def list_keys(self, prefix: str) -> list[tuple[str, float]]: ...
     def exists(self, key: str, path: str) -> bool: ...
     def ping(self) -> None: ...
 
@@ -132,6 +133,15 @@ class LocalStore:
     def delete(self, key: str) -> None:
         shutil.rmtree(self._dir(key), ignore_errors=True)
 
+    def list_keys(self, prefix: str) -> list[tuple[str, float]]:
+        """(key, modification time) of every version directory directly under `prefix`;
+        with prefix ".tmp", the staging directories."""
+        base = self.root / safe_relpath(prefix)
+        if not base.is_dir():
+            return []
+        return [(f"{prefix}/{d.name}", d.stat().st_mtime) for d in sorted(base.iterdir())
+                if d.is_dir()]
+
     def ping(self) -> None:
         probe = self.root / ".tmp" / f".ping-{uuid.uuid4().hex}"
         probe.write_bytes(b"")
@@ -191,6 +201,18 @@ class S3Store:
             keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
             if keys:
                 self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
+
+    def list_keys(self, prefix: str) -> list[tuple[str, float]]:
+        """(key, newest object time) of every key directly under `prefix`."""
+        base = self._key(prefix) + "/"
+        newest: dict[str, float] = {}
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                      Prefix=base):
+            for obj in page.get("Contents", []):
+                name = obj["Key"][len(base):].split("/", 1)[0]
+                when = obj["LastModified"].timestamp()
+                newest[name] = max(newest.get(name, 0.0), when)
+        return [(f"{prefix}/{n}", t) for n, t in sorted(newest.items())]
 
     def ping(self) -> None:
         self.s3.head_bucket(Bucket=self.bucket)

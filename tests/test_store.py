@@ -56,3 +56,30 @@ def test_s3_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_safe_relpath_refuses_escapes(bad: str) -> None:
     with pytest.raises(ValueError):
         safe_relpath(bad)
+
+
+def test_gc_deletes_only_unreferenced_keys(pg_url: str, tmp_path: Path) -> None:
+    from registry.db import session_scope
+    from registry.gc import collect_orphans
+    from registry.models import Model, Tenant, Version
+
+    store = LocalStore(tmp_path / "artifacts")
+    src = _version_dir(tmp_path / "src")
+    with session_scope(pg_url) as s:
+        tenant = Tenant(name=f"gc-{tmp_path.name}")
+        s.add(tenant)
+        s.flush()
+        model = Model(tenant_id=tenant.id, name="gc", qa_template="{question} {answer}")
+        s.add(model)
+        s.flush()
+        kept = f"{model.id}/v1-aaaa"
+        s.add(Version(model_id=model.id, number=1, status="ready", storage_key=kept))
+    store.publish_dir(src, kept)
+    store.publish_dir(src, kept + "-state")
+    store.publish_dir(src, f"{model.id}/v2-dead")  # a worker died before committing v2
+    stale = store.staging_dir()
+    assert collect_orphans(pg_url, store, older_than=3600) == []  # too recent: grace period
+    deleted = collect_orphans(pg_url, store, older_than=0)
+    assert sorted(deleted) == sorted([f"{model.id}/v2-dead", f".tmp/{stale.name}"])
+    assert store.exists(kept, "config.json") and store.exists(kept + "-state", "config.json")
+    assert not store.exists(f"{model.id}/v2-dead", "config.json")

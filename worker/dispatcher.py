@@ -20,8 +20,10 @@ from sqlalchemy.exc import OperationalError as SQLAlchemyOperationalError
 
 from registry import jobs
 from registry.db import session_scope
+from registry.gc import collect_orphans
 from registry.models import Outbox, utcnow
 from registry.settings import Settings, get_settings
+from registry.store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,8 @@ class Dispatcher:
         self.interval = interval if interval is not None else self.settings.dispatch_interval
         self.sweep_interval = sweep_interval
         self.stranded_after = stranded_after
+        self.gc_interval = 3600.0
+        self._next_gc = time.monotonic() + 60.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -117,6 +121,9 @@ class Dispatcher:
         if enqueued:
             log.info("re-enqueued stranded lineage(s): %s", ", ".join(enqueued))
         jobs.prune_outbox(url)
+        if time.monotonic() >= self._next_gc:  # bytes a dead worker uploaded but never committed
+            self._next_gc = time.monotonic() + self.gc_interval
+            collect_orphans(url, open_store(self.settings.resolved_artifact_root))
         return enqueued
 
     def _run(self) -> None:
