@@ -1,0 +1,627 @@
+"""Evaluation metrics of ALKN_SPEC.md (TOFU conventions) and `evaluate_sets`, which runs them
+on named item sets.
+
+Every model pass is deterministic, batched, runs on the model's device without gradients, and
+restores the model's train/eval mode afterwards. Scores of one item never depend on the other
+items of its batch (right padding under causal attention), so any batch size gives the same
+numbers up to float rounding.
+
+Conventions (TOFU; see the functions for details):
+- p(a|q) = exp(-mean token NLL of the answer and its EOS given the question): the per-token
+  normalisation keeps long and short answers comparable. The tokens are exactly those that
+  training trains on (`data.encode_item`).
+- Truth ratio TR = mean_j p(perturbed_j) / p(paraphrased), each p per-token normalised.
+- Min-K% = mean of the lowest k fraction of the trained tokens' log-probabilities.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data import Example, collate, encode_item, pad_id, qa_prompt
+from .losses import token_logprobs
+from .params import DEFAULT_QA_TEMPLATE
+
+Item = Mapping[str, Any]
+Progress = Callable[[str, int, int], None]
+
+MIN_K = 0.4
+# Floor for a denominator probability: exp(-NLL) underflows to 0.0 past NLL ~745, and a ratio
+# must stay finite to be JSON-serialisable.
+_TINY_P = 1e-300
+# Top-level keys of evaluate_sets' result that are not set names.
+RESERVED_KEYS = frozenset({"model_utility", "model_utility_skipped"})
+
+
+# --------------------------------------------------------------------------------------------
+# Model passes
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Encoding:
+    """How items become token ids: the same settings training used."""
+
+    qa_template: str = DEFAULT_QA_TEMPLATE
+    chat_template: bool = False
+    max_length: int = 500
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:  # a parameter-free stub
+        return torch.device("cpu")
+
+
+@contextmanager
+def _inference(model: torch.nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _is_qa(item: Item) -> bool:
+    return isinstance(item.get("question"), str) and isinstance(item.get("answer"), str)
+
+
+def _is_text(item: Item) -> bool:
+    return isinstance(item.get("text"), str) and not _is_qa(item)
+
+
+def _valid_str(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _valid_list(value: Any) -> bool:
+    return isinstance(value, list | tuple) and bool(value) and all(map(_valid_str, value))
+
+
+def _example(item: Item, answer: str | None, tokenizer: Any, enc: _Encoding) -> Example:
+    """The item as trained (answer=None: its QA answer or its whole text), or the item's
+    question with another answer. ValueError when it does not fit max_length."""
+    if answer is None:
+        src = {"text": item["text"]} if _is_text(item) else {
+            "question": item["question"], "answer": item["answer"]}
+    else:
+        src = {"question": item["question"], "answer": answer}
+    return encode_item(src, tokenizer, template=enc.qa_template,
+                       chat_template=enc.chat_template, max_length=enc.max_length)
+
+
+def _try_example(item: Item, answer: str | None, tokenizer: Any, enc: _Encoding
+                 ) -> Example | None:
+    try:
+        return _example(item, answer, tokenizer, enc)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _trained_logprobs(model: torch.nn.Module, examples: Sequence[Example], pad: int,
+                      batch_size: int, tick: Callable[[], None] | None = None
+                      ) -> list[list[float]]:
+    """log p of every trained token of each example, in the examples' order. The caller holds
+    `_inference(model)`."""
+    device = _device(model)
+    # Batching length-sorted examples wastes little compute on padding.
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    out: list[list[float]] = [[] for _ in examples]
+    for start in range(0, len(order), max(1, batch_size)):
+        idx = order[start : start + max(1, batch_size)]
+        logp, mask = token_logprobs(model, collate([examples[i] for i in idx], pad, device))
+        logp, mask = logp.double().cpu(), mask.cpu()
+        for row, i in enumerate(idx):
+            out[i] = logp[row][mask[row]].tolist()
+        if tick is not None:
+            tick()
+    return out
+
+
+def _probability(logps: Sequence[float]) -> float:
+    return math.exp(sum(logps) / len(logps))
+
+
+def _min_k(logps: Sequence[float], k: float) -> float:
+    # The epsilon keeps e.g. 0.29 * 100 = 28.999... from dropping a token.
+    n = max(1, int(len(logps) * k + 1e-9))
+    lowest = sorted(logps)[:n]
+    return sum(lowest) / n
+
+
+def _field_examples(items: Sequence[Item], field: str, tokenizer: Any, enc: _Encoding
+                    ) -> list[Example]:
+    out = []
+    for i, item in enumerate(items):
+        if field == "answer" and _is_text(item):
+            answer = None  # a text item is scored as trained: every token
+        elif not _valid_str(item.get("question")) or not _valid_str(item.get(field)):
+            raise ValueError(f"items[{i}] has no question and {field!r} string")
+        else:
+            answer = item[field]
+        try:
+            out.append(_example(item, answer, tokenizer, enc))
+        except ValueError as exc:
+            raise ValueError(f"items[{i}]: {exc}") from None
+    return out
+
+
+def answer_probabilities(model: torch.nn.Module, tokenizer: Any, items: Sequence[Item], *,
+                         qa_template: str = DEFAULT_QA_TEMPLATE, batch_size: int = 16,
+                         field: str = "answer", chat_template: bool = False,
+                         max_length: int = 500) -> list[float]:
+    """Per item p(a|q) = exp(-mean token NLL of `item[field]` (and EOS) given the question),
+    TOFU's "probability". `field` is "answer" or "paraphrased_answer"; with "answer" a
+    {"text"} item gets exp(-mean NLL) of its whole text. ValueError names an item without the
+    field or whose answer does not fit `max_length`."""
+    enc = _Encoding(qa_template, chat_template, max_length)
+    examples = _field_examples(items, field, tokenizer, enc)
+    with _inference(model):
+        rows = _trained_logprobs(model, examples, pad_id(tokenizer), batch_size)
+    return [_probability(r) for r in rows]
+
+
+def perturbed_probabilities(model: torch.nn.Module, tokenizer: Any, items: Sequence[Item], *,
+                            qa_template: str = DEFAULT_QA_TEMPLATE, batch_size: int = 16,
+                            field: str = "perturbed_answer", chat_template: bool = False,
+                            max_length: int = 500) -> list[list[float]]:
+    """Per item, p(a|q) of every answer in the list `item[field]` (as `answer_probabilities`)."""
+    enc = _Encoding(qa_template, chat_template, max_length)
+    flat: list[Item] = []
+    sizes: list[int] = []
+    for i, item in enumerate(items):
+        if not _valid_str(item.get("question")) or not _valid_list(item.get(field)):
+            raise ValueError(f"items[{i}] has no question and non-empty {field!r} list")
+        flat.extend({"question": item["question"], "answer": a} for a in item[field])
+        sizes.append(len(item[field]))
+    probs = answer_probabilities(model, tokenizer, flat, qa_template=qa_template,
+                                 batch_size=batch_size, chat_template=enc.chat_template,
+                                 max_length=enc.max_length)
+    out, start = [], 0
+    for n in sizes:
+        out.append(probs[start : start + n])
+        start += n
+    return out
+
+
+def min_k_scores(model: torch.nn.Module, tokenizer: Any, items: Sequence[Item],
+                 k: float = MIN_K, *, qa_template: str = DEFAULT_QA_TEMPLATE,
+                 batch_size: int = 16, chat_template: bool = False, max_length: int = 500
+                 ) -> list[float]:
+    """Min-K% per item: mean of the lowest `k` fraction (at least one) of the log-probabilities
+    of the item's trained tokens (answer and EOS for QA, every token but BOS for text). Higher
+    means more likely seen in training."""
+    if not 0 < k <= 1:
+        raise ValueError(f"k must be in (0, 1], got {k}")
+    enc = _Encoding(qa_template, chat_template, max_length)
+    examples = _field_examples(items, "answer", tokenizer, enc)
+    with _inference(model):
+        rows = _trained_logprobs(model, examples, pad_id(tokenizer), batch_size)
+    return [_min_k(r, k) for r in rows]
+
+
+def greedy_answers(model: torch.nn.Module, tokenizer: Any, items: Sequence[Item], *,
+                   qa_template: str = DEFAULT_QA_TEMPLATE, max_new_tokens: int = 48,
+                   batch_size: int = 32, chat_template: bool = False) -> list[str]:
+    """Greedy answers to the items' questions, prompted exactly as training prompts them.
+
+    Implemented here rather than with `demo_model.generate_answers` because it must also work
+    with tokenizers that have no pad token, and with chat templates. The model's own
+    generation settings (sampling, penalties) are overridden: evaluation is plain greedy.
+    """
+    from transformers import GenerationConfig
+
+    prompts: list[list[int]] = []
+    for item in items:
+        if chat_template:
+            text = tokenizer.apply_chat_template([{"role": "user", "content": item["question"]}],
+                                                 tokenize=False, add_generation_prompt=True)
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        else:
+            ids = tokenizer(qa_prompt(item["question"], qa_template),
+                            add_special_tokens=True)["input_ids"]
+        prompts.append(list(ids))
+    pad, eos = pad_id(tokenizer), tokenizer.eos_token_id
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                              pad_token_id=pad, eos_token_id=eos,
+                              bos_token_id=tokenizer.bos_token_id)
+    device = _device(model)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # less padding
+    out: list[str] = [""] * len(prompts)
+    with _inference(model):
+        for start in range(0, len(order), max(1, batch_size)):
+            idx = order[start : start + max(1, batch_size)]
+            width = max(len(prompts[i]) for i in idx)
+            # Left padding puts every prompt's end at the same column, where generation starts.
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):
+                n = len(prompts[i])
+                ids[row, width - n :] = torch.tensor(prompts[i])
+                mask[row, width - n :] = 1
+            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                 generation_config=config)
+            for row, i in enumerate(idx):
+                new = gen[row, width:].tolist()
+                if eos is not None and eos in new:  # the pad id need not be a special token
+                    new = new[: new.index(eos)]
+                out[i] = tokenizer.decode(new, skip_special_tokens=True).strip()
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics on numbers
+# --------------------------------------------------------------------------------------------
+
+
+def normalized_probability(p_true: Sequence[float], p_perturbed_lists: Sequence[Sequence[float]]
+                           ) -> list[float]:
+    """Per item p(true) / (p(true) + sum_j p(perturbed_j)): TOFU's probability on
+    multiple-choice-like sets (real authors, world facts)."""
+    if len(p_true) != len(p_perturbed_lists):
+        raise ValueError("p_true and p_perturbed_lists differ in length")
+    out = []
+    for p, perturbed in zip(p_true, p_perturbed_lists, strict=True):
+        total = p + sum(perturbed)
+        out.append(p / total if total > 0 else 0.0)
+    return out
+
+
+def truth_ratios(p_paraphrased: Sequence[float], p_perturbed_lists: Sequence[Sequence[float]]
+                 ) -> list[float]:
+    """Per item TR = mean_j p(perturbed_j) / p(paraphrased) (ALKN_SPEC.md; the TOFU paper's
+    formula with per-token-normalised probabilities). TOFU's code averages the perturbed
+    *losses* instead, i.e. a geometric mean of the probabilities; the spec's arithmetic mean is
+    kept here. A vanishing p(paraphrased) is floored so TR stays finite."""
+    if len(p_paraphrased) != len(p_perturbed_lists):
+        raise ValueError("p_paraphrased and p_perturbed_lists differ in length")
+    out = []
+    for p_para, perturbed in zip(p_paraphrased, p_perturbed_lists, strict=True):
+        if not perturbed:
+            raise ValueError("an item has no perturbed probabilities")
+        out.append((sum(perturbed) / len(perturbed)) / max(p_para, _TINY_P))
+    return out
+
+
+def truth_ratio_score(trs: Sequence[float], forget: bool) -> float:
+    """Forget sets: mean(min(TR, 1/TR)) (1 = the model cannot tell true from false, as a model
+    that never saw the data); other sets: mean(max(0, 1 - TR)) (1 = true answers preferred)."""
+    if not trs:
+        raise ValueError("no truth ratios")
+    if forget:
+        # TR == 0 (every perturbed answer impossible) scores 0, as min(0, inf) would.
+        return sum(min(tr, 1 / tr) if tr > 0 else 0.0 for tr in trs) / len(trs)
+    return sum(max(0.0, 1 - tr) for tr in trs) / len(trs)
+
+
+def rouge_l_recall(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
+    """Per pair, ROUGE-L recall (stemmed) of the prediction against the reference: the fraction
+    of the reference covered by the longest common subsequence."""
+    from rouge_score import rouge_scorer
+
+    if len(predictions) != len(references):
+        raise ValueError("predictions and references differ in length")
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return [float(scorer.score(ref, pred)["rougeL"].recall)
+            for pred, ref in zip(predictions, references, strict=True)]
+
+
+def forget_quality(unlearned_trs: Sequence[float], retain_model_trs: Sequence[float]) -> float:
+    """Two-sample KS-test p-value between the forget set's truth ratios of the unlearned model
+    and of a retain model: high = indistinguishable from never having trained on it."""
+    from scipy.stats import ks_2samp
+
+    if not unlearned_trs or not retain_model_trs:
+        raise ValueError("forget_quality needs truth ratios on both sides")
+    with warnings.catch_warnings():
+        # With ties scipy's exact method may give up and fall back to the asymptotic one
+        # itself; that is expected here, not worth a warning per evaluation.
+        warnings.filterwarnings("ignore", message="ks_2samp: Exact calculation unsuccessful")
+        return float(ks_2samp(list(unlearned_trs), list(retain_model_trs)).pvalue)
+
+
+def model_utility(metrics_per_set: Mapping[str, Mapping[str, Any]]) -> float:
+    """Harmonic mean of every available probability, ROUGE-L and truth-ratio score of the given
+    (retain and general) sets, pooled as TOFU does; 0 if any of them is 0. None values (metrics
+    a set could not compute) are left out."""
+    values = [float(m[key]) for m in metrics_per_set.values()
+              for key in ("probability", "rouge_l", "truth_ratio") if m.get(key) is not None]
+    if not values:
+        raise ValueError("no metric values to combine")
+    if any(v <= 0 for v in values):
+        return 0.0
+    return len(values) / sum(1 / v for v in values)
+
+
+def auc(scores_members: Sequence[float], scores_nonmembers: Sequence[float]) -> float:
+    """ROC AUC of telling members (expected to score higher) from non-members: the Mann-Whitney
+    U statistic over all pairs, ties counting one half, divided by the number of pairs."""
+    if not scores_members or not scores_nonmembers:
+        raise ValueError("auc needs at least one score on each side")
+    members = np.asarray(scores_members, dtype=np.float64)
+    others = np.sort(np.asarray(scores_nonmembers, dtype=np.float64))
+    below = np.searchsorted(others, members, side="left")  # non-members strictly lower
+    not_above = np.searchsorted(others, members, side="right")
+    wins = below.sum() + 0.5 * (not_above - below).sum()
+    return float(wins / (len(members) * len(others)))
+
+
+def privacy_leak(auc_unlearned: float, auc_retain: float) -> float:
+    """MUSE PrivLeak in percent: (AUC_unlearned - AUC_retain) / AUC_retain * 100 (0 = leaks as
+    much as a model that never saw the forget set)."""
+    if auc_retain <= 0:
+        raise ValueError("auc_retain must be > 0")
+    return (auc_unlearned - auc_retain) / auc_retain * 100
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate_sets
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _SetPlan:
+    """What can be measured on one set, decided before any model pass (for progress totals)."""
+
+    name: str
+    kind: str  # "forget" | "retain" | "general"
+    n_items: int
+    scored: list[Item] = field(default_factory=list)  # QA or text items that encode
+    main: list[Example] = field(default_factory=list)  # aligned with `scored`
+    qa: list[int] = field(default_factory=list)  # positions in `scored` of QA items
+    para: dict[int, Example] = field(default_factory=dict)  # position -> paraphrase
+    pert: dict[int, list[Example]] = field(default_factory=dict)  # position -> perturbed
+    skipped: list[str] = field(default_factory=list)
+
+
+def _plan(name: str, kind: str, items: Sequence[Any], tokenizer: Any, enc: _Encoding
+          ) -> _SetPlan:
+    plan = _SetPlan(name, kind, len(items))
+    unusable = too_long = 0
+    for item in items:
+        if not isinstance(item, Mapping) or not (
+                (_is_qa(item) and _valid_str(item["question"]) and _valid_str(item["answer"]))
+                or (_is_text(item) and _valid_str(item["text"]))):
+            unusable += 1
+            continue
+        ex = _try_example(item, None, tokenizer, enc)
+        if ex is None:
+            too_long += 1
+            continue
+        pos = len(plan.scored)
+        plan.scored.append(item)
+        plan.main.append(ex)
+        if not _is_qa(item):
+            continue
+        plan.qa.append(pos)
+        if _valid_str(item.get("paraphrased_answer")):
+            para = _try_example(item, item["paraphrased_answer"], tokenizer, enc)
+            if para is not None:
+                plan.para[pos] = para
+        if _valid_list(item.get("perturbed_answer")):
+            pert = [_try_example(item, a, tokenizer, enc) for a in item["perturbed_answer"]]
+            if all(p is not None for p in pert):
+                plan.pert[pos] = [p for p in pert if p is not None]
+    if not items:
+        plan.skipped.append("the set is empty: no metric computed")
+    if unusable:
+        plan.skipped.append(f"{unusable} of {len(items)} items are neither a QA item nor a text "
+                            "item: not scored")
+    if too_long:
+        plan.skipped.append(f"{too_long} of {len(items)} items could not be encoded (no "
+                            f"answer token within max_length={enc.max_length}): not scored")
+    return plan
+
+
+def _n_batches(n: int, batch_size: int) -> int:
+    return (n + batch_size - 1) // batch_size
+
+
+def _unflatten(flat: Sequence[float], sizes: Sequence[int]) -> list[list[float]]:
+    out, start = [], 0
+    for n in sizes:
+        out.append(list(flat[start : start + n]))
+        start += n
+    return out
+
+
+def evaluate_sets(model: torch.nn.Module, tokenizer: Any, sets: Mapping[str, Sequence[Item]],
+                  *, qa_template: str = DEFAULT_QA_TEMPLATE,
+                  holdout: Sequence[Item] | None = None,
+                  forget_names: Collection[str] = ("forget",),
+                  retain_names: Collection[str] = ("retain",),
+                  retain_model_trs: Mapping[str, Sequence[float]] | None = None,
+                  retain_model_aucs: Mapping[str, float] | None = None,
+                  batch_size: int = 16, max_new_tokens: int = 48, chat_template: bool = False,
+                  max_length: int = 500, min_k: float = MIN_K,
+                  progress: Progress | None = None) -> dict[str, Any]:
+    """Every metric of ALKN_SPEC.md on every named set; a JSON-serialisable dict.
+
+    Sets named in `forget_names` are forget sets, those in `retain_names` retain sets, the rest
+    general-knowledge sets. Per set::
+
+        {"items": n scored, "probability", "probability_kind": "plain" | "normalized",
+         "rouge_l", "truth_ratio", "truth_ratio_convention", "skipped": [why something was
+         not computed]}
+
+    - probability: mean p(a|q) (text items: exp(-mean NLL) of the text). On a general set whose
+      QA items all carry `perturbed_answer` it is the normalised p(true) / (p(true) +
+      sum p(perturbed)) instead (TOFU does so on real authors / world facts); forget and
+      retain sets always report the plain probability, the quantity unlearning drives down.
+    - rouge_l: mean ROUGE-L recall of greedy answers (QA items only).
+    - truth_ratio: over the QA items with `paraphrased_answer` and `perturbed_answer`;
+      forget sets mean(min(TR, 1/TR)), others mean(max(0, 1 - TR)).
+    - forget sets also get "truth_ratios" (per item, to serve as `retain_model_trs` when this
+      runs on a retain model), "privacy_auc" (Min-K% AUC of the set against `holdout`; needs
+      `holdout`), "forget_quality" (needs `retain_model_trs[name]`) and "privacy_leak" (needs
+      `retain_model_aucs[name]`, the retain model's "privacy_auc"); None when not computable.
+
+    Top level: "model_utility" (harmonic mean over the non-forget sets' probability, ROUGE-L
+    and truth ratio; None without any) and "model_utility_skipped". Items lacking optional
+    fields only reduce what is computed, and "skipped" says so; metrics that cannot be
+    computed are None. `progress("evaluating", step, total)` is called once per model batch.
+    """
+    clash = RESERVED_KEYS & set(sets)
+    if clash:
+        raise ValueError(f"set name(s) {sorted(clash)} are reserved")
+    bs = max(1, int(batch_size))
+    enc = _Encoding(qa_template, chat_template, max_length)
+    pad = pad_id(tokenizer)
+
+    plans = []
+    for name, items in sets.items():
+        kind = "forget" if name in forget_names else "retain" if name in retain_names \
+            else "general"
+        plans.append(_plan(name, kind, list(items or []), tokenizer, enc))
+    holdout_examples: list[Example] = []
+    holdout_note = None
+    if holdout and any(p.kind == "forget" for p in plans):
+        hplan = _plan("holdout", "general", list(holdout), tokenizer, enc)
+        holdout_examples = hplan.main
+        if hplan.skipped:
+            holdout_note = "holdout: " + "; ".join(hplan.skipped)
+
+    total = _n_batches(len(holdout_examples), bs) + sum(
+        _n_batches(len(p.main), bs) + _n_batches(len(p.para), bs)
+        + _n_batches(sum(len(v) for v in p.pert.values()), bs) + _n_batches(len(p.qa), bs)
+        for p in plans)
+    step = 0
+
+    def tick() -> None:
+        nonlocal step
+        step += 1
+        if progress is not None:
+            progress("evaluating", step, total)
+
+    if progress is not None:
+        progress("evaluating", 0, total)
+
+    out: dict[str, Any] = {}
+    with _inference(model):
+        holdout_scores = [_min_k(r, min_k) for r in
+                          _trained_logprobs(model, holdout_examples, pad, bs, tick)]
+        for plan in plans:
+            out[plan.name] = _evaluate_plan(model, tokenizer, plan, enc, pad, bs, tick,
+                                            max_new_tokens, min_k, bool(holdout),
+                                            holdout_scores, holdout_note,
+                                            retain_model_trs, retain_model_aucs)
+
+    utility_sets = {name: m for name, m in out.items()
+                    if next(p.kind for p in plans if p.name == name) != "forget"}
+    utility_skipped = [f"{name}: {key} is None" for name, m in utility_sets.items()
+                       for key in ("probability", "rouge_l", "truth_ratio") if m[key] is None]
+    try:
+        out["model_utility"] = model_utility(utility_sets)
+    except ValueError:
+        out["model_utility"] = None
+        utility_skipped.insert(0, "no retain or general set metric to combine")
+    out["model_utility_skipped"] = utility_skipped
+    return out
+
+
+def _evaluate_plan(model: torch.nn.Module, tokenizer: Any, plan: _SetPlan, enc: _Encoding,
+                   pad: int, bs: int, tick: Callable[[], None], max_new_tokens: int,
+                   min_k: float, holdout_given: bool, holdout_scores: list[float],
+                   holdout_note: str | None,
+                   retain_model_trs: Mapping[str, Sequence[float]] | None,
+                   retain_model_aucs: Mapping[str, float] | None) -> dict[str, Any]:
+    forget = plan.kind == "forget"
+    skipped = list(plan.skipped)
+    res: dict[str, Any] = {
+        "items": len(plan.scored), "probability": None, "probability_kind": "plain",
+        "rouge_l": None, "truth_ratio": None,
+        "truth_ratio_convention": "mean(min(TR, 1/TR))" if forget else "mean(max(0, 1 - TR))",
+    }
+
+    rows = _trained_logprobs(model, plan.main, pad, bs, tick)
+    p_main = [_probability(r) for r in rows]
+    para_pos = sorted(plan.para)
+    p_para = dict(zip(para_pos, (_probability(r) for r in _trained_logprobs(
+        model, [plan.para[i] for i in para_pos], pad, bs, tick)), strict=True))
+    pert_pos = sorted(plan.pert)
+    flat = [ex for i in pert_pos for ex in plan.pert[i]]
+    flat_p = [_probability(r) for r in _trained_logprobs(model, flat, pad, bs, tick)]
+    p_pert = dict(zip(pert_pos, _unflatten(flat_p, [len(plan.pert[i]) for i in pert_pos]),
+                      strict=True))
+
+    # Probability.
+    if p_main:
+        n_text = len(plan.scored) - len(plan.qa)
+        normalise = (plan.kind == "general" and n_text == 0
+                     and len(p_pert) == len(plan.qa))
+        if normalise:
+            probs = normalized_probability([p_main[i] for i in plan.qa],
+                                           [p_pert[i] for i in plan.qa])
+            res["probability_kind"] = "normalized"
+        else:
+            probs = p_main
+            if plan.kind == "general" and p_pert:
+                skipped.append(f"probability: plain, not normalised: only {len(p_pert)} of "
+                               f"{len(plan.scored)} items have a usable perturbed_answer")
+        res["probability"] = sum(probs) / len(probs)
+
+    # ROUGE-L of greedy answers.
+    qa_items = [plan.scored[i] for i in plan.qa]
+    if qa_items:
+        answers: list[str] = []
+        for start in range(0, len(qa_items), bs):
+            answers += greedy_answers(model, tokenizer, qa_items[start : start + bs],
+                                      qa_template=enc.qa_template,
+                                      max_new_tokens=max_new_tokens, batch_size=bs,
+                                      chat_template=enc.chat_template)
+            tick()
+        scores = rouge_l_recall(answers, [it["answer"] for it in qa_items])
+        res["rouge_l"] = sum(scores) / len(scores)
+    elif plan.scored:
+        skipped.append("rouge_l: no QA items")
+
+    # Truth ratio.
+    tr_pos = [i for i in plan.qa if i in p_para and i in p_pert]
+    trs = truth_ratios([p_para[i] for i in tr_pos], [p_pert[i] for i in tr_pos])
+    if trs:
+        res["truth_ratio"] = truth_ratio_score(trs, forget)
+        if len(trs) < len(plan.scored):
+            skipped.append(f"truth_ratio: over {len(trs)} of {len(plan.scored)} items (the "
+                           "others lack a usable paraphrased_answer and perturbed_answer)")
+    elif plan.scored:
+        skipped.append("truth_ratio: no item has both paraphrased_answer and perturbed_answer")
+
+    if forget:
+        # Forget sets always carry these keys; None (with a note) when not computable.
+        res.update(truth_ratios=trs, forget_quality=None, privacy_auc=None, privacy_leak=None)
+        retain_trs = (retain_model_trs or {}).get(plan.name)
+        if retain_trs is None:
+            skipped.append("forget_quality: no retain-model truth ratios given")
+        elif not (trs and retain_trs):
+            skipped.append("forget_quality: no truth ratios on one side")
+        else:
+            res["forget_quality"] = forget_quality(trs, retain_trs)
+        auc_retain = (retain_model_aucs or {}).get(plan.name)
+        if not holdout_given:
+            skipped.append("privacy_auc: no holdout items given")
+        elif not (holdout_scores and rows):
+            skipped.append("privacy_auc: no usable holdout items" if rows
+                           else "privacy_auc: no scored items")
+        else:
+            res["privacy_auc"] = auc([_min_k(r, min_k) for r in rows], holdout_scores)
+        if res["privacy_auc"] is None or auc_retain is None:
+            skipped.append("privacy_leak: needs privacy_auc and the retain model's AUC")
+        elif auc_retain <= 0:
+            skipped.append("privacy_leak: the retain model's AUC is not > 0")
+        else:
+            res["privacy_leak"] = privacy_leak(res["privacy_auc"], auc_retain)
+        if holdout_note is not None:
+            skipped.append(holdout_note)
+    res["skipped"] = skipped
+    return res
