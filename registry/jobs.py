@@ -118,6 +118,10 @@ class JobSpec:
     eval_sets: dict[str, list[dict[str, Any]]]
     attempts: int
     resumed: bool = False  # re-run of a job whose worker died
+    holdout_set: list[dict[str, Any]] = field(default_factory=list)
+    # The continual view: forget items of every earlier task on the base's lineage, by the
+    # version that task produced ({2: [...], 3: [...]}), oldest first.
+    earlier_tasks: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def forget_items(self) -> list[dict[str, Any]]:
@@ -180,7 +184,30 @@ def _spec(s: Session, model: Model, job: Job, base: Version, resumed: bool) -> J
         retain_set=list(model.retain_set or []),
         eval_sets={k: list(v) for k, v in (model.eval_sets or {}).items()},
         attempts=job.attempts, resumed=resumed,
+        holdout_set=list(model.holdout_set or []),
+        earlier_tasks=_earlier_tasks(s, model.id, base),
     )
+
+
+def _earlier_tasks(s: Session, model_id: str, base: Version) -> dict[int, list[dict[str, Any]]]:
+    """Walk the base's parent links to the root; each version made by a job contributes
+    the items of the requests it served."""
+    versions = {v.number: v for v in s.scalars(select(Version).where(
+        Version.model_id == model_id))}
+    chain: list[Version] = []
+    current: Version | None = base
+    while current is not None and len(chain) <= len(versions):
+        chain.append(current)
+        current = versions.get(current.parent_version) if current.parent_version else None
+    out: dict[int, list[dict[str, Any]]] = {}
+    for v in reversed(chain):
+        ids = list(v.forget_request_ids or [])
+        if not ids:
+            continue
+        items = {r.id: list(r.items) for r in s.scalars(
+            select(ForgetRequest).where(ForgetRequest.id.in_(ids)))}
+        out[v.number] = [item for rid in ids for item in items.get(rid, [])]
+    return out
 
 
 def _event(s: Session, job_id: str, stage: str, message: str,

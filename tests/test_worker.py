@@ -215,7 +215,17 @@ def test_worker_process_runs_a_lineage(pg_url: str, redis_url: str, tmp_path: Pa
             assert state_task_index(store, v) == k + 1  # the ALKN state is carried on
         job = get(pg_url, Job, done[0].job_id)
         assert job.status == "succeeded" and job.result_version == 2 and job.attempts == 1
-        assert set(job.metrics["before"]) == {"forget", "retain", "eval/world_facts"}
+        assert set(job.metrics["before"]) == {"forget", "retain", "eval/world_facts",
+                                              "model_utility", "model_utility_skipped"}
+        assert job.metrics["after"]["model_utility"] is not None
+        assert {"rouge_l", "truth_ratio", "items"} <= set(job.metrics["after"]["retain"])
+        # The continual view: the third job also measures the first two tasks' forget sets,
+        # and they stay forgotten.
+        third = get(pg_url, Job, done[2].job_id)
+        assert {"task/v2", "task/v3"} <= set(third.metrics["after"])
+        for name in ("task/v2", "task/v3"):
+            assert third.metrics["after"][name]["probability"] < \
+                job.metrics["before"]["forget"]["probability"]
         forget_before = job.metrics["before"]["forget"]["probability"]
         assert forget_before > 0.6
         assert job.metrics["after"]["forget"]["probability"] < forget_before

@@ -201,6 +201,7 @@ def load_base(store: Store, spec: JobSpec, workdir: Path
 
 def _eval_sets(spec: JobSpec) -> dict[str, list[dict[str, Any]]]:
     sets = {"forget": spec.forget_items, "retain": spec.retain_set}
+    sets.update({f"task/v{n}": items for n, items in spec.earlier_tasks.items()})
     sets.update({f"eval/{name}": items for name, items in spec.eval_sets.items()})
     if len(spec.request_ids) > 1:  # a merged job: each request also gets its own numbers
         sets.update({f"request/{rid}": spec.request_items[rid] for rid in spec.request_ids})
@@ -266,7 +267,7 @@ def run_job(settings: Settings, store: Store, spec: JobSpec, owner: str,
             sets = _eval_sets(spec)
             t = time.perf_counter()
             report.phase = "before"
-            before = evaluate(model, tokenizer, sets, spec.params, report)
+            before = evaluate(model, tokenizer, sets, spec.params, report, spec.holdout_set)
             timings["evaluating_before"] = time.perf_counter() - t
 
             result = unlearn(model, tokenizer, spec.forget_items, spec.retain_set or None,
@@ -278,7 +279,7 @@ def run_job(settings: Settings, store: Store, spec: JobSpec, owner: str,
 
             t = time.perf_counter()
             report.phase = "after"
-            after = evaluate(model, tokenizer, sets, spec.params, report)
+            after = evaluate(model, tokenizer, sets, spec.params, report, spec.holdout_set)
             timings["evaluating_after"] = time.perf_counter() - t
 
             t = time.perf_counter()
