@@ -143,6 +143,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     dsub = d.add_subparsers(dest="demo_command", required=True)
     db = dsub.add_parser("build", help="rebuild the demo model (python -m alkn_core.demo build)")
     db.add_argument("rest", nargs=argparse.REMAINDER)
+    dd = dsub.add_parser("data", help="write the synthetic corpus in the TOFU layout")
+    dd.add_argument("--out", required=True)
+    dd.add_argument("--people", type=int, default=50)
+    dd.add_argument("--holdout-people", type=int, default=5)
+    dd.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
     if args.command == "serve":
@@ -164,6 +169,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         deleted = collect_orphans(settings.resolved_database_url,
                                   open_store(settings.resolved_artifact_root), args.older_than)
         print(json.dumps({"deleted": deleted}))
+        return 0
+    if args.command == "demo" and args.demo_command == "data":
+        from alkn_core.demo_corpus import generate_corpus, write_corpus
+
+        paths = write_corpus(generate_corpus(args.people, args.holdout_people, args.seed),
+                             args.out)
+        print(json.dumps({name: str(p) for name, p in paths.items()}, indent=1))
         return 0
     if args.command == "demo":
         from alkn_core.demo_model import main as demo_main

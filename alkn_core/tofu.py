@@ -1,0 +1,76 @@
+"""Reading a TOFU-layout data directory (the real TOFU files or our synthetic corpus).
+
+Files: `full.json`, `retain90.json`, `forget10.json` (required for the continual benchmark),
+and the optional `forget10_perturbed.json`, `retain_perturbed.json`,
+`real_authors_perturbed.json`, `world_facts_perturbed.json`, `holdout10.json`. Each is a
+JSON array or JSON Lines with TOFU's field names (`question`, `answer`,
+`paraphrased_answer`, `perturbed_answer`). A missing optional file reduces the metrics
+that can be computed; `TofuData.notes` says which, so reports can say it too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .demo_corpus import read_jsonl
+
+Record = dict[str, Any]
+
+REQUIRED = {"full": "full.json", "retain90": "retain90.json", "forget10": "forget10.json"}
+OPTIONAL = {
+    "forget10_perturbed": ("forget10_perturbed.json",
+                           "no truth ratio or forget quality on the forget set"),
+    "retain_perturbed": ("retain_perturbed.json",
+                         "retain set metrics use retain90 without truth ratio"),
+    "real_authors_perturbed": ("real_authors_perturbed.json",
+                               "no real-authors general-knowledge set in model utility"),
+    "world_facts_perturbed": ("world_facts_perturbed.json",
+                              "no world-facts general-knowledge set in model utility"),
+    "holdout10": ("holdout10.json", "no Min-K% privacy-leak AUC (needs holdout items)"),
+}
+
+
+@dataclass
+class TofuData:
+    full: list[Record]
+    retain90: list[Record]
+    forget10: list[Record]
+    forget10_perturbed: list[Record] = field(default_factory=list)
+    retain_perturbed: list[Record] = field(default_factory=list)
+    real_authors_perturbed: list[Record] = field(default_factory=list)
+    world_facts_perturbed: list[Record] = field(default_factory=list)
+    holdout10: list[Record] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what is missing and what that costs
+
+    def general_sets(self) -> dict[str, list[Record]]:
+        sets = {"real_authors": self.real_authors_perturbed,
+                "world_facts": self.world_facts_perturbed}
+        return {name: items for name, items in sets.items() if items}
+
+
+def _check(records: list[Record], path: Path) -> list[Record]:
+    for i, r in enumerate(records):
+        if not isinstance(r, dict) or not isinstance(r.get("question"), str) \
+                or not isinstance(r.get("answer"), str):
+            raise ValueError(f"{path}: record {i} needs string 'question' and 'answer'")
+    return records
+
+
+def load_tofu_dir(directory: str | Path) -> TofuData:
+    """Load a TOFU-layout directory; ValueError names a missing required file or a bad
+    record."""
+    d = Path(directory)
+    data: dict[str, Any] = {}
+    for name, fname in REQUIRED.items():
+        if not (d / fname).is_file():
+            raise ValueError(f"{d}: required file {fname} is missing")
+        data[name] = _check(read_jsonl(d / fname), d / fname)
+    notes = []
+    for name, (fname, cost) in OPTIONAL.items():
+        if (d / fname).is_file():
+            data[name] = _check(read_jsonl(d / fname), d / fname)
+        else:
+            notes.append(f"{fname} missing: {cost}")
+    return TofuData(**data, notes=notes)
