@@ -9,9 +9,11 @@ learning-rate scales.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -82,9 +84,14 @@ def train_loop(
     lr_scale: Callable[[str], float] | None = None,
     grad_hook: GradHook | None = None,
     progress: Progress | None = None,
+    checkpoint: Path | None = None,
 ) -> LoopResult:
     """Run `params["epochs"]` epochs over `forget` (each batch paired with a retain batch
-    when `retain` is given) and return the number of optimiser steps taken."""
+    when `retain` is given) and return the number of optimiser steps taken.
+
+    With `checkpoint`, the whole loop state is saved there after every epoch and a run
+    finding one resumes after its last epoch, exactly as if never stopped (plain
+    fine-tuning only: the retain pairing has no resumable position)."""
     start = time.perf_counter()
     device = model_device(model)
     lr = params["lr"] if lr is None else lr
@@ -97,9 +104,15 @@ def train_loop(
     generator = torch.Generator().manual_seed(params["seed"])
     retain_batches = cycle_batches(len(retain), bs, generator) if retain else None
     result = LoopResult(steps=0, seconds=0.0)
+    first_epoch = 0
+    if checkpoint is not None:
+        if retain:
+            raise ValueError("checkpoints are for plain fine-tuning (no retain batches)")
+        first_epoch = _resume(checkpoint, params, model, optimizer, schedule, generator,
+                              result)
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    for _ in range(params["epochs"]):
+    for epoch in range(first_epoch, params["epochs"]):
         batches = batch_indices(len(forget), bs, generator)
         for i, idx in enumerate(batches):
             group_start = i - i % accum
@@ -122,15 +135,51 @@ def train_loop(
             result.steps += 1
             if progress is not None:
                 progress("training", result.steps, total)
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, {
+                "epoch": epoch + 1, "steps": result.steps, "losses": result.losses,
+                "params": _comparable(params), "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "generator": generator.get_state()})
     model.eval()
     del optimizer  # its state is the largest allocation of a task: free it before negation
     result.seconds = time.perf_counter() - start
     return result
 
 
+def _comparable(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in sorted(params.items())}
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Written beside, then renamed: a crash mid-write leaves the previous checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _resume(path: Path, params: dict[str, Any], model: torch.nn.Module,
+            optimizer: torch.optim.Optimizer, schedule: Any, generator: torch.Generator,
+            result: LoopResult) -> int:
+    """Load a checkpoint if there is one; returns the epoch to start from."""
+    if not path.is_file():
+        return 0
+    state = torch.load(path, map_location=model_device(model), weights_only=True)
+    if state["params"] != _comparable(params):
+        raise ValueError(f"checkpoint {path} was made with other parameters; "
+                         "remove it to start over")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    generator.set_state(state["generator"].cpu())
+    result.steps, result.losses = state["steps"], list(state["losses"])
+    return int(state["epoch"])
+
+
 def finetune(model: torch.nn.Module, tokenizer: Any, items: Sequence[dict[str, Any]],
-             params: dict[str, Any] | None = None, progress: Progress | None = None
-             ) -> dict[str, Any]:
+             params: dict[str, Any] | None = None, progress: Progress | None = None,
+             checkpoint: str | Path | None = None) -> dict[str, Any]:
     """Plain fine-tuning (NLL on answer tokens / all text tokens): how target, retain and
     demo models are made. Returns the loop's statistics."""
     p = resolve_params(LOOP_DEFAULTS, params)
@@ -138,6 +187,7 @@ def finetune(model: torch.nn.Module, tokenizer: Any, items: Sequence[dict[str, A
     examples = encode_items(items, tokenizer, p)
     torch.manual_seed(p["seed"])
     res = train_loop(model, examples, lambda m, f, r: nll(m, f), p, tokenizer_pad_id(tokenizer),
-                     progress=progress)
+                     progress=progress,
+                     checkpoint=Path(checkpoint) if checkpoint is not None else None)
     tail = res.losses[-max(1, len(res.losses) // 10):]
     return {"steps": res.steps, "seconds": res.seconds, "final_loss": sum(tail) / len(tail)}
