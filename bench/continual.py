@@ -1,0 +1,393 @@
+"""Continual-unlearning benchmark (ALKN_SPEC.md, "Continual protocol of the paper").
+
+forget10 is split by person into T disjoint tasks, unlearned in sequence from the target model
+(state carried between tasks); after every task each forgotten task, the retain set, the
+general sets and the privacy holdout are evaluated. Each method's intensity knob can be swept
+so methods are compared at matched forgetting.
+
+    python bench/continual.py --data-dir DIR --out DIR [--target DIR] [--retain DIR]
+        [--tasks 5] [--methods alkn,task_vector,grad_ascent,grad_diff,npo,npo_gd]
+        [--epochs 5] [--people N] [--max-items N] [--params JSON]
+        [--sweep "alkn:alpha=0.5,1,2;grad_ascent:lr=5e-4,1e-3"] [--finetune-epochs 15]
+
+Writes OUT/results.json, OUT/results.md, OUT/utility_per_task.png and OUT/fq_vs_utility.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ALL_METHODS = "alkn,task_vector,grad_ascent,grad_diff,npo,npo_gd"
+MATCH_FRACTION = 0.10  # matched forgetting: forget probability <= 10% of the target's
+Record = dict[str, Any]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", required=True, help="TOFU-layout directory")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--target", help="HF model dir; default: train a tiny Llama on full.json")
+    ap.add_argument("--retain", help="HF model dir; default: train one on retain90.json")
+    ap.add_argument("--tasks", type=int, default=5)
+    ap.add_argument("--methods", default=ALL_METHODS)
+    ap.add_argument("--epochs", type=int, default=5, help="unlearning epochs per task")
+    ap.add_argument("--people", type=int, help="use only the first N forget people")
+    ap.add_argument("--max-items", type=int, help="cap on items per task and per eval set")
+    ap.add_argument("--params", default="{}", help='JSON {"method": {param: value}}')
+    ap.add_argument("--sweep", default="", help='"method:key=v1,v2;method:key=v1,v2"')
+    ap.add_argument("--finetune-epochs", type=int, default=15)
+    ap.add_argument("--tiny-size", choices=("demo", "test"), default="demo")
+    ap.add_argument("--vocab-size", type=int, default=2048)
+    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--eval-batch-size", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0)
+    return ap.parse_args(argv)
+
+
+def parse_sweep(spec: str) -> dict[str, tuple[str, list[float]]]:
+    """'alkn:alpha=0.5,1;grad_ascent:lr=1e-3' -> {"alkn": ("alpha", [0.5, 1.0]), ...}."""
+    out: dict[str, tuple[str, list[float]]] = {}
+    for part in filter(None, (p.strip() for p in spec.split(";"))):
+        method, _, rest = part.partition(":")
+        key, _, values = rest.partition("=")
+        if not (method and key and values):
+            raise ValueError(f"bad --sweep part {part!r}; want method:key=v1,v2")
+        out[method.strip()] = (key.strip(), [float(v) for v in values.split(",") if v.strip()])
+    return out
+
+
+def default_params(method: str, epochs: int, seed: int) -> dict[str, Any]:
+    # lr per the README's lr probe on the tiny demo model.
+    lr = 2e-3 if method in ("alkn", "task_vector") else 1e-3
+    return {"lr": lr, "epochs": epochs, "batch_size": 8, "grad_accum": 1, "max_length": 128,
+            "seed": seed}
+
+
+def split_tasks(forget: list[Record], n_tasks: int) -> list[list[Record]]:
+    """Disjoint tasks by person (contiguous groups of people), else contiguous equal chunks."""
+    people: list[str] = []
+    for r in forget:
+        if r.get("person") is not None and r["person"] not in people:
+            people.append(r["person"])
+    if len(people) >= n_tasks and all(r.get("person") is not None for r in forget):
+        groups = _chunks(people, n_tasks)
+        return [[r for r in forget if r["person"] in set(g)] for g in groups]
+    if len(forget) < n_tasks:
+        raise ValueError(f"{len(forget)} forget items cannot make {n_tasks} tasks")
+    return _chunks(forget, n_tasks)
+
+
+def _chunks(xs: list[Any], n: int) -> list[list[Any]]:
+    size, extra = divmod(len(xs), n)
+    out, start = [], 0
+    for i in range(n):
+        end = start + size + (1 if i < extra else 0)
+        out.append(xs[start:end])
+        start = end
+    return out
+
+
+def _cap(items: list[Record], n: int | None, rng: random.Random | None = None) -> list[Record]:
+    if n is None or len(items) <= n:
+        return list(items)
+    # A seeded sample keeps the cap representative (the files are sorted by person).
+    return rng.sample(items, n) if rng is not None else items[:n]
+
+
+def load_or_train(kind: str, given: str | None, out: Path, items: list[Record], tokenizer: Any,
+                  args: argparse.Namespace) -> tuple[Any, Any]:
+    """A model from `given`, else from OUT/kind if a previous run saved it, else trained."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    from alkn_core.demo_model import tiny_llama_config
+    from alkn_core.train import finetune
+
+    path = Path(given) if given else out / kind
+    if (path / "config.json").is_file():
+        print(f"{kind}: loading {path}", flush=True)
+        return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    if given:
+        raise ValueError(f"--{kind} {given}: no config.json there")
+    print(f"{kind}: training a tiny '{args.tiny_size}' Llama on {len(items)} items", flush=True)
+    t0 = time.perf_counter()
+    torch.manual_seed(args.seed)
+    model = LlamaForCausalLM(tiny_llama_config(len(tokenizer), args.tiny_size, tokenizer))
+    finetune(model, tokenizer, items,
+             {"epochs": args.finetune_epochs, "lr": 2e-3, "batch_size": 16, "grad_accum": 1,
+              "max_length": 128, "seed": args.seed, "warmup_ratio": 0.03,
+              "weight_decay": 0.0})
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    print(f"{kind}: trained in {time.perf_counter() - t0:.1f}s -> {path}", flush=True)
+    return model, tokenizer
+
+
+def build_data_tokenizer(data: Any, vocab_size: int) -> Any:
+    from alkn_core.demo_model import build_tokenizer
+    from alkn_core.params import DEFAULT_QA_TEMPLATE
+
+    texts = []
+    for records in (data.full, data.forget10_perturbed, data.retain_perturbed,
+                    data.real_authors_perturbed, data.world_facts_perturbed, data.holdout10):
+        for r in records:
+            answers = [r["answer"], r.get("paraphrased_answer"), *r.get("perturbed_answer", [])]
+            texts += [DEFAULT_QA_TEMPLATE.format(question=r["question"], answer=a)
+                      for a in answers if isinstance(a, str)]
+    return build_tokenizer(texts, vocab_size)
+
+
+def _fq(values: list[float], reference: list[float]) -> float | None:
+    from alkn_core.evaluate import forget_quality
+
+    return forget_quality(values, reference) if values and reference else None
+
+
+def summarize(metrics: dict[str, Any], task_names: list[str],
+              retain_trs: dict[str, list[float]]) -> dict[str, Any]:
+    """Mean forget probability over the tasks so far, forget quality over their union
+    (a KS test over all forgotten items, like TOFU's on the whole forget10), utility."""
+    probs = [metrics[n]["probability"] for n in task_names
+             if metrics[n].get("probability") is not None]
+    trs = [x for n in task_names for x in (metrics[n].get("truth_ratios") or [])]
+    ref = [x for n in task_names for x in retain_trs.get(n, [])]
+    return {"mean_forget_probability": sum(probs) / len(probs) if probs else None,
+            "forget_quality": _fq(trs, ref),
+            "model_utility": metrics.get("model_utility")}
+
+
+def _fmt(x: Any, spec: str = ".4f") -> str:
+    if x is None:
+        return "n/a"
+    return format(x, ".2e") if spec == "e" else format(x, spec)
+
+
+def write_markdown(res: dict[str, Any], path: Path) -> None:
+    T = res["config"]["tasks"]
+    target = res["target"]["summary"]
+    lines = ["# Continual unlearning benchmark", "",
+             f"{T} tasks, methods {', '.join(res['config']['methods'])}; target mean forget "
+             f"probability {_fmt(target['mean_forget_probability'])}, model utility "
+             f"{_fmt(target['model_utility'])}.", ""]
+    if res["notes"]:
+        lines += ["Notes:", *[f"- {n}" for n in res["notes"]], ""]
+    lines += [f"## After task {T}", "",
+              "| method | setting | mean forget prob | forget quality | model utility |",
+              "|---|---|---|---|---|"]
+    for r in res["runs"]:
+        s = r["tasks"][-1]["summary"] if r["tasks"] else {}
+        lines.append(f"| {r['method']} | {r['setting'] or 'default'} | "
+                     f"{_fmt(s.get('mean_forget_probability'))} | "
+                     f"{_fmt(s.get('forget_quality'), 'e')} | {_fmt(s.get('model_utility'))} |")
+    lines += ["", f"## Utility at matched forgetting (mean forget prob <= "
+              f"{MATCH_FRACTION:.0%} of the target's = {_fmt(res['matched']['threshold'])})", "",
+              "| method | best model utility | setting |", "|---|---|---|"]
+    for method, m in res["matched"]["per_method"].items():
+        lines.append(f"| {method} | {_fmt(m['model_utility'])} | {m['setting'] or 'n/a'} |")
+    head = " | ".join(["target"] + [f"task {t}" for t in range(1, T + 1)])
+    lines += ["", "## Model utility per task", "", f"| run | {head} |",
+              "|---" * (T + 2) + "|"]
+    for r in res["runs"]:
+        cells = [_fmt(target["model_utility"])] + [_fmt(t["summary"]["model_utility"])
+                                                   for t in r["tasks"]]
+        lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_plots(res: dict[str, Any], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a server or in CI
+    import matplotlib.pyplot as plt
+
+    base = res["target"]["summary"]["model_utility"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in res["runs"]:
+        ys = [base] + [t["summary"]["model_utility"] for t in r["tasks"]]
+        xs = [i for i, y in enumerate(ys) if y is not None]
+        ax.plot(xs, [y for y in ys if y is not None], marker="o", label=r["label"])
+    ax.set_xlabel("task (0 = target)")
+    ax.set_ylabel("model utility")
+    ax.set_title("Model utility over the continual sequence")
+    ax.legend(fontsize=7)
+    p1 = out / "utility_per_task.png"
+    fig.tight_layout()
+    fig.savefig(p1, dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in res["runs"]:
+        s = r["tasks"][-1]["summary"] if r["tasks"] else {}
+        fq, mu = s.get("forget_quality"), s.get("model_utility")
+        if fq is None or mu is None:
+            continue
+        ax.scatter([mu], [max(fq, 1e-300)], label=r["label"])  # log axis: no zeros
+    ax.set_yscale("log")
+    ax.set_xlabel("model utility")
+    ax.set_ylabel("forget quality (KS p-value)")
+    ax.set_title(f"After task {res['config']['tasks']}")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    p2 = out / "fq_vs_utility.png"
+    fig.tight_layout()
+    fig.savefig(p2, dpi=100)
+    plt.close(fig)
+    return [p1, p2]
+
+
+def matched(res: dict[str, Any]) -> dict[str, Any]:
+    target_p = res["target"]["summary"]["mean_forget_probability"]
+    threshold = None if target_p is None else MATCH_FRACTION * target_p
+    per: dict[str, Any] = {}
+    for r in res["runs"]:
+        best = per.setdefault(r["method"], {"model_utility": None, "setting": None})
+        s = r["tasks"][-1]["summary"] if r["tasks"] else {}
+        p, mu = s.get("mean_forget_probability"), s.get("model_utility")
+        if threshold is None or p is None or mu is None or p > threshold:
+            continue
+        if best["model_utility"] is None or mu > best["model_utility"]:
+            best.update(model_utility=mu, setting=r["setting"] or "default")
+    return {"fraction": MATCH_FRACTION, "threshold": threshold, "per_method": per}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from alkn_core import unlearn
+    from alkn_core.evaluate import evaluate_sets
+    from alkn_core.tofu import load_tofu_dir
+
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    user_params = json.loads(args.params)
+    sweep = parse_sweep(args.sweep)
+    data = load_tofu_dir(args.data_dir)
+    notes = list(data.notes)
+    rng = random.Random(args.seed)
+
+    # Models: a shared tokenizer so target and retain see the same text the same way.
+    tokenizer = None
+    if not args.target and not (out / "target" / "config.json").is_file():
+        tokenizer = build_data_tokenizer(data, args.vocab_size)
+    target, tok = load_or_train("target", args.target, out, data.full, tokenizer, args)
+    retain_model, retain_tok = load_or_train("retain", args.retain, out, data.retain90, tok,
+                                             args)
+
+    # Tasks and evaluation sets.
+    forget = list(data.forget10)
+    if args.people:
+        people = list(dict.fromkeys(r.get("person") for r in forget))[: args.people]
+        forget = [r for r in forget if r.get("person") in people]
+    tasks = [_cap(t, args.max_items) for t in split_tasks(forget, args.tasks)]
+    task_names = [f"task{i}" for i in range(1, len(tasks) + 1)]
+    perturbed = {r["question"]: r for r in data.forget10_perturbed}
+    if not perturbed:
+        notes.append("no forget10_perturbed: forget sets evaluated without truth ratios")
+    task_eval = {n: [perturbed.get(r["question"], r) for r in t]
+                 for n, t in zip(task_names, tasks, strict=True)}
+    if data.retain_perturbed:
+        retain_eval = _cap(data.retain_perturbed, args.max_items, rng)
+    else:
+        retain_eval = _cap(data.retain90, args.max_items or 200, rng)
+        notes.append("no retain_perturbed: retain set is a sample of retain90 (no truth ratio)")
+    retain_train = _cap(data.retain90, args.max_items, rng)
+    general = {k: _cap(v, args.max_items, rng) for k, v in data.general_sets().items()}
+    holdout = _cap(data.holdout10, args.max_items, rng) or None
+    eval_kw = {"forget_names": task_names, "retain_names": ["retain"], "holdout": holdout,
+               "batch_size": args.eval_batch_size, "max_new_tokens": args.max_new_tokens}
+
+    def evaluate(model: Any, tok_: Any, names: list[str], **kw: Any) -> dict[str, Any]:
+        sets = {**{n: task_eval[n] for n in names}, "retain": retain_eval, **general}
+        return evaluate_sets(model, tok_, sets, **{**eval_kw, "forget_names": names}, **kw)
+
+    t0 = time.perf_counter()
+    ref = evaluate(retain_model, retain_tok, task_names)
+    retain_trs = {n: ref[n].get("truth_ratios") or [] for n in task_names}
+    retain_aucs = {n: ref[n]["privacy_auc"] for n in task_names
+                   if ref[n].get("privacy_auc") is not None}
+    kw = {"retain_model_trs": retain_trs, "retain_model_aucs": retain_aucs}
+    tgt = evaluate(target, tok, task_names, **kw)
+    print(f"reference evaluations {time.perf_counter() - t0:.1f}s", flush=True)
+
+    res: dict[str, Any] = {
+        "config": {**vars(args), "methods": methods, "sweep": sweep,
+                   "task_sizes": [len(t) for t in tasks],
+                   "task_people": [sorted({str(r.get("person")) for r in t}) for t in tasks]},
+        "notes": notes,
+        "retain_model": {"metrics": ref},
+        "target": {"metrics": tgt, "summary": summarize(tgt, task_names, retain_trs)},
+        "runs": [],
+    }
+
+    for method in methods:
+        key, values = sweep.get(method, ("", [None]))
+        for value in values:
+            params = {**default_params(method, args.epochs, args.seed),
+                      **user_params.get(method, {})}
+            setting = ""
+            if value is not None:
+                params[key] = value
+                setting = f"{key}={value:g}"
+            label = f"{method} {setting}".strip()
+            run: dict[str, Any] = {"method": method, "setting": setting, "label": label,
+                                   "params": params, "tasks": []}
+            res["runs"].append(run)
+            torch.manual_seed(args.seed)
+            model, state = copy.deepcopy(target), None
+            for i, forget_items in enumerate(tasks):
+                t1 = time.perf_counter()
+                r = unlearn(model, tok, forget_items, retain_train, method=method,
+                            params=params, state=state, eval_sets=general)
+                model, state = r.model, r.state
+                t2 = time.perf_counter()
+                seen = task_names[: i + 1]
+                m = evaluate(model, tok, seen, **kw)
+                t3 = time.perf_counter()
+                s = summarize(m, seen, retain_trs)
+                run["tasks"].append({"task": i + 1, "stats": r.stats, "metrics": m,
+                                     "summary": s, "seconds": {"unlearn": t2 - t1,
+                                                               "evaluate": t3 - t2}})
+                print(f"[{label}] task {i + 1}/{len(tasks)} unlearn {t2 - t1:.1f}s "
+                      f"eval {t3 - t2:.1f}s forget_p {_fmt(s['mean_forget_probability'])} "
+                      f"fq {_fmt(s['forget_quality'], 'e')} mu {_fmt(s['model_utility'])}",
+                      flush=True)
+            del model, state
+            _dump(res, out)  # partial results survive an interrupted long run
+
+    res["matched"] = matched(res)
+    res["seconds_total"] = time.perf_counter() - t0
+    _dump(res, out)
+    write_markdown(res, out / "results.md")
+    write_plots(res, out)
+    print(f"wrote {out / 'results.json'}, results.md and 2 plots", flush=True)
+    return 0
+
+
+def _dump(res: dict[str, Any], out: Path) -> None:
+    def clean(x: Any) -> Any:
+        # JSON has no NaN/inf; write null rather than invalid JSON.
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {str(k): clean(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [clean(v) for v in x]
+        return x if isinstance(x, str | int | float | bool | type(None)) else str(x)
+
+    (out / "results.json").write_text(json.dumps(clean(res), indent=1))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
