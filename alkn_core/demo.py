@@ -28,7 +28,6 @@ from .demo_model import (
     corpus_texts,
     demo_data_dir,
     demo_model_dir,
-    generate_answers,
     main,
     tiny_llama_config,
 )
@@ -43,7 +42,6 @@ __all__ = [
     "corpus_texts",
     "demo_data_dir",
     "demo_model_dir",
-    "generate_answers",
     "generate_corpus",
     "main",
     "n_forget_people",

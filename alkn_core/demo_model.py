@@ -18,7 +18,6 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from .data import qa_prompt
 from .demo_corpus import Corpus, generate_corpus, training_items, write_corpus
 from .params import DEFAULT_QA_TEMPLATE
 
@@ -139,51 +138,16 @@ def tiny_llama_config(vocab_size: int, size: str = "demo",
 # --------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def generate_answers(model: torch.nn.Module, tokenizer: Any, questions: Sequence[str],
-                     qa_template: str = DEFAULT_QA_TEMPLATE, max_new_tokens: int = 48,
-                     batch_size: int = 64) -> list[str]:
-    """Greedy answers to ``questions``; prompts are built exactly as training builds them."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    old_side = tokenizer.padding_side
-    # Left padding keeps every prompt's last token at the end, where generation continues.
-    tokenizer.padding_side = "left"
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    out: list[str] = []
-    try:
-        for start in range(0, len(questions), batch_size):
-            prompts = [qa_prompt(q, qa_template) for q in questions[start : start + batch_size]]
-            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=True)
-            enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-            gen = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=pad,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-            new = gen[:, enc["input_ids"].shape[1] :]
-            out.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))
-    finally:
-        tokenizer.padding_side = old_side
-        model.train(was_training)
-    return out
-
-
 def answer_recall(model: torch.nn.Module, tokenizer: Any, items: Sequence[dict[str, Any]],
                   qa_template: str = DEFAULT_QA_TEMPLATE, max_new_tokens: int = 48) -> float:
     """Mean ROUGE-L recall (stemmed) of greedy answers against the gold answers."""
-    from rouge_score import rouge_scorer
+    from .evaluate import greedy_answers, rouge_l_recall
 
     if not items:
         return 0.0
-    answers = generate_answers(model, tokenizer, [it["question"] for it in items], qa_template,
-                               max_new_tokens)
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    scores = [scorer.score(it["answer"], a)["rougeL"].recall for it, a in zip(items, answers,
-                                                                              strict=True)]
+    answers = greedy_answers(model, tokenizer, items, qa_template=qa_template,
+                             max_new_tokens=max_new_tokens)
+    scores = rouge_l_recall(answers, [it["answer"] for it in items])
     return sum(scores) / len(scores)
 
 

@@ -216,8 +216,7 @@ def greedy_answers(model: torch.nn.Module, tokenizer: Any, items: Sequence[Item]
                    batch_size: int = 32, chat_template: bool = False) -> list[str]:
     """Greedy answers to the items' questions, prompted exactly as training prompts them.
 
-    Implemented here rather than with `demo_model.generate_answers` because it must also work
-    with tokenizers that have no pad token, and with chat templates. The model's own
+    Works with tokenizers that have no pad token, and with chat templates. The model's own
     generation settings (sampling, penalties) are overridden: evaluation is plain greedy.
     """
     from transformers import GenerationConfig

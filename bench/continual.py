@@ -108,7 +108,7 @@ def load_or_train(kind: str, given: str | None, out: Path, items: list[Record], 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-    from alkn_core.demo_model import tiny_llama_config
+    from alkn_core.demo_model import DEMO_TRAIN_PARAMS, tiny_llama_config
     from alkn_core.train import finetune
 
     path = Path(given) if given else out / kind
@@ -122,9 +122,7 @@ def load_or_train(kind: str, given: str | None, out: Path, items: list[Record], 
     torch.manual_seed(args.seed)
     model = LlamaForCausalLM(tiny_llama_config(len(tokenizer), args.tiny_size, tokenizer))
     finetune(model, tokenizer, items,
-             {"epochs": args.finetune_epochs, "lr": 2e-3, "batch_size": 16, "grad_accum": 1,
-              "max_length": 128, "seed": args.seed, "warmup_ratio": 0.03,
-              "weight_decay": 0.0})
+             {**DEMO_TRAIN_PARAMS, "epochs": args.finetune_epochs, "seed": args.seed})
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     print(f"{kind}: trained in {time.perf_counter() - t0:.1f}s -> {path}", flush=True)
