@@ -16,12 +16,14 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from registry.change_feed import ChangeFeed
 from registry.db import session_scope
 from registry.settings import Settings, get_settings
 from registry.store import open_store
 
 from . import errors
 from .auth import ensure_bootstrap_key
+from .read_cache import ReadCache
 from .routes import health, jobs, models, requests, versions
 
 log = logging.getLogger("api")
@@ -65,13 +67,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.bootstrap_api_key:
             await run_in_threadpool(_bootstrap, app.state.db_url, settings.bootstrap_api_key)
             log.info("bootstrap API key is valid for tenant 'default'")
-        yield
+        feed = None
+        if app.state.db_url.startswith("postgresql"):  # SQLite has no NOTIFY: no caching
+            cache: ReadCache = app.state.read_cache
+            feed = ChangeFeed(app.state.db_url, cache.invalidate, cache.set_live).start()
+        try:
+            yield
+        finally:
+            if feed is not None:
+                await run_in_threadpool(feed.stop)
 
     app = FastAPI(title="ALKN-as-a-service", version="1.0.0", description=DESCRIPTION,
                   lifespan=lifespan)
     app.state.settings = settings
     app.state.db_url = settings.resolved_database_url
     app.state.store = None  # opened by the lifespan (or lazily by api.deps.get_store)
+    app.state.read_cache = ReadCache()  # live only while the lifespan's change feed is
     errors.install(app, settings.max_json_bytes, settings.max_upload_bytes,
                    versions.is_upload_path)
     for module in (health, models, versions, requests, jobs):

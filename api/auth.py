@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-import time
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
@@ -17,13 +16,11 @@ from sqlalchemy.orm import Session
 from registry.db import read_connection
 from registry.models import ApiKey, Tenant, utcnow
 
+from .read_cache import ReadCache
+
 log = logging.getLogger("api")
 
 KEY_PREFIX = "alkn_"
-# A valid key's tenant is remembered this long per process (saves a database round trip on
-# every call); a revoked key stops working within this time.
-KEY_CACHE_SECONDS = 10.0
-_KEY_CACHE: dict[str, tuple[str, float]] = {}
 DEFAULT_TENANT = "default"
 
 # auto_error=False: we answer 401 (not FastAPI's 403) as a problem document ourselves;
@@ -87,20 +84,20 @@ async def require_tenant(request: Request,
                          credentials: Annotated[HTTPAuthorizationCredentials | None,
                                                 Depends(_bearer)]) -> str:
     """The tenant id of the request's API key, or 401. Async: a cached key costs no thread
-    hand-off and no database round trip."""
+    hand-off and no database round trip. The cache drops a key as soon as its row changes
+    (api.read_cache), so a revoked key stops working at once."""
     if credentials is None or not credentials.credentials:
         raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-    digest = hash_key(credentials.credentials)
-    cached = _KEY_CACHE.get(digest)
-    now = time.monotonic()
-    if cached is not None and cached[1] > now:
-        return cached[0]
-    tenant_id = await run_in_threadpool(_lookup_tenant, request.app.state.db_url, digest)
+    cache: ReadCache = request.app.state.read_cache
+    key = "k:" + hash_key(credentials.credentials)
+    tenant_id: str | None = cache.get(key)
+    if tenant_id is not None:
+        return tenant_id
+    token = cache.token()
+    tenant_id = await run_in_threadpool(_lookup_tenant, request.app.state.db_url, key[2:])
     if tenant_id is None:
         raise _unauthorized("invalid or revoked API key")
-    if len(_KEY_CACHE) > 10_000:  # bounded: a flood of distinct valid keys cannot grow it
-        _KEY_CACHE.clear()
-    _KEY_CACHE[digest] = (tenant_id, now + KEY_CACHE_SECONDS)
+    cache.put(key, tenant_id, token)
     return tenant_id
 
 

@@ -6,10 +6,9 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
-from registry.db import new_session, read_connection
+from registry.db import new_session
 from registry.settings import Settings
 from registry.store import ArtifactStore, open_store
 
@@ -35,13 +34,7 @@ def get_session(request: Request) -> Iterator[Session]:
         session.close()  # rolls back whatever the route did not commit
 
 
-def get_read_connection(request: Request) -> Iterator[Connection]:
-    with read_connection(request.app.state.db_url) as conn:
-        yield conn
-
-
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 # scope="function": the connection goes back to the pool before a (long) streamed download.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
-ReadConnDep = Annotated[Connection, Depends(get_read_connection, scope="function")]

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
 from registry import catalog
 from registry import requests as forget
+from registry.db import read_connection
 from registry.models import ForgetRequest
 
 from .. import idempotency
 from ..auth import TenantDep
-from ..deps import ReadConnDep, SessionDep
+from ..deps import SessionDep
 from ..idempotency import Created, IdempotencyKey
 from ..pagination import PageDep, paginate
+from ..read_cache import ReadCache
 from ..schemas import ForgetRequestCreate, ForgetRequestOut, Page, RequestStatus, problems
 
 router = APIRouter(tags=["forget requests"], responses=problems(401, 404))
@@ -56,16 +59,36 @@ def list_requests(session: SessionDep, tenant: TenantDep, page: PageDep,
     return {"items": forget.request_dicts(session, rows), "next_cursor": next_cursor}
 
 
+def _status_body(db_url: str, tenant: str, request_id: str) -> bytes:
+    with read_connection(db_url) as conn:
+        view = forget.request_view(conn, tenant, request_id)
+    return ForgetRequestOut.model_validate(view).model_dump_json().encode()
+
+
 @router.get("/v1/forget-requests/{request_id}", response_model=ForgetRequestOut)
-def get_request(request_id: str, conn: ReadConnDep, tenant: TenantDep) -> dict[str, Any]:
-    return forget.request_view(conn, tenant, request_id)
+async def get_request(request_id: str, request: Request, tenant: TenantDep) -> Response:
+    """Clients poll this. Async, and served from the change-notified cache when it holds
+    the request (no thread hand-off, no database round trip); otherwise one read."""
+    cache: ReadCache = request.app.state.read_cache
+    key = "r:" + request_id
+    hit = cache.get(key)
+    if hit is not None and hit[0] == tenant:
+        return Response(hit[1], media_type="application/json")
+    token = cache.token()
+    body = await run_in_threadpool(_status_body, request.app.state.db_url, tenant, request_id)
+    cache.put(key, (tenant, body), token)
+    return Response(body, media_type="application/json")
 
 
 @router.post("/v1/forget-requests/{request_id}:cancel", response_model=ForgetRequestOut,
              responses=problems(409))
-def cancel_request(request_id: str, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
+def cancel_request(request_id: str, request: Request, session: SessionDep,
+                   tenant: TenantDep) -> dict[str, Any]:
     """A queued request is cancelled at once; a running one gets `cancel_requested` and
     its job stops at the next step; a finished one answers 409."""
     req = forget.cancel_request(session, tenant, request_id)
     session.commit()
+    # The change notification follows; dropping it here too means our own client's next
+    # poll reads its cancel even if that poll beats the notification.
+    request.app.state.read_cache.invalidate("r:" + request_id)
     return forget.request_dicts(session, [req])[0]
