@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -81,7 +81,15 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
 
 
 def _loc(loc: Any) -> list[str | int]:
-    return [p if isinstance(p, int) else str(p) for p in (loc or ())]
+    # A loc can hold a client's dict key: shown escaped and cut, never echoed raw.
+    return [p if isinstance(p, int) else _quote(str(p)) for p in (loc or ())]
+
+
+def _quote(part: str, limit: int = 64) -> str:
+    if part.isprintable() and len(part) <= limit:
+        return part
+    escaped = part.encode("unicode_escape", "backslashreplace").decode("ascii")
+    return escaped if len(escaped) <= limit else escaped[:limit] + "..."
 
 
 async def _validation(request: Request, exc: Exception) -> Response:
@@ -117,6 +125,15 @@ async def _integrity(request: Request, exc: Exception) -> Response:
     return problem(409, "the request conflicts with a concurrent change; retry it")
 
 
+async def _data(request: Request, exc: Exception) -> Response:
+    # The database refused a value (a NUL byte, a number out of range): the client's input,
+    # which validation should have refused first; logged so that the gap gets closed.
+    log.warning("database refused a value on %s %s: %s", request.method, request.url.path,
+                type(getattr(exc, "orig", exc)).__name__)
+    return problem(422, "a value in the request cannot be stored (out of range, or it holds "
+                        "a NUL byte)", errors=[])
+
+
 async def _database(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DBAPIError)
     if exc.connection_invalidated or isinstance(exc, OperationalError):
@@ -141,11 +158,70 @@ def install(app: FastAPI, max_json_bytes: int, max_upload_bytes: int,
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(RegistryError, _registry_error)
     app.add_exception_handler(IntegrityError, _integrity)
+    app.add_exception_handler(DataError, _data)
     app.add_exception_handler(DBAPIError, _database)
     # Added last = outermost: the catch-all also sees what the body limit lets through.
     app.add_middleware(BodyLimitMiddleware, max_json_bytes=max_json_bytes,
                        max_upload_bytes=max_upload_bytes, is_upload=is_upload)
     app.add_middleware(CatchAllMiddleware)
+    _document_problems(app)
+
+
+# --------------------------------------------------------------------------------------------
+# OpenAPI: the error answers every route can give, as the problem documents they are
+# --------------------------------------------------------------------------------------------
+
+_PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+_GENERIC = {
+    400: "malformed JSON or an interrupted body",
+    401: "missing or invalid API key",
+    413: "body too large",
+    422: "validation failed (`errors` lists why)",
+    503: "the database is unavailable; retry later",
+}
+
+
+def _problem_response(status: int) -> dict[str, Any]:
+    return {"description": _GENERIC[status],
+            "content": {PROBLEM_JSON: {"schema": _PROBLEM_REF}}}
+
+
+def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
+    """Add the statuses the handlers and middlewares above answer on every route (so that a
+    new route is documented without thinking of it): 422 for any parameter or body, 400 and
+    413 for any body, 401 and 503 under /v1; and replace FastAPI's default 422
+    (HTTPValidationError, application/json), which is never what a client gets."""
+    for path, operations in schema.get("paths", {}).items():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            statuses = set()
+            if operation.get("parameters") or "requestBody" in operation:
+                statuses.add(422)
+            if "requestBody" in operation:
+                statuses |= {400, 413}
+            if path.startswith("/v1/"):
+                statuses |= {401, 503}
+            default_422 = responses.get("422", {}).get("content", {}).get("application/json")
+            if default_422 and "HTTPValidationError" in str(default_422.get("schema")):
+                del responses["422"]
+            for status in statuses:
+                responses.setdefault(str(status), _problem_response(status))
+    components = schema.get("components", {}).get("schemas", {})
+    if "HTTPValidationError" not in str(schema.get("paths")):
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+    return schema
+
+
+def _document_problems(app: FastAPI) -> None:
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_problems(build())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 # --------------------------------------------------------------------------------------------

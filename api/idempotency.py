@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session
 from registry.models import IdempotencyRecord, utcnow
 
 IdempotencyKey = Annotated[str | None, Header(
-    alias="Idempotency-Key", min_length=1, max_length=255,
+    # Printable ASCII (a structured-field string): a NUL byte would be a database error.
+    alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x20-\x7e]+$",
     description="retrying with the same key and body returns the first answer")]
 
 

@@ -44,9 +44,24 @@ def decode_cursor(cursor: str) -> tuple[datetime, Any]:
         when = as_utc(datetime.fromisoformat(ts))
         assert when is not None and isinstance(row_id, str | int)
         return when, row_id
-    except (binascii.Error, ValueError, TypeError, AssertionError, UnicodeDecodeError):
-        raise Invalid("invalid cursor: pass back the next_cursor of the previous page",
-                      loc=["query", "cursor"]) from None
+    except (binascii.Error, ValueError, TypeError, AssertionError, OverflowError):
+        # OverflowError: a year-1 time stamp with a positive offset cannot be made UTC.
+        raise _bad_cursor() from None
+
+
+def _bad_cursor() -> Invalid:
+    return Invalid("invalid cursor: pass back the next_cursor of the previous page",
+                   loc=["query", "cursor"])
+
+
+def _storable(value: Any, kind: type) -> bool:
+    """A crafted cursor may hold an id of the wrong type, out of range, with a NUL byte or
+    an unpaired surrogate: comparing that with the column is a database error, not a 422."""
+    if isinstance(value, bool) or not isinstance(value, kind):
+        return False
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**63
+    return isinstance(value, str) and "\x00" not in value and value.isascii()
 
 
 def page_params(limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
@@ -62,6 +77,8 @@ def paginate(session: Session, query: Select[R], created: InstrumentedAttribute[
     """One page of `query` in (created, ident) order and the cursor of the next page."""
     if page.after is not None:
         ts, last = page.after
+        if not _storable(last, ident.type.python_type):
+            raise _bad_cursor()
         # Spelled out instead of a row-value comparison, which SQLite and Postgres treat alike
         # only in recent versions.
         query = query.where(or_(created > ts, and_(created == ts, ident > last)))

@@ -4,12 +4,14 @@ grow fields."""
 
 from __future__ import annotations
 
+import math
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 
-from alkn_core.params import DEFAULT_QA_TEMPLATE
+from alkn_core.params import DEFAULT_QA_TEMPLATE, METHOD_DEFAULTS
 
 T = TypeVar("T")
 
@@ -19,8 +21,98 @@ def _utc(dt: datetime) -> datetime:
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
-Item = dict[str, Any]
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+# Version numbers are PostgreSQL integers: a larger one must be a 4xx, not an overflow.
+MAX_VERSION = 2**31 - 1
+
+# NUL (PostgreSQL text cannot hold it), the other C0 controls but tab/newline/CR, DEL, C1
+# controls, and unpaired surrogates (not encodable as UTF-8). Bidi marks (U+200E/F,
+# U+202A-E, U+2066-9) are accepted: they occur in real right-to-left text, and forget items
+# must match what the model was trained on; identifiers (names, aliases) exclude them by
+# pattern.
+_CONTROLS = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
+_BAD_CHARS = re.compile(f"[{_CONTROLS}\ud800-\udfff]")
+_BAD_TEXT = "must not contain NUL, control characters or unpaired surrogates"
+# The same rule as published in /openapi.json (surrogates cannot occur in valid JSON text).
+CLEAN_PATTERN = f"^[^{_CONTROLS}]*$"
+CLEAN_NON_BLANK_PATTERN = f"^[^{_CONTROLS}]*[^{_CONTROLS}\\s][^{_CONTROLS}]*$"
+
+
+class _Publish:
+    """Annotation metadata that adds keywords to a type's published JSON schema only (the
+    validators enforce them, with messages written for people)."""
+
+    def __init__(self, **keywords: Any) -> None:
+        self.keywords = keywords
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: Any) -> dict[str, Any]:
+        schema: dict[str, Any] = handler(core_schema)
+        schema.update(self.keywords)
+        return schema
+
+
+def _clean_text(value: str) -> str:
+    if _BAD_CHARS.search(value):
+        raise ValueError(_BAD_TEXT)
+    return value
+
+
+def _clean_json(value: Any) -> Any:
+    """Every key and string of a JSON value (items, params) is clean text, every number
+    finite (NaN and Infinity are not JSON: PostgreSQL refuses them). Iterative, so nesting
+    depth is bounded only by the body limit; the message never echoes the input."""
+    stack: list[Any] = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            if _BAD_CHARS.search(node):
+                raise ValueError(f"strings {_BAD_TEXT}")
+        elif isinstance(node, float):
+            if not math.isfinite(node):
+                raise ValueError("numbers must be finite (no NaN or Infinity)")
+        elif isinstance(node, dict):
+            if any(_BAD_CHARS.search(k) for k in node):
+                raise ValueError(f"keys {_BAD_TEXT}")
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return value
+
+
+def _check_item_extras(item: dict[str, Any]) -> dict[str, Any]:
+    # alkn_core.items checks text/question/answer; the optional evaluation fields are only
+    # read by the worker, so their types are checked here, before anything is stored.
+    if "paraphrased_answer" in item and not isinstance(item["paraphrased_answer"], str):
+        raise ValueError("paraphrased_answer must be a string")
+    perturbed = item.get("perturbed_answer", [])
+    if not isinstance(perturbed, list) or not all(isinstance(p, str) for p in perturbed):
+        raise ValueError("perturbed_answer must be a list of strings")
+    return item
+
+
+_CLEAN = {"type": "string", "pattern": CLEAN_PATTERN}
+_NON_BLANK = {"type": "string", "pattern": CLEAN_NON_BLANK_PATTERN}
+# The item formats of API.md, published so that clients (and schemathesis) see them; the
+# checks themselves are alkn_core.items.validate_items and the validators here. Other keys
+# are kept (the worker ignores them) as long as they are clean JSON.
+ITEM_JSON_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": '{"question", "answer"} (optionally "paraphrased_answer" and '
+                   '"perturbed_answer": [...]) or {"text"}',
+    "propertyNames": {"pattern": CLEAN_PATTERN},
+    "properties": {"text": _NON_BLANK, "question": _NON_BLANK, "answer": _NON_BLANK,
+                   "paraphrased_answer": _CLEAN,
+                   "perturbed_answer": {"type": "array", "items": _CLEAN}},
+    "anyOf": [{"required": ["text"]}, {"required": ["question", "answer"]}],
+}
+
+Text = Annotated[str, AfterValidator(_clean_text), _Publish(pattern=CLEAN_PATTERN)]
+JsonObject = Annotated[dict[str, Any], AfterValidator(_clean_json),
+                       _Publish(propertyNames={"pattern": CLEAN_PATTERN})]
+Item = Annotated[dict[str, Any], AfterValidator(_clean_json), AfterValidator(_check_item_extras),
+                 WithJsonSchema(ITEM_JSON_SCHEMA)]
+SetName = Annotated[str, StringConstraints(min_length=1, max_length=64),
+                    AfterValidator(_clean_text), _Publish(pattern=CLEAN_PATTERN)]
 
 
 class _In(BaseModel):
@@ -69,7 +161,7 @@ class ReadyOut(BaseModel):
 
 
 class SourceIn(_In):
-    path: str = Field(min_length=1, max_length=4096,
+    path: Text = Field(min_length=1, max_length=4096,
                       description="Hugging Face model directory readable by the server, "
                                   "under one of ALKN_MODEL_SOURCE_ROOTS")
 
@@ -79,12 +171,12 @@ class ModelCreate(_In):
     source: SourceIn | None = Field(
         default=None, description="copied as version 1; without it, upload a version with "
                                   "POST /v1/models/{name}/versions:upload")
-    description: str = Field(default="", max_length=10_000)
-    qa_template: str = Field(default=DEFAULT_QA_TEMPLATE, max_length=10_000)
-    default_params: dict[str, Any] = Field(default_factory=dict)
+    description: Text = Field(default="", max_length=10_000)
+    qa_template: Text = Field(default=DEFAULT_QA_TEMPLATE, max_length=10_000)
+    default_params: JsonObject = Field(default_factory=dict)
     retain_set: list[Item] = Field(default_factory=list)
     holdout_set: list[Item] = Field(default_factory=list)
-    eval_sets: dict[str, list[Item]] = Field(default_factory=dict)
+    eval_sets: dict[SetName, list[Item]] = Field(default_factory=dict)
 
 
 class ModelOut(_Out):
@@ -123,7 +215,7 @@ class VersionOut(_Out):
 
 
 class AliasIn(_In):
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_VERSION)
 
 
 class AliasOut(BaseModel):
@@ -137,11 +229,19 @@ class AliasOut(BaseModel):
 
 
 class ForgetRequestCreate(_In):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"items": [{"question": "Where was Ilsa born?", "answer": "In Port Tavrin."}],
+         "method": "alkn"},
+        {"items": [{"text": "Ilsa Marr lives at 4 Quay Lane."}], "method": "npo",
+         "params": {"epochs": 2}}]})
+
     items: list[Item] = Field(min_length=1, description='{"question", "answer"} or {"text"}')
-    method: str = Field(default="alkn", description="alkn | task_vector | grad_ascent | "
-                                                    "grad_diff | npo | npo_gd")
-    params: dict[str, Any] = Field(default_factory=dict)
-    base_version: int | None = Field(default=None, ge=1,
+    method: Text = Field(default="alkn", max_length=64,
+                         json_schema_extra={"enum": list(METHOD_DEFAULTS)},
+                         description="alkn | task_vector | grad_ascent | grad_diff | npo | "
+                                     "npo_gd")
+    params: JsonObject = Field(default_factory=dict)
+    base_version: int | None = Field(default=None, ge=1, le=MAX_VERSION,
                                      description="default: the newest ready version")
 
 
@@ -218,6 +318,7 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     text = {400: "malformed JSON", 401: "missing or invalid API key",
             404: "unknown (or another tenant's) model, version, request or job",
             409: "the current state does not allow it", 413: "body too large",
-            416: "range not satisfiable", 422: "validation failed (`errors` lists why)"}
+            416: "range not satisfiable", 422: "validation failed (`errors` lists why)",
+            503: "a dependency is unavailable; retry later"}
     return {s: {"model": Problem, "description": text.get(s, "error"),
                 "content": _PROBLEM_CONTENT} for s in statuses}

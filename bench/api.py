@@ -1,8 +1,9 @@
 """API throughput and latency on the production configuration, side by side in one run.
 
 1. `GET /v1/forget-requests/{id}` (auth, then the change-notified cache or one PostgreSQL
-   read) next to a bare async FastAPI route that returns a constant, served by the same uvicorn process with the same settings, at 64
-   concurrent connections over loopback; the two alternate in rounds. Throughput and
+   read) next to a bare async FastAPI route that returns a constant, served by the same
+   uvicorn process with the same settings, at 64 concurrent connections over loopback (wrk,
+   one thread); the two alternate in rounds. Throughput and
    p50/p99 latency, and their ratio.
 2. Download of a 200 MB version file through the API (curl) next to reading the same file
    from disk, alternating, with the file's pages dropped from the page cache before each

@@ -8,7 +8,9 @@ exception: it commits itself, because its bytes must be deleted only after the r
 
 from __future__ import annotations
 
+import bz2
 import gzip
+import io
 import logging
 import lzma
 import re
@@ -20,7 +22,7 @@ import zlib
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
@@ -29,7 +31,7 @@ from alkn_core.items import validate_items
 from alkn_core.params import DEFAULT_QA_TEMPLATE, METHOD_DEFAULTS, resolve_params
 
 from .models import Alias, Job, Model, Version, utcnow
-from .store import CHUNK, ArtifactStore, FileInfo, LocalStore, safe_relpath
+from .store import CHUNK, ArtifactStore, FileInfo, LocalStore, regular_files, safe_relpath
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,15 @@ ALIAS_RE = re.compile(r"[a-z][a-z0-9._-]{0,63}")  # starts with a letter: never 
 RESERVED_REFS = frozenset({"latest"})
 ACTIVE_JOB_STATUSES = ("queued", "running")
 MAX_ARCHIVE_MEMBERS = 100_000
+# Version numbers are PostgreSQL integers: a larger number is simply not a version.
+MAX_VERSION = 2**31 - 1
+# Tar metadata (PAX headers, GNU long names) is read into memory whole: bound it (a long
+# path needs a few KiB; a chain of PAX headers is held at once until it ends).
+MAX_TAR_HEADER_BYTES = 64 * 1024
+# Longest member path (and 255 bytes a component): what every filesystem takes.
+MAX_MEMBER_PATH = 1024
+# Headers and padding an archive may add to its content (per member, and at the end).
+_TAR_OVERHEAD = 3 * tarfile.BLOCKSIZE
 
 # Every parameter any method knows: a model's default_params may hold keys for several
 # methods, each request then takes the ones its method knows.
@@ -70,6 +81,10 @@ class Invalid(RegistryError):
     status = 422
 
 
+class TooLarge(RegistryError):
+    status = 413
+
+
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
@@ -94,7 +109,7 @@ def check_source_path(path: str | Path, roots: Sequence[Path]) -> Path:
     loc = ["body", "source", "path"]
     try:
         resolved = Path(path).expanduser().resolve(strict=True)
-    except (OSError, RuntimeError):
+    except (OSError, RuntimeError, ValueError):  # ValueError: an embedded NUL
         resolved = None
     # The same answer for "missing" and "not allowed": never probe the server's filesystem.
     if resolved is None or not any(resolved.is_relative_to(r.resolve()) for r in roots):
@@ -107,7 +122,17 @@ def check_source_path(path: str | Path, roots: Sequence[Path]) -> Path:
 
 def _check_model_dir(d: Path) -> None:
     if not (d / "config.json").is_file():
-        raise Invalid("the model directory has no config.json (not a Hugging Face model)")
+        raise Invalid("the model directory has no config.json (not a Hugging Face model)",
+                      loc=["body", "source", "path"])
+    # Before copying anything: a link could lead out of the allowed roots, and copying a
+    # FIFO blocks or fails, a device never ends.
+    try:
+        for _ in regular_files(d):
+            pass
+    except ValueError:
+        raise Invalid("the model directory holds something other than regular files and "
+                      "directories (links, devices and pipes are refused)",
+                      loc=["body", "source", "path"]) from None
 
 
 def _validated_sets(retain_set: Any, holdout_set: Any, eval_sets: Any
@@ -177,6 +202,9 @@ def _short_id() -> str:
 
 
 def get_model(session: Session, tenant_id: str, name: str) -> Model:
+    # A name no model can have is not looked up (a NUL byte would be a database error).
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise NotFound(f"model {name!r} not found")
     model = session.scalar(select(Model).where(Model.tenant_id == tenant_id, Model.name == name))
     if model is None:
         raise NotFound(f"model {name!r} not found")
@@ -258,19 +286,81 @@ def _member_path(name: str) -> str:
     if rel in ("", "."):
         return ""
     try:
-        return safe_relpath(rel)
+        rel = safe_relpath(rel)
     except ValueError:
-        raise Invalid(f"unsafe path in archive: {name!r}") from None
+        raise Invalid(f"unsafe path in archive: {name[:200]!r}") from None
+    # What the filesystem would refuse with ENAMETOOLONG (an error of ours, not a 4xx).
+    if len(rel.encode()) > MAX_MEMBER_PATH or any(len(p.encode()) > 255 for p in rel.split("/")):
+        raise Invalid(f"path in archive too long: {name[:200]!r}...")
+    return rel
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile reads metadata members (PAX headers, GNU long names) into memory whole: a
+    small compressed archive could declare one of gigabytes."""
+
+    _METADATA = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE,
+                 tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
+
+    # tarfile documents _proc_member as the hook for subclasses.
+    def _proc_member(self, tf: tarfile.TarFile) -> tarfile.TarInfo:  # type: ignore[override]
+        if self.type in self._METADATA and self.size > MAX_TAR_HEADER_BYTES:
+            raise TooLarge(f"archive metadata entry larger than {MAX_TAR_HEADER_BYTES} bytes")
+        return super()._proc_member(tf)  # type: ignore[misc]
+
+
+class _CappedReader(io.RawIOBase):
+    """The decompressed archive, refused (TooLarge) past `limit` bytes: its compressed size
+    says nothing about what it expands to. Decompression errors become tarfile.ReadError
+    here, so that a disk error while writing is never mistaken for a bad archive."""
+
+    def __init__(self, inner: BinaryIO, limit: int | None) -> None:
+        super().__init__()
+        self.inner, self.limit, self.count = inner, limit, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            size = CHUNK
+        try:
+            data = self.inner.read(size)
+        except (OSError, EOFError, zlib.error, lzma.LZMAError) as e:
+            raise tarfile.ReadError(f"{type(e).__name__}") from None
+        self.count += len(data)
+        if self.limit is not None and self.count > self.limit:
+            raise TooLarge(f"archive expands to more than {self.limit} bytes")
+        return data
+
+
+def _decompressed(raw: BinaryIO) -> BinaryIO:
+    """`raw` decompressed by its magic bytes (gzip, bzip2, xz), or as is (plain tar)."""
+    magic = raw.read(6)
+    raw.seek(0)
+    if magic.startswith(b"\x1f\x8b"):
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if magic.startswith(b"BZh"):
+        return bz2.BZ2File(raw)  # type: ignore[return-value]
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMAFile(raw)  # type: ignore[return-value]
+    return raw
 
 
 def extract_tar(archive: Path, dest: Path, max_bytes: int | None = None) -> None:
-    """Extract regular files and directories only; absolute paths, '..', links, devices,
-    duplicates and more than `max_bytes` of content are refused (Invalid)."""
+    """Extract regular files and directories only; absolute paths, '..', links, devices and
+    duplicates are refused (Invalid); more than `max_bytes` of content, or an archive that
+    decompresses to much more than that, is TooLarge (a decompression bomb)."""
     total = 0
     seen: set[str] = set()
+    # Content plus the headers and padding of the most members an archive may have.
+    stream_limit = None if max_bytes is None else \
+        max_bytes + (MAX_ARCHIVE_MEMBERS + 2) * _TAR_OVERHEAD
     try:
-        # Stream mode ("r|*"): one sequential pass, compression detected from the bytes.
-        with tarfile.open(archive, mode="r|*") as tf:
+        with archive.open("rb") as raw, _decompressed(raw) as plain, \
+                tarfile.open(fileobj=_CappedReader(plain, stream_limit), mode="r|",
+                             tarinfo=_BoundedTarInfo) as tf:
+            # Stream mode ("r|"): one sequential pass, nothing seeks back.
             for count, member in enumerate(tf, 1):
                 if count > MAX_ARCHIVE_MEMBERS:
                     raise Invalid(f"archive has more than {MAX_ARCHIVE_MEMBERS} entries")
@@ -286,8 +376,8 @@ def extract_tar(archive: Path, dest: Path, max_bytes: int | None = None) -> None
                     raise Invalid(f"archive holds {rel!r} twice")
                 seen.add(rel)
                 total += member.size
-                if max_bytes is not None and total > max_bytes:
-                    raise Invalid(f"archive content exceeds {max_bytes} bytes")
+                if max_bytes is not None and total > max_bytes:  # before writing any of it
+                    raise TooLarge(f"archive content exceeds {max_bytes} bytes")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 src = tf.extractfile(member)
                 assert src is not None  # a regular member always has content
@@ -296,6 +386,8 @@ def extract_tar(archive: Path, dest: Path, max_bytes: int | None = None) -> None
     except (FileExistsError, NotADirectoryError, IsADirectoryError):
         raise Invalid("archive entries conflict (a file and a directory of the same path)"
                       ) from None
+    except RecursionError:  # a chain of thousands of PAX headers
+        raise Invalid("archive metadata is nested too deeply") from None
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError) as e:
         raise Invalid(f"not a readable tar or tar.gz archive ({type(e).__name__})") from None
 
@@ -349,6 +441,8 @@ def latest_ready(session: Session, model: Model) -> Version | None:
 
 
 def get_version(session: Session, model: Model, number: int) -> Version:
+    if not 1 <= number <= MAX_VERSION:  # out of the column's range: no such version
+        raise NotFound(f"model {model.name!r} has no version {number}")
     version = session.scalar(select(Version).where(Version.model_id == model.id,
                                                    Version.number == number))
     if version is None:
@@ -358,7 +452,8 @@ def get_version(session: Session, model: Model, number: int) -> Version:
 
 def resolve_version(session: Session, model: Model, ref: str | int) -> Version:
     """`ref` is a version number, `latest` (the newest ready version) or an alias."""
-    if isinstance(ref, int) or ref.isdigit():
+    # ASCII digits only: str.isdigit() is also true for '²', which int() refuses.
+    if isinstance(ref, int) or (ref.isascii() and ref.isdigit()):
         return get_version(session, model, int(ref))
     if ref == "latest":
         version = latest_ready(session, model)
@@ -366,7 +461,8 @@ def resolve_version(session: Session, model: Model, ref: str | int) -> Version:
             raise NotFound(f"model {model.name!r} has no ready version")
         return version
     number = session.scalar(select(Alias.version).where(Alias.model_id == model.id,
-                                                        Alias.name == ref))
+                                                        Alias.name == ref)) \
+        if ALIAS_RE.fullmatch(ref) else None
     if number is None:
         raise NotFound(f"model {model.name!r} has no version or alias {ref!r}")
     return get_version(session, model, number)
@@ -414,7 +510,7 @@ def set_alias(session: Session, model: Model, alias: str, number: int) -> Alias:
 
 
 def delete_alias(session: Session, model: Model, alias: str) -> None:
-    row = session.get(Alias, (model.id, alias))
+    row = session.get(Alias, (model.id, alias)) if ALIAS_RE.fullmatch(alias) else None
     if row is None:
         raise NotFound(f"model {model.name!r} has no alias {alias!r}")
     session.delete(row)

@@ -6,6 +6,7 @@ its outbox row and an idempotency record land in one transaction.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -29,6 +30,16 @@ from .jobs import RUN_LINEAGE_TASK
 from .models import FINISHED, REQUEST_STATUSES, ForgetRequest, Job, JobEvent, Model, Outbox, utcnow
 
 DEFAULT_METHOD = "alkn"
+
+
+def is_id(value: str) -> bool:
+    """A well-formed UUID: anything else names no row and is not sent to the database (a NUL
+    byte there would be a database error, not a 404)."""
+    try:
+        uuid.UUID(value)
+    except (ValueError, TypeError, AttributeError):
+        return False
+    return True
 
 
 def effective_params(model: Model, method: str, params: dict[str, Any] | None) -> dict[str, Any]:
@@ -87,6 +98,8 @@ def submit_forget_request(session: Session, tenant_id: str, model: Model, items:
 
 
 def get_request(session: Session, tenant_id: str, request_id: str) -> ForgetRequest:
+    if not is_id(request_id):
+        raise NotFound(f"forget request {request_id!r} not found")
     req = session.scalar(select(ForgetRequest).where(ForgetRequest.id == request_id,
                                                      ForgetRequest.tenant_id == tenant_id))
     if req is None:
@@ -111,6 +124,8 @@ def request_view(conn: Connection | Session, tenant_id: str, request_id: str
                  ) -> dict[str, Any]:
     """GET /v1/forget-requests/{id} in one statement and without ORM objects (clients poll
     it): the request's columns but its items, its model's name, its job's base version."""
+    if not is_id(request_id):
+        raise NotFound(f"forget request {request_id!r} not found")
     row = conn.execute(_VIEW, {"request_id": request_id, "tenant_id": tenant_id}).first()
     if row is None:
         raise NotFound(f"forget request {request_id!r} not found")
@@ -188,6 +203,8 @@ def requests_query(tenant_id: str, model_id: str | None = None,
 
 
 def get_job(session: Session, tenant_id: str, job_id: str) -> Job:
+    if not is_id(job_id):
+        raise NotFound(f"job {job_id!r} not found")
     job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
     if job is None:
         raise NotFound(f"job {job_id!r} not found")

@@ -49,17 +49,30 @@ def hash_file(path: Path) -> tuple[int, str]:
     return size, h.hexdigest()
 
 
-def scan_dir(root: Path) -> list[FileInfo]:
-    """Every regular file under root (symlinks refused), sorted, with size and sha256."""
-    out = []
+def regular_files(root: Path) -> Iterator[Path]:
+    """Every file under root, sorted; ValueError for anything but regular files and real
+    directories: a symlink (to a file or a directory: os.walk would silently skip the
+    latter, and it would then be published pointing out of the store), a FIFO, a device,
+    a socket."""
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
+        for name in dirnames:
+            sub = Path(dirpath) / name
+            if sub.is_symlink():
+                raise ValueError(f"not a regular directory: {sub.relative_to(root)}")
         for name in sorted(filenames):
             full = Path(dirpath) / name
             if full.is_symlink() or not full.is_file():
                 raise ValueError(f"not a regular file: {full.relative_to(root)}")
-            size, digest = hash_file(full)
-            out.append(FileInfo(full.relative_to(root).as_posix(), size, digest))
+            yield full
+
+
+def scan_dir(root: Path) -> list[FileInfo]:
+    """Every regular file under root (anything else refused), sorted, with size and sha256."""
+    out = []
+    for full in regular_files(root):
+        size, digest = hash_file(full)
+        out.append(FileInfo(full.relative_to(root).as_posix(), size, digest))
     return out
 
 
@@ -94,12 +107,17 @@ class LocalStore:
     def publish_dir(self, src: Path, key: str) -> list[FileInfo]:
         final = self._dir(key)
         if src.resolve().is_relative_to(self.root / ".tmp"):
-            staged = src.resolve()
+            staged = src.resolve()  # the caller's staging directory: the caller removes it
+            files = scan_dir(staged)
         else:
             staged = self.staging_dir()
-            shutil.rmtree(staged)
-            shutil.copytree(src, staged, symlinks=True)
-        files = scan_dir(staged)
+            try:
+                shutil.rmtree(staged)
+                shutil.copytree(src, staged, symlinks=True)
+                files = scan_dir(staged)
+            except BaseException:  # a refused or failed copy leaves nothing in staging
+                shutil.rmtree(staged, ignore_errors=True)
+                raise
         if final.exists():  # a crashed earlier attempt for the same key: never published
             shutil.rmtree(final)
         final.parent.mkdir(parents=True, exist_ok=True)

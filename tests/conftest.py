@@ -70,4 +70,5 @@ def random_tiny_model(tokenizer: Any, seed: int = 0) -> torch.nn.Module:
     return LlamaForCausalLM(tiny_llama_config(len(tokenizer), "test", tokenizer))
 
 
-from .services import pg_url, redis_url  # noqa: E402,F401  (fixtures for service tests)
+from .apikit import api_world  # noqa: E402,F401  (an API on a database of its own)
+from .services import module_pg_url, pg_url, redis_url  # noqa: E402,F401  (service fixtures)

@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -45,14 +46,30 @@ def drop_pg_database(url: str) -> None:
     admin.dispose()
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
+@contextmanager
+def migrated_pg_database() -> Iterator[str]:
+    """A fresh database with the schema of migrations/, dropped afterwards."""
     from registry.migrate import upgrade
 
     url = fresh_pg_database()
-    upgrade(url)
-    yield url
-    drop_pg_database(url)
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        drop_pg_database(url)
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    with migrated_pg_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_pg_url() -> Iterator[str]:
+    """A database of the test module's own: row counts and dumps see only its rows."""
+    with migrated_pg_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from registry.db import get_engine
 
 from ..deps import get_store
 from ..errors import PROBLEM_JSON, problem_body
-from ..schemas import HealthOut, Problem, ReadyOut
+from ..schemas import HealthOut, ReadyOut, problems
 
 log = logging.getLogger("api")
 router = APIRouter(tags=["health"])
@@ -60,8 +60,8 @@ def healthz() -> HealthOut:
 
 
 @router.get("/readyz", response_model=ReadyOut,
-            responses={503: {"model": Problem, "description": "a dependency is down; "
-                                                              "`checks` says which"}})
+            responses={503: {**problems(503)[503],
+                             "description": "a dependency is down; `checks` says which"}})
 def readyz(request: Request) -> ReadyOut | JSONResponse:
     settings = request.app.state.settings
     checks: dict[str, str] = {}

@@ -3,11 +3,12 @@ evaluation."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -154,7 +155,10 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     spec = header.strip()[6:].strip()
     first, sep, last = spec.partition("-")
     first, last = first.strip(), last.strip()
-    if "," in spec or not sep or not (first.isdigit() or first == "") \
+    # ASCII digits only: str.isdigit() is also true for '²' (a latin-1 header byte), which
+    # int() refuses.
+    if "," in spec or not sep or not (first.isascii() and last.isascii()) \
+            or not (first.isdigit() or first == "") \
             or not (last.isdigit() or last == "") or (first == last == ""):
         return None
     if first == "":  # suffix: the last N bytes
@@ -230,7 +234,7 @@ def download_file(name: str, ref: str, path: str, request: Request, session: Ses
         (start, end), status = rng, 206
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     headers["Content-Length"] = str(end - start + 1)
-    body = store.open_range(key, path, start, end) if size else iter(())
+    body = read_ahead(store.open_range(key, path, start, end)) if size else iter(())
     return StreamingResponse(body, status_code=status, headers=headers,
                              media_type="application/octet-stream")
 
@@ -242,6 +246,21 @@ def head_file(name: str, ref: str, path: str, session: SessionDep, store: StoreD
     headers = {**_file_headers(entry), "Content-Length": str(entry["size"]),
                "Content-Type": "application/octet-stream"}
     return Response(status_code=200, headers=headers)
+
+
+async def read_ahead(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """The chunks of a blocking iterator, the next one read in a thread while the current
+    one is being sent: disk (or S3) and socket work at the same time instead of in turns."""
+    pending = asyncio.ensure_future(run_in_threadpool(next, chunks, None))
+    try:
+        while (chunk := await pending) is not None:
+            pending = asyncio.ensure_future(run_in_threadpool(next, chunks, None))
+            yield chunk
+    finally:  # client gone or stream done: let the read in flight finish, then close
+        await asyncio.gather(pending, return_exceptions=True)
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            await run_in_threadpool(close)
 
 
 def _tar_stream(store: ArtifactStore, key: str, members: list[tuple[bytes, str, int]]
@@ -283,7 +302,7 @@ def download_archive(name: str, ref: str, session: SessionDep, store: StoreDep,
     filename = quote(f"{model.name}-v{version.number}.tar")
     headers = {"Content-Length": str(length),
                "Content-Disposition": f"attachment; filename*=UTF-8''{filename}"}
-    return StreamingResponse(_tar_stream(store, version.storage_key, members),
+    return StreamingResponse(read_ahead(_tar_stream(store, version.storage_key, members)),
                              headers=headers, media_type="application/x-tar")
 
 
