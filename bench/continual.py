@@ -8,7 +8,8 @@ so methods are compared at matched forgetting.
     python bench/continual.py --data-dir DIR --out DIR [--target DIR] [--retain DIR]
         [--tasks 5] [--methods alkn,task_vector,grad_ascent,grad_diff,npo,npo_gd]
         [--epochs 5] [--people N] [--max-items N] [--params JSON]
-        [--sweep "alkn:alpha=0.5,1,2;grad_ascent:lr=5e-4,1e-3"] [--finetune-epochs 15]
+        [--sweep "alkn:alpha=0.5,1;alkn:mask_rule=retain_safe&alpha=0.5,1;npo:lr=1e-3"]
+        [--finetune-epochs 15]
 
 Writes OUT/results.json, OUT/results.md, OUT/utility_per_task.png and OUT/fq_vs_utility.png.
 """
@@ -42,7 +43,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--people", type=int, help="use only the first N forget people")
     ap.add_argument("--max-items", type=int, help="cap on items per task and per eval set")
     ap.add_argument("--params", default="{}", help='JSON {"method": {param: value}}')
-    ap.add_argument("--sweep", default="", help='"method:key=v1,v2;method:key=v1,v2"')
+    ap.add_argument("--sweep", default="", help='"method:key=v1,v2;method:key=v&key2=w1,w2" (grid)')
     ap.add_argument("--finetune-epochs", type=int, default=15)
     ap.add_argument("--tiny-size", choices=("demo", "test"), default="demo")
     ap.add_argument("--vocab-size", type=int, default=2048)
@@ -52,16 +53,35 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def parse_sweep(spec: str) -> dict[str, tuple[str, list[float]]]:
-    """'alkn:alpha=0.5,1;grad_ascent:lr=1e-3' -> {"alkn": ("alpha", [0.5, 1.0]), ...}."""
-    out: dict[str, tuple[str, list[float]]] = {}
+def _value(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text.strip()
+
+
+def parse_sweep(spec: str) -> dict[str, list[dict[str, float | str]]]:
+    """Settings to run per method. Parts are `;`-separated, each `method:key=v1,v2`, with
+    `&` joining keys into a grid: 'alkn:alpha=0.5,1;alkn:mask_rule=retain_safe&alpha=1' ->
+    {"alkn": [{"alpha": 0.5}, {"alpha": 1.0}, {"mask_rule": "retain_safe", "alpha": 1.0}]}.
+    Values that are not numbers stay strings."""
+    out: dict[str, list[dict[str, float | str]]] = {}
     for part in filter(None, (p.strip() for p in spec.split(";"))):
         method, _, rest = part.partition(":")
-        key, _, values = rest.partition("=")
-        if not (method and key and values):
-            raise ValueError(f"bad --sweep part {part!r}; want method:key=v1,v2")
-        out[method.strip()] = (key.strip(), [float(v) for v in values.split(",") if v.strip()])
+        grid: list[dict[str, float | str]] = [{}]
+        for term in rest.split("&"):
+            key, _, values = term.partition("=")
+            options = [_value(v) for v in values.split(",") if v.strip()]
+            if not (method.strip() and key.strip() and options):
+                raise ValueError(f"bad --sweep part {part!r}; want method:key=v1,v2[&key=v]")
+            grid = [{**g, key.strip(): v} for g in grid for v in options]
+        out.setdefault(method.strip(), []).extend(grid)
     return out
+
+
+def setting_label(setting: dict[str, float | str]) -> str:
+    return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in setting.items())
 
 
 def default_params(method: str, epochs: int, seed: int) -> dict[str, Any]:
@@ -330,14 +350,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
 
     for method in methods:
-        key, values = sweep.get(method, ("", [None]))
-        for value in values:
+        for overrides in sweep.get(method, [{}]):
             params = {**default_params(method, args.epochs, args.seed),
-                      **user_params.get(method, {})}
-            setting = ""
-            if value is not None:
-                params[key] = value
-                setting = f"{key}={value:g}"
+                      **user_params.get(method, {}), **overrides}
+            setting = setting_label(overrides)
             label = f"{method} {setting}".strip()
             run: dict[str, Any] = {"method": method, "setting": setting, "label": label,
                                    "params": params, "tasks": []}

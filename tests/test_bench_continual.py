@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from alkn_core.demo_corpus import generate_corpus, write_corpus
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -30,8 +32,15 @@ def test_split_tasks_by_person_and_chunks() -> None:
     assert not {r["person"] for r in tasks[0]} & {r["person"] for r in tasks[1]}
     # Fewer people than tasks: contiguous equal chunks.
     assert [len(t) for t in bench.split_tasks(items, 5)] == [3, 3, 2, 2, 2]
-    assert bench.parse_sweep("alkn:alpha=0.5,1;grad_ascent:lr=1e-3") == {
-        "alkn": ("alpha", [0.5, 1.0]), "grad_ascent": ("lr", [1e-3])}
+    assert bench.parse_sweep(
+        "alkn:alpha=0.5,1;grad_ascent:lr=1e-3;alkn:mask_rule=retain_safe&alpha=1,2") == {
+        "alkn": [{"alpha": 0.5}, {"alpha": 1.0}, {"mask_rule": "retain_safe", "alpha": 1.0},
+                 {"mask_rule": "retain_safe", "alpha": 2.0}],
+        "grad_ascent": [{"lr": 1e-3}]}
+    assert bench.setting_label({"mask_rule": "retain_safe", "alpha": 0.5}) == \
+        "mask_rule=retain_safe alpha=0.5"
+    with pytest.raises(ValueError, match="bad --sweep"):
+        bench.parse_sweep("alkn:alpha=")
 
 
 def test_continual_benchmark_smoke(tmp_path: Path) -> None:
