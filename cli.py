@@ -1,4 +1,5 @@
-"""The `alkn` command: serve, worker, keys create, migrate, demo build."""
+"""The `alkn` command: serve, worker, keys create, migrate, demo build; and the client
+commands (submit, status, download, models list, versions list) of alkn_client."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from typing import Any
+
+from alkn_client import cli_commands
 
 DEMO_MODEL = "demo"
 # A 3.7M-parameter model needs a far larger lr than a 7B one (README, bench/lr_probe.py).
@@ -214,8 +217,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     dd.add_argument("--people", type=int, default=50)
     dd.add_argument("--holdout-people", type=int, default=5)
     dd.add_argument("--seed", type=int, default=0)
+    cli_commands.add_parsers(sub)  # submit, status, download, models list, versions list
     args = ap.parse_args(argv)
 
+    if args.command in cli_commands.COMMANDS:
+        return cli_commands.run(args)
     if args.command == "serve":
         return serve(args.host, args.port)
     if args.command == "worker":

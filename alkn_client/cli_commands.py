@@ -1,0 +1,318 @@
+"""The client side of the `alkn` command: submit, status, download, models list, versions
+list. cli.py only wires these into its parser (`add_parsers`, then `run`).
+
+Server and key: `--url` / `--api-key`, else $ALKN_URL (default http://127.0.0.1:8000) and
+$ALKN_API_KEY. API errors print the problem document's detail, never a traceback.
+Exit codes: 0 ok; 1 an API or network error, or a request that ended failed/cancelled;
+2 a usage error (bad items file, no key); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+
+from .client import Client
+from .errors import AlknClientError, ApiError
+from .models import ForgetRequest
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+COMMANDS = frozenset({"submit", "status", "download", "models", "versions"})
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A mistake in the command line or its files (exit 2)."""
+
+
+def add_parsers(sub: Any) -> None:
+    """Add the client subcommands to `alkn`'s subparsers (`ap.add_subparsers()`)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=None,
+                        help=f"service URL (default: $ALKN_URL or {DEFAULT_URL})")
+    common.add_argument("--api-key", default=None, help="API key (default: $ALKN_API_KEY)")
+
+    s = sub.add_parser("submit", parents=[common], help="submit a forget request")
+    s.add_argument("model")
+    s.add_argument("--items", required=True,
+                   help="JSON Lines file of items ({question, answer} or {text}); "
+                        "a JSON array works too; '-' reads stdin")
+    s.add_argument("--method", default=None, help="alkn (default), task_vector, grad_ascent, "
+                                                   "grad_diff, npo, npo_gd")
+    s.add_argument("--params", default=None, help='method parameters as JSON, e.g. '
+                                                  '\'{"epochs": 2}\'')
+    s.add_argument("--base-version", type=int, default=None)
+    s.add_argument("--idempotency-key", default=None,
+                   help="a retry with the same key and items returns the same request")
+    s.add_argument("--id-only", action="store_true", help="print only the request id")
+
+    st = sub.add_parser("status", parents=[common], help="a forget request's status")
+    st.add_argument("request_id")
+    st.add_argument("--watch", action="store_true",
+                    help="a live progress bar until it finishes; exit 0 only if succeeded")
+    st.add_argument("--interval", type=float, default=2.0,
+                    help="longest delay between polls with --watch (seconds)")
+
+    d = sub.add_parser("download", parents=[common],
+                       help="download a version's files (resumes, checks sha256)")
+    d.add_argument("model")
+    d.add_argument("ref", help="version number, 'latest' or an alias")
+    d.add_argument("dest", help="directory to write the files into")
+    d.add_argument("--retries", type=int, default=3,
+                   help="resume this many times after a dropped connection")
+
+    m = sub.add_parser("models", help="registered models")
+    msub = m.add_subparsers(dest="models_command", required=True)
+    ml = msub.add_parser("list", parents=[common], help="list the models")
+    ml.add_argument("--json", action="store_true", help="JSON Lines instead of a table")
+
+    v = sub.add_parser("versions", help="versions of a model")
+    vsub = v.add_subparsers(dest="versions_command", required=True)
+    vl = vsub.add_parser("list", parents=[common], help="list a model's versions")
+    vl.add_argument("model")
+    vl.add_argument("--json", action="store_true", help="JSON Lines instead of a table")
+
+
+def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Run a client subcommand; problems become one readable line on stderr and an exit
+    code, never a traceback."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    handlers: dict[str, Callable[[Client, argparse.Namespace, TextIO, TextIO], int]] = {
+        "submit": _submit, "status": _status, "download": _download,
+        "models": _models_list, "versions": _versions_list}
+    url = args.url or os.environ.get("ALKN_URL") or DEFAULT_URL
+    try:
+        key = args.api_key or os.environ.get("ALKN_API_KEY")
+        if not key:
+            raise UsageError("no API key: set ALKN_API_KEY or pass --api-key "
+                             "(create one with: alkn keys create --tenant NAME)")
+        with Client(url, key) as client:
+            return handlers[args.command](client, args, out, err)
+    except UsageError as e:
+        print(f"alkn: {e}", file=err)
+        return EXIT_USAGE
+    except ApiError as e:
+        print(f"alkn: {e}", file=err)
+        for problem in e.errors:  # each validation failure, unless the detail said it all
+            msg = str(problem.get("msg", ""))
+            if len(e.errors) > 1 or msg not in e.detail:
+                loc = ".".join(str(p) for p in problem.get("loc", []))
+                print(f"  {loc}: {msg}", file=err)
+        return EXIT_FAILED
+    except AlknClientError as e:
+        print(f"alkn: {e}", file=err)
+        return EXIT_FAILED
+    except httpx.TransportError as e:
+        print(f"alkn: cannot talk to {url}: {type(e).__name__}: {e}", file=err)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("alkn: interrupted", file=err)
+        return 130
+
+
+# --------------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------------
+
+
+def read_items(path: str) -> list[dict[str, Any]]:
+    """JSON Lines (one item per line, blank lines skipped) or one JSON array."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{path}: invalid JSON: {e}") from None
+    else:
+        items = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                items.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise UsageError(f"{path} line {number}: invalid JSON: {e.msg}") from None
+    if not items or not all(isinstance(i, dict) for i in items):
+        raise UsageError(f"{path}: expected JSON objects, one item per line")
+    return items
+
+
+def _json_object(text: str, option: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{option}: invalid JSON: {e.msg}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{option}: expected a JSON object")
+    return value
+
+
+def _dump(doc: Any, out: TextIO) -> None:
+    print(json.dumps(doc, indent=2, default=str), file=out)
+
+
+def _submit(client: Client, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    items = read_items(args.items)
+    params = _json_object(args.params, "--params") if args.params else None
+    # None values are left out of the body (the server's defaults apply).
+    req = client.submit(args.model, items, method=args.method, params=params,
+                        base_version=args.base_version, idempotency_key=args.idempotency_key)
+    if args.id_only:
+        print(req.id, file=out)
+    else:
+        _dump(req.model_dump(mode="json"), out)
+    return 0
+
+
+def _outcome(req: ForgetRequest) -> int:
+    return 0 if req.status == "succeeded" else EXIT_FAILED
+
+
+def _status(client: Client, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if not args.watch:
+        req = client.get_request(args.request_id)
+        _dump(req.model_dump(mode="json"), out)
+        return _outcome(req) if req.finished else 0
+    from tqdm import tqdm  # only the bars need it
+
+    bar = tqdm(total=None, unit="step", file=err, dynamic_ncols=True, desc="waiting")
+    seen: list[str] = []
+
+    def show(req: ForgetRequest) -> None:
+        p = req.progress
+        stage = p.stage or req.status
+        total = p.total_steps or None
+        step = p.step or 0
+        # A new stage, or the same stage counting again (evaluation runs before and after).
+        if seen[-1:] != [stage] or step < bar.n or total != bar.total:
+            seen.append(stage)
+            bar.set_description(stage, refresh=False)
+            bar.reset(total=total)
+            bar.initial = bar.n = step  # steps done before we looked do not count as a rate
+        if p.fraction is not None:
+            bar.set_postfix_str(f"job {p.fraction:.0%}", refresh=False)
+        bar.update(step - bar.n)
+        bar.refresh()
+
+    try:
+        # No deadline: watching ends when the request does (or on Ctrl-C).
+        req = client.wait(args.request_id, timeout=math.inf, poll=min(0.5, args.interval),
+                          max_poll=args.interval, on_update=show)
+    finally:
+        bar.close()
+    summary = f"{req.status}"
+    if req.result_version is not None:
+        summary += f": {req.model} version {req.result_version}"
+    if req.error is not None:
+        summary += f": {req.error.type}: {req.error.message}"
+    print(summary, file=err)
+    _dump(req.model_dump(mode="json"), out)
+    return _outcome(req)
+
+
+def _download(client: Client, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from tqdm import tqdm
+
+    from ._download import DownloadProgress
+
+    bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, file=err,
+               dynamic_ncols=True, desc=f"{args.model}@{args.ref}")
+    current: list[str] = []
+
+    def progress(p: DownloadProgress) -> None:
+        if bar.total != p.total_size:
+            bar.total = p.total_size
+        if current[-1:] != [p.path]:
+            current.append(p.path)
+            bar.set_postfix_str(p.path, refresh=False)
+        bar.update(p.total_done - bar.n)
+
+    try:
+        result = client.download(args.model, args.ref, args.dest, progress=progress,
+                                 retries=args.retries)
+    finally:
+        bar.close()
+    resumed = [f.path for f in result.files if f.resumed_from]
+    kept = [f.path for f in result.files if f.skipped]
+    line = (f"{result.model} version {result.version}: {len(result.files)} files, "
+            f"{_size(result.size)} in {result.dest} (sha256 verified)")
+    if resumed:
+        line += f"; resumed {', '.join(resumed)}"
+    if kept:
+        line += f"; {len(kept)} already complete"
+    print(line, file=out)
+    return 0
+
+
+def _models_list(client: Client, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    rows = []
+    for m in client.iter_models():
+        if args.json:
+            print(json.dumps(m.model_dump(mode="json")), file=out)
+        rows.append([m.name, _opt(m.latest_version),
+                     ",".join(f"{a}={n}" for a, n in sorted(m.aliases.items())) or "-",
+                     _when(m.created_at), m.description.splitlines()[0] if m.description else ""])
+    if not args.json:
+        _table(["NAME", "LATEST", "ALIASES", "CREATED", "DESCRIPTION"], rows, out)
+    return 0
+
+
+def _versions_list(client: Client, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    model = client.get_model(args.model)  # aliases are on the model
+    by_version: dict[int, list[str]] = {}
+    for alias, number in model.aliases.items():
+        by_version.setdefault(number, []).append(alias)
+    rows = []
+    for v in client.iter_versions(args.model):
+        if args.json:
+            print(json.dumps(v.model_dump(mode="json")), file=out)
+        rows.append([str(v.version), v.status, _opt(v.parent_version), v.method or "-",
+                     _size(v.size_bytes), ",".join(sorted(by_version.get(v.version, []))) or "-",
+                     _when(v.created_at)])
+    if not args.json:
+        _table(["VERSION", "STATUS", "PARENT", "METHOD", "SIZE", "ALIASES", "CREATED"], rows,
+               out)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Formatting
+# --------------------------------------------------------------------------------------------
+
+
+def _opt(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def _table(header: Sequence[str], rows: list[list[str]], out: TextIO) -> None:
+    widths = [max(len(str(r[i])) for r in [list(header), *rows]) for i in range(len(header))]
+    for row in [list(header), *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(),
+              file=out)
