@@ -181,6 +181,23 @@ def finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_bench(name: str, rest: list[str]) -> int:
+    """bench/<name>.py of the checkout this command was installed from (the benchmarks are
+    not part of an installed package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    if not path.is_file() or spec is None or spec.loader is None:
+        print(f"alkn bench {name}: {path} not found (run from a source checkout)",
+              file=sys.stderr)
+        return 2
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return int(module.main(rest) or 0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="alkn", description="ALKN-as-a-service")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -217,7 +234,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     dd.add_argument("--people", type=int, default=50)
     dd.add_argument("--holdout-people", type=int, default=5)
     dd.add_argument("--seed", type=int, default=0)
+    b = sub.add_parser("bench", help="benchmarks of the source checkout (bench/)")
+    b.add_argument("bench_command", metavar="NAME",
+                   help="continual: the paper's protocol (alkn bench continual --help)")
     cli_commands.add_parsers(sub)  # submit, status, download, models list, versions list
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) >= 2 and argv[0] == "bench":  # every later argument is the benchmark's own
+        return run_bench(argv[1], argv[2:])
     args = ap.parse_args(argv)
 
     if args.command in cli_commands.COMMANDS:

@@ -73,3 +73,14 @@ def test_continual_benchmark_smoke(tmp_path: Path) -> None:
     assert "## Model utility per task" in md
     for name in ("utility_per_task.png", "fq_vs_utility.png"):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_alkn_bench_continual_runs_the_checkout_benchmark(capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["bench", "continual", "--help"])
+    assert exit_.value.code == 0
+    assert "--data-dir" in capsys.readouterr().out
+    assert cli.main(["bench", "nope"]) == 2
