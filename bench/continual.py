@@ -50,6 +50,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--eval-batch-size", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resume", action="store_true",
+                    help="reuse the finished runs in OUT/results.json made with the same "
+                         "data, models and sizes (a long sweep can be stopped and extended)")
     return ap.parse_args(argv)
 
 
@@ -349,6 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "runs": [],
     }
 
+    done = finished_runs(out, res["config"], len(tasks)) if args.resume else {}
     for method in methods:
         for overrides in sweep.get(method, [{}]):
             params = {**default_params(method, args.epochs, args.seed),
@@ -357,6 +361,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             label = f"{method} {setting}".strip()
             run: dict[str, Any] = {"method": method, "setting": setting, "label": label,
                                    "params": params, "tasks": []}
+            if label in done:
+                res["runs"].append(done[label])
+                print(f"[{label}] reused from {out / 'results.json'}", flush=True)
+                continue
             res["runs"].append(run)
             torch.manual_seed(args.seed)
             model, state = copy.deepcopy(target), None
@@ -387,6 +395,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_plots(res, out)
     print(f"wrote {out / 'results.json'}, results.md and 2 plots", flush=True)
     return 0
+
+
+# Config keys that change what a finished run measured (not which runs are wanted).
+SAME_RUN_KEYS = ("data_dir", "target", "retain", "tasks", "epochs", "people", "max_items",
+                 "params", "finetune_epochs", "tiny_size", "vocab_size", "max_new_tokens",
+                 "seed", "task_sizes", "task_people")
+
+
+def finished_runs(out: Path, config: dict[str, Any], n_tasks: int) -> dict[str, Any]:
+    """Runs of an earlier invocation into OUT that can stand for this one, by label."""
+    path = out / "results.json"
+    if not path.is_file():
+        return {}
+    old = json.loads(path.read_text())
+    differs = [k for k in SAME_RUN_KEYS
+               if json.dumps(old["config"].get(k)) != json.dumps(config.get(k))]
+    if differs:
+        raise SystemExit(f"--resume: {path} was made with other {', '.join(differs)}")
+    return {r["label"]: r for r in old["runs"] if len(r["tasks"]) == n_tasks}
 
 
 def _dump(res: dict[str, Any], out: Path) -> None:

@@ -84,3 +84,14 @@ def test_alkn_bench_continual_runs_the_checkout_benchmark(capsys: pytest.Capture
     assert exit_.value.code == 0
     assert "--data-dir" in capsys.readouterr().out
     assert cli.main(["bench", "nope"]) == 2
+
+
+def test_resume_reuses_only_runs_of_the_same_setup(tmp_path: Path) -> None:
+    bench = _load_bench()
+    config = {k: 1 for k in bench.SAME_RUN_KEYS}
+    runs = [{"label": "alkn alpha=1", "tasks": [{}, {}]}, {"label": "npo", "tasks": [{}]}]
+    (tmp_path / "results.json").write_text(json.dumps({"config": config, "runs": runs}))
+    assert list(bench.finished_runs(tmp_path, config, 2)) == ["alkn alpha=1"]  # npo stopped
+    with pytest.raises(SystemExit, match="max_items"):
+        bench.finished_runs(tmp_path, {**config, "max_items": 2}, 2)
+    assert bench.finished_runs(tmp_path / "none", config, 2) == {}
