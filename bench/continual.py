@@ -229,12 +229,24 @@ def write_plots(res: dict[str, Any], out: Path) -> list[Path]:
     matplotlib.use("Agg")  # no display on a server or in CI
     import matplotlib.pyplot as plt
 
+    # One colour per run from a 20-colour map, one line style and marker per method: runs
+    # stay apart however many settings a sweep has.
+    colours = plt.get_cmap("tab20").colors
+    methods = list(dict.fromkeys(r["method"] for r in res["runs"]))
+    styles = ["-", "--", ":", "-.", (0, (5, 1)), (0, (1, 1))]
+    markers = "osD^vP*X"
+
+    def look(i: int, r: dict[str, Any]) -> dict[str, Any]:
+        m = methods.index(r["method"])
+        return {"color": colours[i % len(colours)], "marker": markers[m % len(markers)]}
+
     base = res["target"]["summary"]["model_utility"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in res["runs"]:
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, r in enumerate(res["runs"]):
         ys = [base] + [t["summary"]["model_utility"] for t in r["tasks"]]
         xs = [i for i, y in enumerate(ys) if y is not None]
-        ax.plot(xs, [y for y in ys if y is not None], marker="o", label=r["label"])
+        ax.plot(xs, [y for y in ys if y is not None], label=r["label"],
+                linestyle=styles[methods.index(r["method"]) % len(styles)], **look(i, r))
     ax.set_xlabel("task (0 = target)")
     ax.set_ylabel("model utility")
     ax.set_title("Model utility over the continual sequence")
@@ -244,13 +256,13 @@ def write_plots(res: dict[str, Any], out: Path) -> list[Path]:
     fig.savefig(p1, dpi=100)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in res["runs"]:
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, r in enumerate(res["runs"]):
         s = r["tasks"][-1]["summary"] if r["tasks"] else {}
         fq, mu = s.get("forget_quality"), s.get("model_utility")
         if fq is None or mu is None:
             continue
-        ax.scatter([mu], [max(fq, 1e-300)], label=r["label"])  # log axis: no zeros
+        ax.scatter([mu], [max(fq, 1e-300)], label=r["label"], **look(i, r))  # log: no zeros
     ax.set_yscale("log")
     ax.set_xlabel("model utility")
     ax.set_ylabel("forget quality (KS p-value)")

@@ -128,3 +128,20 @@ def test_other_baselines_lower_forget_probability(method: str, trained: torch.nn
                      params={**COMMON, "lr": 1e-3})
     assert result.state is None
     assert _prob(m, tiny_world, forget) <= 0.5 * before
+
+
+def test_a_lineage_keeps_the_mask_rule_of_its_first_task(trained: torch.nn.Module,
+                                                        tiny_world: TinyWorld) -> None:
+    """The default rule changed (README); a lineage begun under the old one goes on with it,
+    since its thresholds and mask were made under it."""
+    people = tiny_world.people
+    retain = tiny_world.of(*people[3:])
+    params = {**COMMON, "epochs": 1, "lr": 3e-3, "alpha": 1.0}
+    r1 = unlearn(copy.deepcopy(trained), tiny_world.tokenizer, tiny_world.of(people[0]),
+                 retain, params={**params, "mask_rule": "reference"})
+    assert r1.state is not None and r1.state.info["mask_rule"] == "reference"
+    r2 = unlearn(r1.model, tiny_world.tokenizer, tiny_world.of(people[1]), retain,
+                 params=params, state=r1.state)
+    assert r2.stats["mask_rule_from_state"] == "reference"
+    assert r2.state is not None and r2.state.info["mask_rule"] == "reference"
+    assert r2.state.thresholds == r1.state.thresholds

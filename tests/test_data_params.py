@@ -77,7 +77,7 @@ def test_params_defaults_and_validation() -> None:
     assert (p["lr"], p["epochs"], p["batch_size"], p["grad_accum"]) == (2e-5, 5, 16, 4)
     assert (p["unmask_ratio"], p["mask_p_k"], p["low_lr_ratio"], p["init_prob_k"]) == (
         0.8, 0.5, 0.1, 1.5)
-    assert p["mask_rule"] == "reference" and p["retain_gradient_sets"] == "retain"
+    assert p["mask_rule"] == "retain_safe" and p["retain_gradient_sets"] == "retain"
     assert method_params("npo", {"beta": 0.2})["beta"] == 0.2
     assert method_params("grad_diff", {"epochs": 3.0})["epochs"] == 3
     bad = [

@@ -45,6 +45,12 @@ class Alkn(Method):
 
     def prepare(self) -> None:
         ctx, p = self.ctx, self.params
+        made_with = ctx.state.info.get("mask_rule") if ctx.state is not None else None
+        if made_with and made_with != p["mask_rule"]:
+            # A lineage keeps the rule of its first task: its thresholds (reused after the
+            # first task) and its cumulative mask only mean something under that rule.
+            ctx.stats["mask_rule_from_state"] = made_with
+            p["mask_rule"] = made_with
         self.named = [(n, q) for n, q in ctx.model.named_parameters() if q.requires_grad]
         self._soft_labels()
         self.g_r = self._mean_retain_gradient()
