@@ -87,6 +87,16 @@ def _disk(path: Path) -> float:
     return total / (time.perf_counter() - start)
 
 
+def _pin(server_pid: int, cpu: int) -> None:
+    """Every thread of the server on `cpu` (threads it starts later inherit it); this
+    process and so wrk and curl on the other CPUs."""
+    for tid in os.listdir(f"/proc/{server_pid}/task"):
+        os.sched_setaffinity(int(tid), {cpu})
+    others = set(range(os.cpu_count() or 1)) - {cpu}
+    if others:
+        os.sched_setaffinity(0, others)
+
+
 def main() -> int:
     import httpx
 
@@ -108,6 +118,9 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--size-mb", type=int, default=200)
     ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    ap.add_argument("--server-cpu", type=int, default=None,
+                    help="pin the server (--workers 1) to this CPU and wrk, curl and this "
+                         "script to the others, so the load generator does not steal its core")
     args = ap.parse_args()
 
     from registry.migrate import upgrade
@@ -132,6 +145,8 @@ def main() -> int:
     auth = {"Authorization": f"Bearer {KEY}"}
     try:
         wait_http(f"{base}/healthz")
+        if args.server_cpu is not None:
+            _pin(server.pid, args.server_cpu)
         r = httpx.post(f"{base}/v1/models", headers=auth, timeout=300, json={
             "name": "bench", "source": {"path": str(model_dir)},
             "retain_set": [{"question": "q?", "answer": "a."}]})
@@ -146,8 +161,9 @@ def main() -> int:
         for _ in range(args.rounds):  # alternate, so noise hits both alike
             for name, url in (("status", status_url), ("constant", f"{base}/bench/constant")):
                 runs[name].append(_wrk(url, args.seconds, args.connections, auth))
+        pinned = "" if args.server_cpu is None else f", server pinned to CPU {args.server_cpu}"
         print(f"GET at {args.connections} connections (wrk), {args.rounds} rounds x "
-              f"{args.seconds} s, uvicorn --workers {args.workers}")
+              f"{args.seconds} s, uvicorn --workers {args.workers}{pinned}")
         summary = {}
         for name, rows in runs.items():
             summary[name] = tuple(statistics.median(r[i] for r in rows) for i in range(3))
