@@ -15,6 +15,7 @@ RUN pip install --index-url "$TORCH_INDEX" "$TORCH_SPEC"
 COPY pyproject.toml README.md alembic.ini cli.py ./
 COPY alkn_core ./alkn_core
 COPY api ./api
+COPY alkn_client ./alkn_client
 COPY worker ./worker
 COPY registry ./registry
 COPY migrations ./migrations

@@ -104,8 +104,14 @@ def serve(host: str, port: int) -> int:
     # uvicorn re-raises the signal that stopped it once it has shut down; turning SIGTERM
     # into SystemExit lets the `finally` below stop the worker first.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    from registry.telemetry import configure_logging
+
+    configure_logging(settings.log_format, settings.log_level)
+    # JSON: uvicorn's own loggers propagate to the root handler set up just above.
+    log_config: Any = None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG
     try:
-        uvicorn.run("api.app:app", host=host, port=port, log_level="info")
+        uvicorn.run("api.app:app", host=host, port=port, log_level="info",
+                    log_config=log_config)
     finally:
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGTERM)

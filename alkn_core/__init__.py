@@ -13,7 +13,7 @@ from typing import Any
 _EXPORTS = {
     "unlearn": "unlearning", "UnlearnResult": "unlearning", "UnlearnState": "state",
     "TaskVector": "task_vector", "METHODS": "methods", "method_params": "params",
-    "DEFAULT_QA_TEMPLATE": "params",
+    "DEFAULT_QA_TEMPLATE": "params", "CalibrationError": "calibration",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -68,12 +68,22 @@ def mean_answer_probability(model: torch.nn.Module, examples: Sequence[Example],
                             batch_size: int = 16, device: torch.device | None = None) -> float:
     """Mean over items of p(a|q) = exp(-mean token NLL of the answer): TOFU's probability."""
     device = device or next(model.parameters()).device
+    batches = [collate(examples[start : start + batch_size], pad, device)
+               for start in range(0, len(examples), batch_size)]
+    return mean_batch_probability(model, batches)
+
+
+@torch.no_grad()
+def mean_batch_probability(model: torch.nn.Module, batches: Sequence[dict[str, torch.Tensor]]
+                           ) -> float:
+    """`mean_answer_probability` over batches already collated on the model's device (kept
+    and reused when the same items are measured many times, e.g. by alpha calibration)."""
     was_training = model.training
     model.eval()
-    total = 0.0
-    for start in range(0, len(examples), batch_size):
-        batch = collate(examples[start : start + batch_size], pad, device)
+    total, count = 0.0, 0
+    for batch in batches:
         logp, mask = token_logprobs(model, batch)
         total += (logp.sum(1) / mask.sum(1).clamp(min=1)).exp().sum().item()
+        count += int(batch["input_ids"].shape[0])
     model.train(was_training)
-    return total / max(1, len(examples))
+    return total / max(1, count)

@@ -24,7 +24,16 @@ LOOP_DEFAULTS: dict[str, Any] = {
     "chat_template": False,
 }
 
-NEGATION_DEFAULTS: dict[str, Any] = {"alpha": 1.0, "coef_decay": 1.0, "lr_decay": 1.0}
+# alpha: a number, or "auto" = the smallest alpha in (0, alpha_max] whose negated model
+# reaches the forget target (alkn_core/calibration.py). The target is target_forget_prob if
+# set, else the holdout items' answer probability when the caller gives holdout items, else
+# target_forget_ratio x the forget items' probability before the task.
+AUTO = "auto"
+NEGATION_DEFAULTS: dict[str, Any] = {
+    "alpha": 1.0, "coef_decay": 1.0, "lr_decay": 1.0,
+    "target_forget_prob": None, "target_forget_ratio": 0.1, "alpha_max": 4.0,
+    "calibration_evals": 8,
+}
 
 ALKN_DEFAULTS: dict[str, Any] = {
     "unmask_ratio": 0.8,
@@ -44,6 +53,8 @@ LOSS_WEIGHT_DEFAULTS: dict[str, Any] = {"forget_weight": 1.0, "retain_weight": 1
 # Every method's parameters (the methods' modules use these; the web tier validates with
 # them without importing torch).
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    # alpha stays 1.0 until "auto" keeps utility with the holdout target too (README,
+    # bench/calibration.py: with that target it did not; with the ratio target it did).
     "alkn": {**LOOP_DEFAULTS, **NEGATION_DEFAULTS, **ALKN_DEFAULTS},
     "task_vector": {**LOOP_DEFAULTS, **NEGATION_DEFAULTS},
     "grad_ascent": dict(LOOP_DEFAULTS),
@@ -62,13 +73,42 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 # Parameters that must be > 0 (the rest of the numbers must be >= 0).
 POSITIVE = {"lr", "epochs", "batch_size", "grad_accum", "max_length", "alpha", "coef_decay",
-            "lr_decay", "init_prob_k", "threshold_update_step", "beta", "max_grad_norm"}
+            "lr_decay", "init_prob_k", "threshold_update_step", "beta", "max_grad_norm",
+            "target_forget_prob", "target_forget_ratio", "alpha_max", "calibration_evals"}
 # Parameters in [0, 1].
-FRACTIONS = {"warmup_ratio", "unmask_ratio", "low_lr_ratio", "trim_ratio"}
+FRACTIONS = {"warmup_ratio", "unmask_ratio", "low_lr_ratio", "trim_ratio",
+             "target_forget_prob", "target_forget_ratio"}
+# Numbers that may also be the string "auto" (their default may be either).
+AUTO_OR_NUMBER = {"alpha"}
+# Numbers that may be null (= not set; the default is None).
+OPTIONAL_NUMBERS = {"target_forget_prob"}
+# Upper bounds of the other numbers (FRACTIONS stop at 1): far past any useful value, but a
+# request can no longer hold its lineage's worker for ever (epochs=1e9) or ask for what no
+# accelerator holds (batch_size=1e6). Every number has one (tests/test_param_bounds.py).
+MAXIMA: dict[str, float] = {
+    "lr": 1.0, "epochs": 100, "batch_size": 1024, "grad_accum": 1024, "max_length": 8192,
+    "weight_decay": 10.0, "max_grad_norm": 1e4, "seed": 2**31 - 1,
+    "alpha": 100.0, "coef_decay": 100.0, "lr_decay": 100.0, "alpha_max": 100.0,
+    "calibration_evals": 100, "mask_p_k": 100.0, "init_prob_k": 100.0,
+    "threshold_update_step": 1_000_000, "beta": 100.0, "forget_weight": 1000.0,
+    "retain_weight": 1000.0,
+}
+MAX_TEMPLATE_CHARS = 4096
 
 
 def _check_type(name: str, value: Any, default: Any) -> Any:
     """Coerce `value` to the type of `default`, refusing anything that would lose meaning."""
+    if name in AUTO_OR_NUMBER:
+        if isinstance(value, str):
+            if value != AUTO:
+                raise ValueError(f"param {name!r} must be {AUTO!r} or a number > 0, "
+                                 f"got {value!r}")
+            return value
+        default = 1.0  # then checked as a number
+    if name in OPTIONAL_NUMBERS:
+        if value is None:
+            return None
+        default = 1.0
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ValueError(f"param {name!r} must be a boolean, got {value!r}")
@@ -93,6 +133,10 @@ def _check_type(name: str, value: Any, default: Any) -> Any:
     raise AssertionError(f"no type rule for {name}")
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def resolve_params(defaults: dict[str, Any], params: dict[str, Any] | None) -> dict[str, Any]:
     """Merge `params` over `defaults`; raise ValueError naming any unknown or ill-typed key."""
     if params is None:
@@ -108,12 +152,20 @@ def resolve_params(defaults: dict[str, Any], params: dict[str, Any] | None) -> d
         value = _check_type(name, value, defaults[name])
         if name in CHOICES and value not in CHOICES[name]:
             raise ValueError(f"param {name!r} must be one of {CHOICES[name]}, got {value!r}")
+        if isinstance(value, str) and len(value) > MAX_TEMPLATE_CHARS:
+            raise ValueError(f"param {name!r} must be at most {MAX_TEMPLATE_CHARS} characters, "
+                             f"got {len(value)}")
+        if not _is_number(value):  # "auto", None and the string/boolean params
+            out[name] = value
+            continue
         if name in POSITIVE and value <= 0:
             raise ValueError(f"param {name!r} must be > 0, got {value!r}")
-        if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+        if value < 0:
             raise ValueError(f"param {name!r} must be >= 0, got {value!r}")
         if name in FRACTIONS and value > 1:
             raise ValueError(f"param {name!r} must be <= 1, got {value!r}")
+        if name in MAXIMA and value > MAXIMA[name]:
+            raise ValueError(f"param {name!r} must be <= {MAXIMA[name]!r}, got {value!r}")
         out[name] = value
     template = out.get("qa_template")
     if template is not None and not (0 <= template.find("{question}") < template.find("{answer}")):

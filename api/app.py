@@ -20,8 +20,9 @@ from registry.change_feed import ChangeFeed
 from registry.db import session_scope
 from registry.settings import Settings, get_settings
 from registry.store import open_store
+from registry.telemetry import configure_logging
 
-from . import errors
+from . import dashboard, errors, metrics
 from .auth import ensure_bootstrap_key
 from .read_cache import ReadCache
 from .routes import health, jobs, models, requests, versions
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(settings.log_format, settings.log_level)  # served, not imported
         app.state.store = await run_in_threadpool(open_store, settings.resolved_artifact_root)
         if settings.bootstrap_api_key:
             await run_in_threadpool(_bootstrap, app.state.db_url, settings.bootstrap_api_key)
@@ -87,6 +89,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                    versions.is_upload_path)
     for module in (health, models, versions, requests, jobs):
         app.include_router(module.router)
+    dashboard.install(app)
+    metrics.install(app, app.state.db_url)  # its middleware last: the outermost
     return app
 
 

@@ -267,6 +267,11 @@ class ForgetRequestOut(_Out):
     result_version: int | None
     job_id: str | None
     item_count: int
+    item_hashes: list[str] | None = Field(
+        default=None, description="once the items were purged (ALKN_FORGET_DATA_RETENTION "
+        "after the request finished): the sha256 of each item's canonical JSON, in order; "
+        "not in listings")
+    items_purged_at: UtcDatetime | None = None
     progress: ProgressOut
     metrics: dict[str, Any] | None
     error: ErrorOut | None

@@ -167,7 +167,8 @@ def memory_child(kind: str, args: argparse.Namespace) -> None:
     else:
         from alkn_core import unlearn
 
-        unlearn(model, tok, forget, retain, method=kind, params=params)
+        # A fixed alpha: alpha "auto" adds forward passes only, no memory held beyond them.
+        unlearn(model, tok, forget, retain, method=kind, params={**params, "alpha": 1.0})
     if torch.cuda.is_available():
         peak = torch.cuda.max_memory_allocated()
     else:

@@ -63,6 +63,8 @@ def main() -> int:
                                       "grad_accum": 1, "max_length": 128}
             if rule:
                 params["mask_rule"] = rule
+            if method == "alkn":  # a fixed alpha: the probe compares the lrs' task vectors
+                params["alpha"] = 1.0
             m = copy.deepcopy(model)
             t = time.perf_counter()
             unlearn(m, tok, forget, retain, method=method, params=params)

@@ -73,14 +73,19 @@ def take_lease(url: str, model_id: str, owner: str, seconds: float) -> bool:
 
 
 def renew_lease(url: str, model_id: str, owner: str, seconds: float,
-                session: Session | None = None) -> bool:
-    """Extend a lease we hold; False when it is no longer ours (it expired and was taken)."""
+                session: Session | None = None, heartbeat_job: str | None = None) -> bool:
+    """Extend a lease we hold; False when it is no longer ours (it expired and was taken, or
+    the reaper took it back). `heartbeat_job`: also a heartbeat of that job."""
     stmt = (update(Model).where(Model.id == model_id, Model.lease_owner == owner)
             .values(lease_until=_lease_expiry(seconds)))
     if session is not None:
         return session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
     with session_scope(url) as s:
-        return s.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
+        ours = s.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
+        if ours and heartbeat_job is not None:
+            s.execute(update(Job).where(Job.id == heartbeat_job, Job.status == "running")
+                      .values(heartbeat_at=utcnow()))
+        return ours
 
 
 def release_lease(url: str, model_id: str, owner: str) -> None:
@@ -280,7 +285,13 @@ def _resume(s: Session, model: Model, job: Job, max_attempts: int) -> JobSpec | 
         return _RETRY
     assert base is not None
     job.attempts += 1
-    _event(s, job.id, "queued", f"attempt {job.attempts}: the previous worker was lost")
+    # It starts over: progress goes back to the start of the job (requests' too).
+    job.progress, job.heartbeat_at = dict(QUEUED_PROGRESS), utcnow()
+    for r in requests:
+        if r.status == "running":
+            r.progress = dict(QUEUED_PROGRESS)
+    _event(s, job.id, "retry", f"attempt {job.attempts} after worker loss: the job starts "
+                               "over from the beginning", {"attempt": job.attempts})
     return _spec(s, model, job, base, resumed=True)
 
 
@@ -331,7 +342,7 @@ def _build(s: Session, model: Model) -> JobSpec | None | object:
     job = Job(id=new_id(), tenant_id=model.tenant_id, model_id=model.id, status="running",
               method=first.method, params=params, forget_request_ids=[r.id for r in group],
               base_version=base.number, progress=dict(QUEUED_PROGRESS), attempts=1,
-              started_at=now)
+              started_at=now, heartbeat_at=now)
     s.add(job)
     for r in group:
         r.status, r.job_id, r.started_at, r.progress = "running", job.id, now, \
@@ -379,7 +390,8 @@ def report_progress(url: str, job_id: str, progress: Mapping[str, Any], *, model
             lease_ok = s.scalar(select(Model.lease_owner).where(Model.id == model_id)) == owner
         if not lease_ok:
             return ProgressAck(lease_ok=False, cancel_job=False)
-        s.execute(update(Job).where(Job.id == job_id).values(progress=dict(progress)))
+        s.execute(update(Job).where(Job.id == job_id).values(progress=dict(progress),
+                                                             heartbeat_at=utcnow()))
         s.execute(update(ForgetRequest)
                   .where(ForgetRequest.job_id == job_id, ForgetRequest.status == "running")
                   .values(progress=dict(progress)))
@@ -596,6 +608,27 @@ def sweep_stranded(url: str, *, queued_for: float = 30.0, quiet_for: float = 120
         for model_id in todo:
             enqueue_lineage(s, model_id)
     return todo
+
+
+def reap_silent_jobs(url: str, timeout: float) -> list[str]:
+    """Running jobs with no heartbeat for `timeout` s: their worker hung (its lease keeper
+    thread may still renew the lease, so the stranded sweep never sees them) or died. The
+    lineage lease is taken back (the hung worker stops at its next step, LeaseLost), the
+    job's clock restarted (one reap per timeout) and the lineage enqueued: the next worker
+    resumes the job as a new attempt. Returns the jobs reaped."""
+    now = utcnow()
+    with write_tx(url) as s:
+        silent = s.scalars(select(Job).where(
+            Job.status == "running", Job.heartbeat_at < now - timedelta(seconds=timeout))
+            .order_by(Job.id).with_for_update(skip_locked=True)).all()
+        for job in silent:
+            s.execute(update(Model).where(Model.id == job.model_id)
+                      .values(lease_owner=None, lease_until=None))
+            job.heartbeat_at = now
+            _event(s, job.id, "lost", f"no heartbeat for {timeout:g} s: the worker is presumed "
+                                      "hung or dead; the job is queued again")
+            enqueue_lineage(s, job.model_id)
+        return [job.id for job in silent]
 
 
 def prune_outbox(url: str, older_than: float = 7 * 86400.0) -> int:

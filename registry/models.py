@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -106,7 +107,12 @@ class Alias(Base):
 
 class ForgetRequest(Base):
     __tablename__ = "forget_requests"
-    __table_args__ = (Index("ix_requests_model_status", "model_id", "status", "created_at"),)
+    __table_args__ = (
+        Index("ix_requests_model_status", "model_id", "status", "created_at"),
+        # The retention sweep's query: finished requests whose items are still stored.
+        Index("ix_requests_purge", "finished_at", postgresql_where=text("items_purged_at IS NULL"),
+              sqlite_where=text("items_purged_at IS NULL")),
+    )
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id"))
@@ -126,6 +132,10 @@ class ForgetRequest(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     seq: Mapped[int] = mapped_column(BigInteger, default=0)  # submission order on a lineage
+    # ALKN_FORGET_DATA_RETENTION after it finished, `items` is emptied and the sha256 of each
+    # item's canonical JSON is kept here instead (registry/retention.py).
+    item_hashes: Mapped[list[Any] | None] = mapped_column(JSON)
+    items_purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Job(Base):
@@ -145,6 +155,9 @@ class Job(Base):
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Last sign of life of the worker running it: progress writes, and lease renewals while it
+    # loads or saves (no steps there). ALKN_JOB_HEARTBEAT_TIMEOUT without one: presumed hung.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Select, bindparam, func, select, update
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session, defer
 
 from alkn_core.items import validate_items
@@ -111,7 +112,8 @@ _VIEW_COLUMNS = (ForgetRequest.id, ForgetRequest.status, ForgetRequest.method,
                  ForgetRequest.params, ForgetRequest.base_version, ForgetRequest.result_version,
                  ForgetRequest.job_id, ForgetRequest.item_count, ForgetRequest.progress,
                  ForgetRequest.metrics, ForgetRequest.error, ForgetRequest.cancel_requested,
-                 ForgetRequest.created_at, ForgetRequest.started_at, ForgetRequest.finished_at)
+                 ForgetRequest.created_at, ForgetRequest.started_at, ForgetRequest.finished_at,
+                 ForgetRequest.item_hashes, ForgetRequest.items_purged_at)
 _VIEW = (select(*_VIEW_COLUMNS, Model.name.label("model_name"),
                 Job.base_version.label("job_base"))
          .join(Model, Model.id == ForgetRequest.model_id)
@@ -189,8 +191,9 @@ def cancel_request(session: Session, tenant_id: str, request_id: str) -> ForgetR
 
 def requests_query(tenant_id: str, model_id: str | None = None,
                    status: str | None = None) -> Select[ForgetRequest]:
-    # The items (possibly thousands per request) are not part of a listing.
-    q = select(ForgetRequest).options(defer(ForgetRequest.items)).where(
+    # The items (possibly thousands per request), or their hashes, are not part of a listing.
+    q = select(ForgetRequest).options(defer(ForgetRequest.items),
+                                      defer(ForgetRequest.item_hashes)).where(
         ForgetRequest.tenant_id == tenant_id)
     if model_id is not None:
         q = q.where(ForgetRequest.model_id == model_id)
@@ -248,6 +251,11 @@ def model_names(session: Session, model_ids: Iterable[str]) -> dict[str, str]:
     return dict(session.execute(select(Model.id, Model.name).where(Model.id.in_(ids))).all())
 
 
+def _loaded(obj: Any, name: str) -> bool:
+    state = sa_inspect(obj, raiseerr=False)  # None for a Row (request_view)
+    return state is None or name not in state.unloaded
+
+
 def request_dict(req: ForgetRequest, model_name: str | None,
                  job: Job | None = None) -> dict[str, Any]:
     # base_version as submitted; once a job runs it, the version that job really started from.
@@ -263,6 +271,10 @@ def request_dict(req: ForgetRequest, model_name: str | None,
         "result_version": req.result_version,
         "job_id": req.job_id,
         "item_count": req.item_count,
+        # Set once the items were purged (ALKN_FORGET_DATA_RETENTION): what is left of them.
+        # Listings do not load them (a lazy load per row would follow).
+        "item_hashes": req.item_hashes if _loaded(req, "item_hashes") else None,
+        "items_purged_at": as_utc(req.items_purged_at),
         "progress": progress_dict(req.progress, req.status),
         "metrics": req.metrics,
         "error": req.error,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -29,6 +30,30 @@ class Settings(BaseSettings):
     lease_seconds: int = 120
     dispatch_interval: float = 0.5
     register_demo: bool = True
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text: one readable line; json: one object per line")
+    log_level: str = "INFO"
+    worker_metrics_port: int | None = Field(
+        default=None, description="a Celery worker serves Prometheus /metrics on this port")
+    job_heartbeat_timeout: float = Field(
+        default=300.0, gt=0, description="a running job with no progress for this many s is "
+        "presumed hung: its lease is taken back and it is requeued")
+    sweep_interval: float = Field(
+        default=30.0, gt=0, description="s between the dispatcher's sweeps (stranded "
+        "lineages, hung jobs, forget-data retention)")
+    forget_data_retention: str = Field(
+        default="7d", description="how long a finished request keeps its items before they "
+        "are purged to hashes: seconds, or a number with s, m, h or d")
+
+    @field_validator("forget_data_retention")
+    @classmethod
+    def _check_retention(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @property
+    def forget_data_retention_s(self) -> float:
+        return parse_duration(self.forget_data_retention)
 
     @property
     def resolved_database_url(self) -> str:
@@ -49,6 +74,23 @@ class Settings(BaseSettings):
         if self.model_source_roots:
             return [Path(p).resolve() for p in self.model_source_roots.split(":") if p]
         return [Path(os.getcwd()).resolve(), self.home.resolve()]
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: str) -> float:
+    """Seconds of "90", "90s", "15m", "12h" or "7d"; ValueError for anything else."""
+    text = value.strip().lower()
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
+    try:
+        seconds = float(number) * _UNITS[unit]
+    except ValueError:
+        raise ValueError(f"not a duration: {value!r} (use seconds or e.g. 15m, 12h, 7d)") \
+            from None
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ValueError(f"a duration must be finite and >= 0, got {value!r}")
+    return seconds
 
 
 @lru_cache

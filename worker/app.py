@@ -1,7 +1,9 @@
 """The Celery app: `celery -A worker.app worker -Q gpu` (one worker, concurrency 1, per GPU).
 
 Each worker runs the outbox dispatcher (a thread started when the worker is ready, stopped at
-shutdown), so committed outbox rows reach the broker without any other process.
+shutdown), so committed outbox rows reach the broker without any other process. With
+ALKN_WORKER_METRICS_PORT it also serves Prometheus /metrics (worker/metrics.py); with
+ALKN_LOG_FORMAT=json its log lines are JSON objects carrying the job id.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from typing import Any
 from celery import Celery, signals
 
 from registry.settings import Settings, get_settings
+from registry.telemetry import make_formatter, use_formatter
 
+from . import metrics
 from .dispatcher import Dispatcher
 
 log = logging.getLogger(__name__)
@@ -60,24 +64,47 @@ def make_app(settings: Settings) -> Celery:
 
 
 settings = get_settings()
+# Before the tasks module (and so prometheus_client) is imported: see worker/metrics.py.
+_metrics_dir = metrics.enable_multiprocess() if settings.worker_metrics_port else None
 app = make_app(settings)
 _dispatcher: Dispatcher | None = None
+_metrics_server: Any = None
 
 
 @signals.worker_ready.connect
 def _start_dispatcher(sender: Any = None, **_: Any) -> None:
-    global _dispatcher
+    global _dispatcher, _metrics_server
     if _dispatcher is None:
         _dispatcher = Dispatcher(app, settings)
         _dispatcher.start()
+    if settings.worker_metrics_port and _metrics_server is None:
+        _metrics_server = metrics.serve(settings.worker_metrics_port)
 
 
 @signals.worker_shutdown.connect
 def _stop_dispatcher(sender: Any = None, **_: Any) -> None:
-    global _dispatcher
+    global _dispatcher, _metrics_server
     if _dispatcher is not None:
         _dispatcher.stop()
         _dispatcher = None
+    if _metrics_server is not None:
+        _metrics_server.shutdown()
+        _metrics_server = None
+        metrics.remove_dir(_metrics_dir)
+
+
+@signals.worker_process_shutdown.connect
+def _child_exited(pid: int | None = None, **_: Any) -> None:
+    if pid is not None:
+        metrics.child_exited(pid)
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _log_format(logger: Any = None, **_: Any) -> None:
+    # Text keeps Celery's own format (process names show which pool child ran a job).
+    if settings.log_format == "json" and logger is not None:
+        use_formatter(make_formatter("json"), logger)
 
 
 @signals.worker_process_init.connect

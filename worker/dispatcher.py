@@ -1,5 +1,6 @@
 """The outbox dispatcher: publishes committed outbox rows to the broker, and a sweeper that
-re-enqueues lineages nobody works on.
+re-enqueues lineages nobody works on, requeues jobs whose worker went silent
+(ALKN_JOB_HEARTBEAT_TIMEOUT) and purges forget items past ALKN_FORGET_DATA_RETENTION.
 
 Rows are marked published only after the broker accepted the message; while the broker is
 down they stay unpublished (attempts and last_error record why) and go out once it is back.
@@ -22,6 +23,7 @@ from registry import jobs
 from registry.db import session_scope
 from registry.gc import collect_orphans
 from registry.models import Outbox, utcnow
+from registry.retention import purge_forget_items
 from registry.settings import Settings, get_settings
 from registry.store import open_store
 
@@ -79,15 +81,17 @@ def _publish_round(db_url: str, celery_app: Any, limit: int = 100,
 
 class Dispatcher:
     """A daemon thread: publish the outbox every `interval` s; every `sweep_interval` s
-    re-enqueue stranded lineages (queued work, no live lease) and prune old outbox rows."""
+    (default ALKN_SWEEP_INTERVAL) requeue silent jobs, re-enqueue stranded lineages (queued
+    work, no live lease), purge old forget items and prune old outbox rows."""
 
     def __init__(self, celery_app: Any, settings: Settings | None = None, *,
-                 interval: float | None = None, sweep_interval: float = 30.0,
+                 interval: float | None = None, sweep_interval: float | None = None,
                  stranded_after: float = 30.0) -> None:
         self.app = celery_app
         self.settings = settings or get_settings()
         self.interval = interval if interval is not None else self.settings.dispatch_interval
-        self.sweep_interval = sweep_interval
+        self.sweep_interval = sweep_interval if sweep_interval is not None \
+            else self.settings.sweep_interval
         self.stranded_after = stranded_after
         self.gc_interval = 3600.0
         self._next_gc = time.monotonic() + 60.0
@@ -115,11 +119,18 @@ class Dispatcher:
 
     def sweep(self) -> list[str]:
         url = self.settings.resolved_database_url
+        reaped = jobs.reap_silent_jobs(url, self.settings.job_heartbeat_timeout)
+        if reaped:
+            log.warning("requeued job(s) with no heartbeat for %g s: %s",
+                        self.settings.job_heartbeat_timeout, ", ".join(reaped))
         enqueued = jobs.sweep_stranded(
             url, queued_for=self.stranded_after,
             quiet_for=max(self.sweep_interval * 2, self.settings.lease_seconds))
         if enqueued:
             log.info("re-enqueued stranded lineage(s): %s", ", ".join(enqueued))
+        purged = purge_forget_items(url, self.settings.forget_data_retention_s)
+        if purged:
+            log.info("purged the items of %d finished request(s) to hashes", len(purged))
         jobs.prune_outbox(url)
         if time.monotonic() >= self._next_gc:  # bytes a dead worker uploaded but never committed
             self._next_gc = time.monotonic() + self.gc_interval

@@ -6,9 +6,11 @@ directly. Database work goes through `registry.jobs`; model work through `alkn_c
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -20,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
-from alkn_core import UnlearnState, unlearn
+from alkn_core import CalibrationError, UnlearnState, unlearn
 from alkn_core.runtime import pick_device, pick_dtype, place
 from registry import jobs
 from registry.jobs import JobError, JobSpec
@@ -30,6 +32,7 @@ from registry.settings import Settings
 from registry.store import LocalStore, S3Store, open_store
 
 from .evaluation import evaluate
+from .metrics import observe_stages, track_job
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,9 @@ MESSAGES = {
 # The progress callback renews the lease at most this often (s); LeaseKeeper covers the
 # phases without progress.
 RENEW_EVERY = 5.0
+# Stages that are one long library call (from_pretrained, save_pretrained and the upload):
+# no progress steps, so the LeaseKeeper's renewals are the job's heartbeat there.
+SILENT_STAGES = ("loading", "saving")
 
 
 class Cancelled(Exception):
@@ -60,6 +66,17 @@ class Cancelled(Exception):
 
 class LeaseLost(Exception):
     """Our lineage lease expired and another worker took it: stop without a trace."""
+
+
+class DatabaseLost(Exception):
+    """The database stayed unreachable when the job's outcome had to be recorded: the job
+    stays running, and the sweeper requeues it once our lease has expired."""
+
+
+def db_unreachable(exc: BaseException) -> bool:
+    """A database outage (connection refused or dropped), not an error in what we asked."""
+    return isinstance(exc, OperationalError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated)
 
 
 def new_worker_id() -> str:
@@ -74,6 +91,7 @@ class LeaseKeeper:
     def __init__(self, url: str, model_id: str, owner: str, seconds: float) -> None:
         self.url, self.model_id, self.owner, self.seconds = url, model_id, owner, seconds
         self.lost = threading.Event()
+        self.beat_job: str | None = None  # renewals are this job's heartbeat (SILENT_STAGES)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lease-{model_id[:8]}",
                                         daemon=True)
@@ -82,7 +100,8 @@ class LeaseKeeper:
         interval = max(0.5, self.seconds / 4)
         while not self._stop.wait(interval):
             try:
-                if not jobs.renew_lease(self.url, self.model_id, self.owner, self.seconds):
+                if not jobs.renew_lease(self.url, self.model_id, self.owner, self.seconds,
+                                        heartbeat_job=self.beat_job):
                     self.lost.set()
                     return
             except SQLAlchemyError as exc:  # transient: the lease still has time left
@@ -120,6 +139,9 @@ class ProgressReporter:
         changed = key != self.stage
         now = time.monotonic()
         last = total > 0 and step >= total
+        if self.keeper is not None:  # only while the silent call runs, not after it
+            silent = stage in SILENT_STAGES and not last
+            self.keeper.beat_job = self.spec.job_id if silent else None
         if not changed and not last and now - self._last_write < self.min_interval:
             return
         self.stage = key
@@ -135,8 +157,10 @@ class ProgressReporter:
                                        lease_seconds=self.lease_seconds, renew=renew,
                                        event=event)
         except SQLAlchemyError as exc:
-            # A database hiccup must not kill an hours-long run; the next write retries.
+            # A database hiccup must not kill an hours-long run; the next write retries (no
+            # sooner than the throttle allows: an outage is not hammered once per step).
             log.warning("progress write failed for job %s: %s", self.spec.job_id, exc)
+            self._last_write = now
             return
         self._last_write = now
         if renew:
@@ -159,9 +183,17 @@ class ProgressReporter:
 def describe_error(exc: BaseException, stage: str | None) -> JobError:
     """A clear error for clients: no stack trace, and no file path or internal detail (the
     traceback goes to the worker log)."""
+    if isinstance(exc, CalibrationError):
+        # Says which alpha came closest and how close: the client's next move depends on it.
+        return JobError("calibration_failed", str(exc)[:1000])
     if isinstance(exc, torch.OutOfMemoryError):
         return JobError("out_of_memory", "the job ran out of accelerator memory; lower "
                                          "batch_size or max_length")
+    reason = _store_failure(exc) if stage in ("loading", "saving") else None
+    if reason is not None:  # disk full, read-only, permissions, S3 refusing
+        what = "write the new version to" if stage == "saving" else "read the base version from"
+        return JobError("artifact_store_error", f"could not {what} the artifact store "
+                                                f"({reason}); nothing was published")
     if isinstance(exc, ValueError) and stage not in ("loading", "saving"):
         # alkn_core's ValueErrors name the bad parameter or item: meant for the client.
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -169,6 +201,19 @@ def describe_error(exc: BaseException, stage: str | None) -> JobError:
     where = f" while {MESSAGES[stage]}" if stage in MESSAGES else ""
     return JobError("internal_error",
                     f"the job failed{where} ({type(exc).__name__}); see the worker log")
+
+
+def _store_failure(exc: BaseException) -> str | None:
+    """Why the store failed, without paths: the OS error's text (also when a library wraps
+    it, as safetensors does: "... (os error 28)"), or the S3 client's error class."""
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)
+    found = re.search(r"os error (\d+)", str(exc))
+    if found:
+        return os.strerror(int(found.group(1)))
+    if type(exc).__module__.startswith(("botocore", "boto3")):
+        return f"S3: {type(exc).__name__}"
+    return None
 
 
 def _staging(store: Store) -> Path:
@@ -225,8 +270,12 @@ def _split_metrics(before: dict[str, Any], after: dict[str, Any], spec: JobSpec
 
 def _publish(store: Store, settings: Settings, spec: JobSpec, model: torch.nn.Module,
              tokenizer: Any, state: UnlearnState | None) -> tuple[str, list[dict[str, Any]]]:
-    """Write the new version's files (and state) under a fresh key nothing points to yet."""
-    number = jobs.next_version_number(settings.resolved_database_url, spec.model_id)
+    """Write the new version's files (and state) under a fresh key nothing points to yet;
+    on failure nothing of it is left (a state already published is deleted again)."""
+    try:
+        number = jobs.next_version_number(settings.resolved_database_url, spec.model_id)
+    except SQLAlchemyError:  # it only names the key: a guess will do while the database is away
+        number = spec.base_version + 1
     key = f"{spec.model_id}/v{number}-{uuid.uuid4().hex[:8]}"
     staged: list[Path] = []
     try:
@@ -240,6 +289,10 @@ def _publish(store: Store, settings: Settings, spec: JobSpec, model: torch.nn.Mo
             state.save(state_dir)
             store.publish_dir(state_dir, key + "-state")
         files = [f.as_dict() for f in store.publish_dir(model_dir, key)]
+    except BaseException:
+        with contextlib.suppress(Exception):  # the original error is the one to report
+            _drop(store, key)
+        raise
     finally:
         for d in staged:  # LocalStore moved them away; anything left is a temp copy
             shutil.rmtree(d, ignore_errors=True)
@@ -272,9 +325,12 @@ def run_job(settings: Settings, store: Store, spec: JobSpec, owner: str,
 
             result = unlearn(model, tokenizer, spec.forget_items, spec.retain_set or None,
                              method=spec.method, params=spec.params, state=state,
-                             progress=report, eval_sets=spec.eval_sets or None)
+                             progress=report, eval_sets=spec.eval_sets or None,
+                             holdout=spec.holdout_set or None)
             model, state = result.model, result.state
             stats = dict(result.stats)
+            if "calibration" in stats:
+                _calibration_event(url, spec, stats["calibration"])
             timings.update(stats.pop("seconds", {}))
 
             t = time.perf_counter()
@@ -288,21 +344,23 @@ def run_job(settings: Settings, store: Store, spec: JobSpec, owner: str,
             report("saving", 1, 1)  # a cancel that came meanwhile stops it here
             timings["saving"] = time.perf_counter() - t
             timings["total"] = time.perf_counter() - t_start
+            observe_stages(timings)
             del model
 
         job_metrics, request_metrics = _split_metrics(before, after, spec)
         job_metrics["unlearning"] = stats
-        outcome = jobs.publish_version(
-            url, spec.job_id, storage_key=key, files=files, has_state=state is not None,
-            metrics=job_metrics, request_metrics=request_metrics, timings=timings,
-            evaluation=job_metrics["after"])
+        outcome = _publish_row(
+            url, spec, settings.lease_seconds, storage_key=key, files=files,
+            has_state=state is not None, metrics=job_metrics, request_metrics=request_metrics,
+            timings=timings, evaluation=job_metrics["after"])
         if not outcome.created:
             _drop(store, key)
         log.info("job %s: %s, version %s", spec.job_id, outcome.status, outcome.version)
         return outcome.status
     except Cancelled:
         log.info("job %s: cancelled", spec.job_id)
-        jobs.cancel_job(url, spec.job_id)
+        if not _settle(jobs.cancel_job, url, spec.job_id):
+            return "db_lost"
         _drop_unreferenced(url, store, spec, key)
         return "cancelled"
     except LeaseLost:
@@ -311,11 +369,77 @@ def run_job(settings: Settings, store: Store, spec: JobSpec, owner: str,
                     spec.job_id)
         _drop_unreferenced(url, store, spec, key)
         return "lease_lost"
+    except DatabaseLost as exc:
+        # Our files stay (for the GC): whether the last commit landed is unknown.
+        log.error("job %s: %s; it is requeued once the lease has expired", spec.job_id, exc)
+        return "db_lost"
     except Exception as exc:
+        if db_unreachable(exc):  # not the job's fault: it runs again, not failed
+            log.error("job %s: database unreachable at %s; it is requeued once the lease has "
+                      "expired", spec.job_id, report.stage, exc_info=exc)
+            return "db_lost"
         log.exception("job %s failed at %s", spec.job_id, report.stage)
-        jobs.fail_job(url, spec.job_id, describe_error(exc, (report.stage or "").split(":")[0]))
+        if isinstance(exc, CalibrationError):
+            _calibration_event(url, spec, exc.details())
+        if not _settle(jobs.fail_job, url, spec.job_id,
+                       describe_error(exc, (report.stage or "").split(":")[0])):
+            return "db_lost"
         _drop_unreferenced(url, store, spec, key)
         return "failed"
+
+
+def _publish_row(url: str, spec: JobSpec, retry_for: float, **kwargs: Any
+                 ) -> jobs.PublishOutcome:
+    """jobs.publish_version, retried while the database is unreachable: the files are
+    written, so waiting is worth it, for about our lease (after that another worker may
+    have taken the lineage over; publishing stays idempotent either way). DatabaseLost when
+    it stays down."""
+    deadline = time.monotonic() + retry_for
+    delay = 0.25
+    while True:
+        try:
+            return jobs.publish_version(url, spec.job_id, **kwargs)
+        except DBAPIError as exc:
+            if not db_unreachable(exc):
+                raise
+            if time.monotonic() + delay > deadline:
+                raise DatabaseLost(f"the database stayed unreachable for {retry_for:g} s "
+                                   "while publishing") from exc
+            log.warning("job %s: database unreachable while publishing; retrying in %.2g s",
+                        spec.job_id, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _settle(record: Callable[..., None], *args: Any) -> bool:
+    """Record a job's end (fail_job, cancel_job); False when the database is unreachable (the
+    job then stays running and is requeued: its end is recorded by the next attempt)."""
+    try:
+        record(*args)
+        return True
+    except SQLAlchemyError as exc:
+        if not db_unreachable(exc):
+            raise
+        log.error("could not record the end of job %s: the database is unreachable", args[1])
+        return False
+
+
+def _calibration_event(url: str, spec: JobSpec, calibration: dict[str, Any]) -> None:
+    """The alpha search's target and curve [[alpha, forget_prob, retain_prob], ...] as an
+    event of the negating stage (also in the job's metrics["unlearning"] on success)."""
+    data = {k: calibration.get(k) for k in ("alpha", "target", "target_source", "curve",
+                                            "evaluations", "best_alpha", "best_forget_prob")
+            if k in calibration}
+    if "alpha" in data:
+        message = (f"alpha {data['alpha']:.4g} chosen: forget probability "
+                   f"{calibration['forget_prob']:.4g} <= target {data['target']:.4g} "
+                   f"({data['target_source']}) after {data['evaluations']} evaluations")
+    else:
+        message = f"no alpha reached the forget target {data['target']:.4g}"
+    try:
+        jobs.add_event(url, spec.job_id, "negating", message, jobs.jsonable(data))
+    except SQLAlchemyError as exc:  # the numbers are also in the metrics: not worth a failure
+        log.warning("calibration event of job %s not written: %s", spec.job_id, exc)
 
 
 def _drop(store: Store, key: str | None) -> None:
@@ -359,7 +483,7 @@ def run_lineage_once(settings: Settings, model_id: str, worker_id: str | None = 
         if not jobs.take_lease(url, model_id, owner, settings.lease_seconds):
             log.info("lineage %s is leased by another worker", model_id)
             return ran
-        lost = False
+        lost = db_lost = False
         try:
             with LeaseKeeper(url, model_id, owner, settings.lease_seconds) as keeper:
                 while not keeper.lost.is_set() and jobs.renew_lease(
@@ -367,14 +491,19 @@ def run_lineage_once(settings: Settings, model_id: str, worker_id: str | None = 
                     spec = jobs.next_job(url, model_id)
                     if spec is None:
                         break
-                    status = run_job(settings, store, spec, owner, keeper)
+                    status = track_job(spec.job_id, run_job, settings, store, spec, owner,
+                                       keeper)
                     ran += 1
                     _free_memory()
-                    if status == "lease_lost":
+                    if status in ("lease_lost", "db_lost"):
+                        db_lost = status == "db_lost"
                         break
                 lost = keeper.lost.is_set()
         finally:
-            jobs.release_lease(url, model_id, owner)
+            try:
+                jobs.release_lease(url, model_id, owner)
+            except SQLAlchemyError as exc:  # it expires by itself
+                log.warning("lease of lineage %s not released: %s", model_id, exc)
         # A request that arrived while we held the lease saw it taken and left it to us.
-        if lost or not jobs.has_queued(url, model_id):
+        if lost or db_lost or not jobs.has_queued(url, model_id):
             return ran

@@ -1,0 +1,292 @@
+"""The dashboard in real headless Chromium (Debian's `chromium`, driven by Python
+Playwright), and the live service's observability after the job it runs.
+
+One `alkn serve` for the module, on its embedded default (SQLite, a serverless broker),
+as a user starts it: the demo model is registered as `demo`, JSON logs, and the worker
+serves Prometheus on a port of its own. The demo model's job takes minutes on two cores
+(its evaluation sets are large), so the job runs on the tiny model of tests/test_worker.py,
+registered by the test; the demo model's page is opened too. One real job in all.
+
+Screenshots go to tests/artifacts/ (ignored by git); docs/dashboard.png is a copy of
+`model-after-job.png`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from .services import ROOT, free_port, start_process, stop_process, wait_http
+from .test_worker import PARAMS, World
+from .test_worker import worker_world as worker_world  # noqa: F401  (the fixture)
+
+KEY = "dashboard-test-bootstrap-key-0123456789"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+ARTIFACTS = ROOT / "tests" / "artifacts"
+# Shown as text, never run or parsed as markup.
+HOSTILE = 'tiny <img src=x onerror="window.__xss=1"> & <b>bold</b>'
+JOB_TIMEOUT_MS = 150_000
+
+
+@dataclass
+class Service:
+    url: str
+    worker_metrics: str
+    log: Path
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory,
+            worker_world: World) -> Iterator[Service]:  # noqa: F811
+    home = tmp_path_factory.mktemp("dashboard_svc")
+    port, metrics_port = free_port(), free_port()
+    env = {"ALKN_HOME": str(home), "ALKN_DATABASE_URL": "", "ALKN_BROKER_URL": "",
+           "ALKN_ARTIFACT_ROOT": "", "ALKN_MODEL_SOURCE_ROOTS": str(worker_world.model_dir.parent),
+           "ALKN_BOOTSTRAP_API_KEY": KEY, "ALKN_DISPATCH_INTERVAL": "0.1",
+           "ALKN_LOG_FORMAT": "json", "ALKN_WORKER_METRICS_PORT": str(metrics_port)}
+    log = home / "serve.log"
+    proc = start_process(["-m", "cli", "serve", "--port", str(port)], env, log)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", timeout=120)
+        yield Service(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics",
+                      log)
+    finally:
+        stop_process(proc, timeout=60)
+        print("--- serve.log (tail)\n" + log.read_text()[-4000:])
+
+
+@pytest.fixture(scope="module")
+def tiny(service: Service, worker_world: World) -> str:  # noqa: F811
+    people = worker_world.people
+    r = httpx.post(f"{service.url}/v1/models", headers=AUTH, timeout=60, json={
+        "name": "tiny", "source": {"path": str(worker_world.model_dir)}, "description": HOSTILE,
+        # Small sets and batches of 8: evaluation before and after is most of a job's time.
+        "default_params": {**PARAMS, "batch_size": 8},
+        "retain_set": worker_world.items[people[3]][:4],
+        "eval_sets": {"world_facts": worker_world.general[:2]}})
+    assert r.status_code == 201, r.text
+    return "tiny"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} is missing: the browser tests need Debian's chromium "
+                    "(apt-get install -y chromium)", pytrace=False)
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("Python Playwright is missing: pip install -e '.[test]' (never "
+                    "`playwright install`: the tests drive /usr/bin/chromium)", pytrace=False)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _shot(page: Any, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+
+
+def test_dashboard_submit_and_watch_a_job(service: Service, tiny: str, browser: Any,
+                                          worker_world: World,  # noqa: F811
+                                          tmp_path: Path) -> None:
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = ctx.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+
+    # Not signed in: the login form. A wrong key is refused there and then.
+    page.goto(service.url + "/")
+    page.wait_for_selector("#login")
+    page.fill("#api-key", "not-a-key")
+    page.click("#login button[type=submit]")
+    page.get_by_role("alert").get_by_text("not valid").wait_for()
+    page.fill("#api-key", KEY)
+    page.click("#login button[type=submit]")
+    page.wait_for_selector("#models")
+    assert [e for e in errors if "401" not in e] == []  # the browser logs the refused key
+    errors.clear()
+    assert page.evaluate("sessionStorage.getItem('alkn.apiKey')") == KEY
+    assert page.evaluate("localStorage.getItem('alkn.apiKey')") is None
+    names = page.locator("#models a.model-link").all_inner_texts()
+    assert {"demo", "tiny"} <= set(names)
+    # Server text is text: the description shows literally, nothing in it ran.
+    assert HOSTILE in page.locator("#models").inner_text()
+    assert page.locator("#models img, #models b").count() == 0
+    _shot(page, "models.png")
+
+    # The demo model (registered by `alkn serve`): version 1, nothing evaluated yet.
+    page.click("#models a.model-link:text-is('demo')")
+    page.wait_for_selector("#lineage tr[data-version='1']")
+    assert "ready" in page.locator("#lineage tr[data-version='1']").inner_text()
+    assert "No evaluations yet" in page.locator("#chart-forget").inner_text()
+    _shot(page, "demo-model.png")
+
+    # Submit through the form, the items uploaded as a JSON Lines file.
+    page.goto(service.url + "/#/models/tiny")
+    page.click("#submit-link")
+    items = worker_world.items[worker_world.people[0]][:4]
+    jsonl = tmp_path / "forget.jsonl"
+    jsonl.write_text("".join(json.dumps(i) + "\n" for i in items))
+    page.set_input_files("#items-file", str(jsonl))
+    page.wait_for_function("document.querySelector('#items').value.includes('question')")
+    page.fill("#params", '{"epochs": 1, "alpha": 1.0}')  # fixed alpha: no calibration search
+    page.evaluate("window.__sameDocument = true")  # gone if anything reloads the page
+    page.click("#submit-form button[type=submit]")
+
+    # The job page, updated in place until the job has succeeded.
+    page.wait_for_url(re.compile(r".*#/jobs/[0-9a-f-]{36}$"), timeout=60_000)
+    job_id = page.url.rsplit("/", 1)[1]
+    stages: set[str] = set()
+    page.wait_for_selector("#stage")
+    while not page.locator("#job-status [data-status='succeeded']").count():
+        status = page.locator("#job-status [data-status]").get_attribute("data-status")
+        assert status in ("queued", "running"), page.locator("main").inner_text()
+        stages.add(page.locator("#stage").inner_text())
+        page.wait_for_timeout(300)
+        assert len(stages) < 100
+    assert page.evaluate("window.__sameDocument") is True
+    assert len(stages - {"queued"}) >= 2, stages  # it moved through stages while we watched
+    events = page.locator("#events").inner_text()
+    assert "training" in events and "saving" in events
+    assert "→ v2" in page.locator("main").inner_text()
+    _shot(page, "job-succeeded.png")
+
+    # The new version in the lineage, made by our request, and its point on the charts.
+    page.click("#result-version")
+    page.wait_for_selector("#lineage tr[data-version='2']")
+    row = page.locator("#lineage tr[data-version='2']")
+    assert "succeeded" not in row.inner_text() and "ready" in row.inner_text()
+    assert "v1" in row.inner_text() and "alkn" in row.inner_text()
+    request_ids = httpx.get(f"{service.url}/v1/jobs/{job_id}", headers=AUTH
+                            ).json()["forget_request_ids"]
+    assert row.locator(f"a[href='#/requests/{request_ids[0]}']").count() == 1
+    for chart in ("#chart-forget", "#chart-utility"):
+        page.wait_for_selector(f"{chart} canvas")
+    assert "forget set of v2" in page.locator("#chart-forget").inner_text()
+    assert "model utility" in page.locator("#chart-utility").inner_text()
+    row.get_by_role("button", name="evaluation").click()
+    page.wait_for_selector("#version-detail table.evaluation")
+    assert "forget" in page.locator("#version-detail").inner_text()
+    _shot(page, "model-after-job.png")
+    assert errors == [] and page.evaluate("window.__xss") is None
+
+    # On a phone: one column, nothing wider than the screen (tables scroll inside).
+    phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True,
+                                has_touch=True, device_scale_factor=2)
+    mobile = phone.new_page()
+    mobile.goto(service.url + "/")
+    mobile.evaluate(f"sessionStorage.setItem('alkn.apiKey', {json.dumps(KEY)})")
+    mobile.goto(service.url + "/#/models/tiny")
+    mobile.wait_for_selector("#chart-forget canvas")
+    assert mobile.evaluate("document.documentElement.scrollWidth") <= 390
+    _shot(mobile, "model-phone.png")
+    mobile.goto(service.url + f"/#/jobs/{job_id}")
+    mobile.wait_for_selector("#job-status [data-status='succeeded']")
+    assert mobile.evaluate("document.documentElement.scrollWidth") <= 390
+    _shot(mobile, "job-phone.png")
+    phone.close()
+    ctx.close()
+
+
+# --------------------------------------------------------------------------------------------
+# The live service's metrics and logs, after the job
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_job(service: Service, tiny: str, worker_world: World) -> str:  # noqa: F811
+    """The job the browser test ran; one submitted here if it did not run (deselected)."""
+    def succeeded() -> list[dict[str, Any]]:
+        return httpx.get(f"{service.url}/v1/jobs", params={"status": "succeeded"},
+                         headers=AUTH).json()["items"]
+
+    if not succeeded():
+        items = worker_world.items[worker_world.people[0]][:4]
+        r = httpx.post(f"{service.url}/v1/models/{tiny}/forget-requests", headers=AUTH,
+                       json={"items": items, "params": {"epochs": 1, "alpha": 1.0}})
+        assert r.status_code == 202, r.text
+        from alkn_client import Client
+
+        with Client(service.url, KEY) as c:
+            assert c.wait(r.json()["id"], timeout=150, poll=0.3).status == "succeeded"
+    (job,) = succeeded()
+    return str(job["id"])
+
+
+def _value(text: str, name: str, **labels: str) -> float | None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return float(s.value)
+    return None
+
+
+def test_live_metrics_after_the_job(service: Service, finished_job: str) -> None:
+    api = httpx.get(f"{service.url}/metrics").text
+    assert _value(api, "alkn_jobs", status="succeeded") == 1
+    assert _value(api, "alkn_queue_depth", kind="forget_requests") == 0
+    assert _value(api, "alkn_outbox_unpublished") == 0
+    assert _value(api, "alkn_outbox_lag_seconds") == 0
+    polled = _value(api, "alkn_http_requests_total", method="GET", route="/v1/jobs/{job_id}",
+                    status="200")
+    assert polled and polled >= 1
+    for _ in range(3):
+        httpx.get(f"{service.url}/v1/jobs/{finished_job}", headers=AUTH)
+    again = httpx.get(f"{service.url}/metrics").text
+    assert _value(again, "alkn_http_requests_total", method="GET", route="/v1/jobs/{job_id}",
+                  status="200") == polled + 3
+
+    # The worker's own endpoint (multiprocess files summed by its main process).
+    worker = httpx.get(service.worker_metrics).text
+    assert _value(worker, "alkn_worker_jobs_total", status="succeeded") == 1
+    for stage in ("loading", "evaluating_before", "training", "evaluating_after", "saving"):
+        assert _value(worker, "alkn_job_stage_duration_seconds_count", stage=stage) == 1, stage
+    assert (_value(worker, "alkn_job_duration_seconds_sum", status="succeeded") or 0) > 0
+    assert _value(worker, "alkn_worker_jobs_running") == 0
+
+
+def test_live_json_logs_carry_request_and_job_ids(service: Service, finished_job: str) -> None:
+    rid = "dashboard-test-trace-7"
+    r = httpx.get(f"{service.url}/v1/models/tiny", headers={**AUTH, "X-Request-ID": rid})
+    assert r.status_code == 200 and r.headers["x-request-id"] == rid
+    lines: list[dict[str, Any]] = []
+    for _ in range(50):  # the access line is written just after the response
+        lines = [json.loads(line) for line in service.log.read_text().splitlines()
+                 if line.startswith("{")]
+        if any(x.get("request_id") == rid for x in lines):
+            break
+        httpx.get(f"{service.url}/healthz")
+    (access,) = [x for x in lines if x.get("request_id") == rid]
+    assert access["logger"] == "uvicorn.access" and access["http"]["status"] == 200
+    assert access["http"]["path"] == "/v1/models/tiny"
+    # The worker's lines about the job carry its id; uvicorn's and Celery's are JSON too.
+    job_lines = [x for x in lines if x.get("job_id") == finished_job]
+    assert any("version" in x["message"] for x in job_lines), job_lines[-5:]
+    assert {"uvicorn.error", "celery.worker.consumer.connection"} & {x["logger"] for x in lines}
+    assert all({"ts", "level", "logger", "message"} <= set(x) for x in lines)
+
+
+def test_readme_screenshot_is_a_dashboard_shot() -> None:
+    """docs/dashboard.png is committed (the README shows it): refresh it from
+    tests/artifacts/model-after-job.png when the page changes."""
+    shot = ROOT / "docs" / "dashboard.png"
+    assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "docs/dashboard.png" in (ROOT / "README.md").read_text()

@@ -1,0 +1,63 @@
+"""Upper bounds on method parameters: a request cannot ask for a run that never ends or
+cannot fit (epochs=1e30, batch_size=1e6); past a bound it is refused, naming the param."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from alkn_core.params import (
+    FRACTIONS,
+    MAX_TEMPLATE_CHARS,
+    MAXIMA,
+    METHOD_DEFAULTS,
+    method_params,
+)
+
+from .apikit import ApiWorld
+
+BOUNDS = {"epochs": 100, "batch_size": 1024, "grad_accum": 1024, "max_length": 8192,
+          "lr": 1.0, "alpha": 100.0}
+
+
+def test_every_number_has_an_upper_bound() -> None:
+    numbers = {name for defaults in METHOD_DEFAULTS.values() for name, value in defaults.items()
+               if isinstance(value, int | float) and not isinstance(value, bool)
+               or name in ("alpha", "target_forget_prob")}
+    assert numbers - set(MAXIMA) - FRACTIONS == set()
+    assert {k: MAXIMA[k] for k in BOUNDS} == BOUNDS
+
+
+@pytest.mark.parametrize("method", sorted(METHOD_DEFAULTS))
+def test_bounds_are_inclusive_and_past_them_is_refused(method: str) -> None:
+    for name, bound in MAXIMA.items():
+        if name not in METHOD_DEFAULTS[method]:
+            continue
+        at = int(bound) if isinstance(METHOD_DEFAULTS[method][name], int) else bound
+        assert method_params(method, {name: at})[name] == at
+        past: Any = at + 1 if isinstance(at, int) else at * 1.5
+        with pytest.raises(ValueError, match=rf"param '{name}' must be <= "):
+            method_params(method, {name: past})
+    with pytest.raises(ValueError, match="param 'epochs' must be <= 100"):
+        method_params(method, {"epochs": 1e30})  # a float that is an integer: still bounded
+    with pytest.raises(ValueError, match="param 'qa_template' must be at most"):
+        method_params(method, {"qa_template": "{question} {answer}" + "x" * MAX_TEMPLATE_CHARS})
+
+
+def test_api_refuses_a_param_past_its_bound_with_422(api_world: ApiWorld) -> None:
+    from .apikit import QA
+
+    for params, name in [({"epochs": 101}, "epochs"), ({"batch_size": 10**6}, "batch_size"),
+                         ({"lr": 5.0}, "lr"), ({"max_length": 100_000}, "max_length")]:
+        with api_world.unchanged():
+            r = api_world.client.post(f"/v1/models/{api_world.model}/forget-requests",
+                                      json={"items": QA, "params": params})
+        assert r.status_code == 422, r.text
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert f"'{name}' must be <=" in r.json()["detail"]
+    # Model defaults are bounded too (they are a request's params by another route).
+    r = api_world.client.post("/v1/models", json={
+        "name": "too-long", "source": {"path": str(api_world.model_dir)},
+        "default_params": {"epochs": 1000}})
+    assert r.status_code == 422 and "'epochs' must be <=" in r.json()["detail"], r.text
