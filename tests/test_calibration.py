@@ -229,7 +229,7 @@ def test_auto_params_defaults_and_validation() -> None:
 # --------------------------------------------------------------------------------------------
 
 TINY = {"lr": 3e-3, "epochs": 5, "batch_size": 8, "grad_accum": 1,
-        "mask_rule": "retain_safe"}
+        "mask_rule": "retain_safe", "alpha": "auto"}
 
 
 def _prob(model: torch.nn.Module, world: TinyWorld, items: list[dict[str, Any]]) -> float:
