@@ -7,6 +7,7 @@ deploy's (or `alkn serve`'s) job, not the web tier's.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -59,6 +60,16 @@ def _bootstrap(db_url: str, key: str, wait_s: float = BOOTSTRAP_WAIT_S) -> None:
             time.sleep(1.0)
 
 
+def _freeze_startup_heap() -> None:
+    """Move what the process holds after start-up (modules, routes, schemas: ~110k objects)
+    out of the collector's reach. A full collection over it takes ~50 ms and pauses every
+    request in flight; afterwards full collections scan only what was allocated since.
+    Once per process: tests build many apps in one."""
+    if gc.get_freeze_count() == 0:
+        gc.collect()
+        gc.freeze()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -73,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if app.state.db_url.startswith("postgresql"):  # SQLite has no NOTIFY: no caching
             cache: ReadCache = app.state.read_cache
             feed = ChangeFeed(app.state.db_url, cache.invalidate, cache.set_live).start()
+        _freeze_startup_heap()
         try:
             yield
         finally:

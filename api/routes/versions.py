@@ -30,6 +30,9 @@ from ..idempotency import Created, IdempotencyKey
 from ..pagination import PageDep, paginate
 from ..schemas import AliasIn, AliasOut, Page, VersionOut, problems
 
+# A local file read that missed the page cache reads this much in its thread.
+MISS_READ = 8 * CHUNK
+
 router = APIRouter(prefix="/v1/models/{name}", tags=["versions"], responses=problems(401, 404))
 
 UPLOAD_SUFFIX = "/versions:upload"
@@ -248,16 +251,41 @@ def head_file(name: str, ref: str, path: str, session: SessionDep, store: StoreD
     return Response(status_code=200, headers=headers)
 
 
-async def read_ahead(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
-    """The chunks of a blocking iterator, the next one read in a thread while the current
-    one is being sent: disk (or S3) and socket work at the same time instead of in turns."""
-    pending = asyncio.ensure_future(run_in_threadpool(next, chunks, None))
+async def read_ahead(chunks: Iterator[bytes]) -> AsyncIterator[bytes | memoryview]:
+    """The chunks of a blocking iterator without blocking the event loop. A local file's
+    chunk that the page cache holds is read inline (the kernel reads ahead of a sequential
+    reader, so that is most of them); any other read runs in a thread, the next one while
+    the current chunk is being sent, so disk (or S3) and socket work at the same time."""
+    read_cached = getattr(chunks, "read_cached", None)
+    pending: asyncio.Future[bytes | None] | None = None
+    chunk: bytes | memoryview | None
     try:
-        while (chunk := await pending) is not None:
-            pending = asyncio.ensure_future(run_in_threadpool(next, chunks, None))
-            yield chunk
+        while True:
+            if read_cached is not None:
+                chunk = read_cached()
+                if chunk is not None and not chunk:
+                    break
+                if chunk is None:  # not cached: wait for the disk in a thread, and read
+                    # enough at once that the kernel's read-ahead is in front again
+                    burst = await run_in_threadpool(chunks.read, MISS_READ)  # type: ignore[attr-defined]
+                    for i in range(0, len(burst), CHUNK):
+                        yield memoryview(burst)[i:i + CHUNK]
+                    if not burst:
+                        break
+                    continue
+            else:
+                if pending is None:
+                    pending = asyncio.ensure_future(run_in_threadpool(next, chunks, None))
+                chunk = await pending
+                pending = None if chunk is None else \
+                    asyncio.ensure_future(run_in_threadpool(next, chunks, None))
+            if chunk is None:
+                break
+            if chunk:
+                yield chunk
     finally:  # client gone or stream done: let the read in flight finish, then close
-        await asyncio.gather(pending, return_exceptions=True)
+        if pending is not None:
+            await asyncio.gather(pending, return_exceptions=True)
         close = getattr(chunks, "close", None)
         if close is not None:
             await run_in_threadpool(close)
