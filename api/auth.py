@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+from functools import partial
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -89,15 +89,11 @@ async def require_tenant(request: Request,
     if credentials is None or not credentials.credentials:
         raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'")
     cache: ReadCache = request.app.state.read_cache
-    key = "k:" + hash_key(credentials.credentials)
-    tenant_id: str | None = cache.get(key)
-    if tenant_id is not None:
-        return tenant_id
-    token = cache.token()
-    tenant_id = await run_in_threadpool(_lookup_tenant, request.app.state.db_url, key[2:])
+    digest = hash_key(credentials.credentials)
+    tenant_id: str | None = await cache.load(
+        "k:" + digest, partial(_lookup_tenant, request.app.state.db_url, digest))
     if tenant_id is None:
         raise _unauthorized("invalid or revoked API key")
-    cache.put(key, tenant_id, token)
     return tenant_id
 
 

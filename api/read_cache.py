@@ -7,14 +7,23 @@ the database and `put` with it, and the value is kept only if no change arrived 
 (a change committed before the read is in the read; one committed after it is either
 notified before the put, which then refuses, or after it, which then drops the entry).
 Without a live feed (SQLite, or PostgreSQL while the listener reconnects) nothing is cached.
+
+`load` is the async way in: concurrent misses of one key share a single read, so an entry
+that expires (or is dropped) under 64 polling clients costs one database round trip, not
+64 queued behind each other in the thread pool (that queue was the status route's p99).
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from functools import partial
 from typing import Any
+
+from fastapi.concurrency import run_in_threadpool
 
 
 class ReadCache:
@@ -25,6 +34,7 @@ class ReadCache:
         self._seq = 0
         self._live = False
         self._lock = threading.Lock()
+        self._flights: dict[Hashable, asyncio.Future[Any]] = {}
 
     @property
     def live(self) -> bool:
@@ -37,6 +47,35 @@ class ReadCache:
         if entry is None or entry[1] < time.monotonic():
             return None
         return entry[0]
+
+    async def load(self, key: str, read: Callable[[], Any], flight: Hashable = None,
+                   fresh: Callable[[Any], bool] = lambda _: True) -> Any:
+        """The cached value of `key` if `fresh(value)`, else `read()` (blocking, run in a
+        thread) shared with every caller of the same `flight` (default: the key) that
+        misses meanwhile; its value is cached unless None. `read`'s exception reaches every
+        caller of the flight."""
+        hit = self.get(key)
+        if hit is not None and fresh(hit):
+            return hit
+        flight = key if flight is None else flight
+        pending = self._flights.get(flight)
+        if pending is None or pending.get_loop() is not asyncio.get_running_loop():
+            pending = asyncio.ensure_future(self._fill(key, read))
+            self._flights[flight] = pending
+            pending.add_done_callback(partial(self._landed, flight))
+        # shield: a caller that goes away does not cancel the read the others wait for
+        return await asyncio.shield(pending)
+
+    def _landed(self, flight: Hashable, done: asyncio.Future[Any]) -> None:
+        if self._flights.get(flight) is done:
+            del self._flights[flight]
+
+    async def _fill(self, key: str, read: Callable[[], Any]) -> Any:
+        token = self.token()
+        value = await run_in_threadpool(read)
+        if value is not None:
+            self.put(key, value, token)
+        return value
 
     def token(self) -> int:
         return self._seq

@@ -45,6 +45,49 @@ def test_cache_refuses_a_read_that_raced_with_a_change() -> None:
     assert cache.get("b") is None
 
 
+def test_concurrent_misses_share_one_read() -> None:
+    """64 pollers missing at once (an entry expired or was dropped) cost one read, not 64
+    queued in the thread pool; an error reaches them all; None is never cached."""
+    import asyncio
+    import threading
+    import time
+
+    cache = ReadCache()
+    cache.set_live(True)
+    calls: list[str] = []
+
+    def read(value: object) -> object:
+        calls.append(threading.current_thread().name)
+        time.sleep(0.05)  # the database round trip the others wait for
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    async def scenario() -> None:
+        got = await asyncio.gather(*(cache.load("r:1", lambda: read("body"))
+                                     for _ in range(64)))
+        assert got == ["body"] * 64 and len(calls) == 1
+        assert await cache.load("r:1", lambda: read("other")) == "body"  # cached
+        assert len(calls) == 1
+        # Another flight (say another tenant) does its own read; `fresh` refuses the hit.
+        assert await cache.load("r:1", lambda: read("b"), flight=("r", "t2", "1"),
+                                fresh=lambda hit: hit == "b") == "b"
+        assert len(calls) == 2
+        results = await asyncio.gather(*(cache.load("r:2", lambda: read(KeyError("gone")))
+                                         for _ in range(8)), return_exceptions=True)
+        assert all(isinstance(r, KeyError) for r in results) and len(calls) == 3
+        assert await cache.load("r:3", lambda: read(None)) is None
+        assert await cache.load("r:3", lambda: read(None)) is None and len(calls) == 5
+        # A caller that gives up does not cancel the read the others are waiting for.
+        first = asyncio.ensure_future(cache.load("r:4", lambda: read("four")))
+        second = asyncio.ensure_future(cache.load("r:4", lambda: read("four")))
+        await asyncio.sleep(0.01)
+        first.cancel()
+        assert await second == "four" and len(calls) == 6
+
+    asyncio.run(scenario())
+
+
 @pytest.fixture(scope="module")
 def world(pg_url: str) -> dict[str, str]:
     """A tenant with a key, a model row and one queued request, written directly."""

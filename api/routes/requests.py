@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
@@ -70,13 +69,12 @@ async def get_request(request_id: str, request: Request, tenant: TenantDep) -> R
     """Clients poll this. Async, and served from the change-notified cache when it holds
     the request (no thread hand-off, no database round trip); otherwise one read."""
     cache: ReadCache = request.app.state.read_cache
-    key = "r:" + request_id
-    hit = cache.get(key)
-    if hit is not None and hit[0] == tenant:
-        return Response(hit[1], media_type="application/json")
-    token = cache.token()
-    body = await run_in_threadpool(_status_body, request.app.state.db_url, tenant, request_id)
-    cache.put(key, (tenant, body), token)
+
+    def read() -> tuple[str, bytes]:
+        return tenant, _status_body(request.app.state.db_url, tenant, request_id)
+
+    _, body = await cache.load("r:" + request_id, read, flight=("r", tenant, request_id),
+                               fresh=lambda hit: hit[0] == tenant)
     return Response(body, media_type="application/json")
 
 
