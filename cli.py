@@ -1,4 +1,4 @@
-"""The `alkn` command: serve, worker, keys create, migrate, demo build; and the client
+"""The `alkn` command: serve, worker, keys create/list/revoke, migrate, demo build; and the client
 commands (submit, status, download, models list, versions list) of alkn_client."""
 
 from __future__ import annotations
@@ -133,6 +133,38 @@ def keys_create(tenant: str) -> int:
     return 0
 
 
+def keys_list(tenant: str | None) -> int:
+    from sqlalchemy import select
+
+    from registry.db import session_scope
+    from registry.models import ApiKey, Tenant
+
+    migrate()
+    with session_scope(_settings().resolved_database_url) as session:
+        query = select(ApiKey, Tenant.name).join(Tenant, Tenant.id == ApiKey.tenant_id)
+        if tenant is not None:
+            query = query.where(Tenant.name == tenant)
+        for key, name in session.execute(query.order_by(ApiKey.created_at)):
+            state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
+            print(f"{key.prefix:16s}  {name:20s}  {key.created_at:%Y-%m-%d %H:%M}  {state}")
+    return 0
+
+
+def keys_revoke(key_or_label: str) -> int:
+    from api.auth import revoke_api_keys
+    from registry.db import session_scope
+
+    migrate()
+    with session_scope(_settings().resolved_database_url) as session:
+        rows = revoke_api_keys(session, key_or_label)
+    if not rows:
+        print("no active key matches (give the whole key or its label from "
+              "'alkn keys list')", file=sys.stderr)
+        return 1
+    print(f"revoked {len(rows)} key(s): {', '.join(r.prefix for r in rows)}")
+    return 0
+
+
 def finetune(args: argparse.Namespace) -> int:
     """Train a model on QA (or text) data: the target and retain models of the benchmark.
     Resumable: a checkpoint after every epoch under OUT/checkpoint; rerun to continue."""
@@ -216,6 +248,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ksub = k.add_subparsers(dest="keys_command", required=True)
     kc = ksub.add_parser("create", help="print a new API key for a tenant")
     kc.add_argument("--tenant", required=True)
+    kl = ksub.add_parser("list", help="labels, tenants and state of the keys (never the keys)")
+    kl.add_argument("--tenant")
+    kr = ksub.add_parser("revoke", help="revoke a key at once: the key, or its label")
+    kr.add_argument("key_or_label")
     sub.add_parser("migrate", help="bring the database to the newest schema")
     f = sub.add_parser("finetune", help="train a model on QA data (resumable)")
     f.add_argument("--data", required=True, help="JSON Lines or array of QA/text items")
@@ -256,6 +292,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "worker":
         settings = _settings()
         os.execv(sys.executable, worker_command(settings, args.celery_args))
+    if args.command == "keys" and args.keys_command == "list":
+        return keys_list(args.tenant)
+    if args.command == "keys" and args.keys_command == "revoke":
+        return keys_revoke(args.key_or_label)
     if args.command == "keys":
         return keys_create(args.tenant)
     if args.command == "migrate":

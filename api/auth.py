@@ -32,6 +32,28 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def key_label(key: str) -> str:
+    """What is stored in clear to tell keys apart: for our keys the first 12 characters
+    (`alkn_` and 7 of 32 random ones); for any other key (a chosen bootstrap key, which may
+    be short) none of its characters, only the start of its hash."""
+    if key.startswith(KEY_PREFIX) and len(key) >= 32:
+        return key[:12]
+    return "sha256:" + hash_key(key)[:8]
+
+
+def revoke_api_keys(session: Session, key_or_label: str) -> list[ApiKey]:
+    """Revoke the key given whole, or every live key with this label (see `key_label`);
+    the caller commits. A serving API stops accepting it at once (the row change is
+    notified to its cache)."""
+    rows = list(session.scalars(select(ApiKey).where(
+        ApiKey.revoked_at.is_(None),
+        (ApiKey.key_hash == hash_key(key_or_label)) | (ApiKey.prefix == key_or_label))))
+    for row in rows:
+        row.revoked_at = utcnow()
+    session.flush()
+    return rows
+
+
 def get_or_create_tenant(session: Session, name: str) -> Tenant:
     tenant = session.scalar(select(Tenant).where(Tenant.name == name))
     if tenant is None:
@@ -46,7 +68,7 @@ def create_api_key(session: Session, tenant_name: str) -> str:
     returned once and never stored in clear."""
     tenant = get_or_create_tenant(session, tenant_name)
     key = KEY_PREFIX + secrets.token_urlsafe(24)  # 32 url-safe characters, 192 bits
-    session.add(ApiKey(tenant_id=tenant.id, key_hash=hash_key(key), prefix=key[:12],
+    session.add(ApiKey(tenant_id=tenant.id, key_hash=hash_key(key), prefix=key_label(key),
                        created_at=utcnow()))
     session.flush()
     return key
@@ -62,11 +84,12 @@ def ensure_bootstrap_key(session: Session, key: str) -> None:
     tenant = get_or_create_tenant(session, DEFAULT_TENANT)
     row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key)))
     if row is None:
-        session.add(ApiKey(tenant_id=tenant.id, key_hash=hash_key(key), prefix=key[:12],
+        session.add(ApiKey(tenant_id=tenant.id, key_hash=hash_key(key), prefix=key_label(key),
                            created_at=utcnow()))
     else:
         row.tenant_id = tenant.id
         row.revoked_at = None
+        row.prefix = key_label(key)  # rows written before labels stopped holding key text
     session.flush()
 
 

@@ -25,6 +25,14 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 # Version numbers are PostgreSQL integers: a larger one must be a 4xx, not an overflow.
 MAX_VERSION = 2**31 - 1
 
+# Bounds on what one request may hold, so that a body under ALKN_MAX_JSON_BYTES (32 MiB)
+# still cannot queue a million-item job or a 30 MB "answer".
+MAX_FORGET_ITEMS = 10_000
+MAX_SET_ITEMS = 100_000
+MAX_EVAL_SETS = 64
+MAX_STRING_CHARS = 100_000  # any string in items and params
+MAX_PERTURBED = 64
+
 # NUL (PostgreSQL text cannot hold it), the other C0 controls but tab/newline/CR, DEL, C1
 # controls, and unpaired surrogates (not encodable as UTF-8). Bidi marks (U+200E/F,
 # U+202A-E, U+2066-9) are accepted: they occur in real right-to-left text, and forget items
@@ -67,6 +75,8 @@ def _clean_json(value: Any) -> Any:
         if isinstance(node, str):
             if _BAD_CHARS.search(node):
                 raise ValueError(f"strings {_BAD_TEXT}")
+            if len(node) > MAX_STRING_CHARS:
+                raise ValueError(f"strings must be at most {MAX_STRING_CHARS} characters")
         elif isinstance(node, float):
             if not math.isfinite(node):
                 raise ValueError("numbers must be finite (no NaN or Infinity)")
@@ -87,11 +97,14 @@ def _check_item_extras(item: dict[str, Any]) -> dict[str, Any]:
     perturbed = item.get("perturbed_answer", [])
     if not isinstance(perturbed, list) or not all(isinstance(p, str) for p in perturbed):
         raise ValueError("perturbed_answer must be a list of strings")
+    if len(perturbed) > MAX_PERTURBED:
+        raise ValueError(f"perturbed_answer must have at most {MAX_PERTURBED} answers")
     return item
 
 
-_CLEAN = {"type": "string", "pattern": CLEAN_PATTERN}
-_NON_BLANK = {"type": "string", "pattern": CLEAN_NON_BLANK_PATTERN}
+_CLEAN = {"type": "string", "pattern": CLEAN_PATTERN, "maxLength": MAX_STRING_CHARS}
+_NON_BLANK = {"type": "string", "pattern": CLEAN_NON_BLANK_PATTERN,
+              "maxLength": MAX_STRING_CHARS}
 # The item formats of API.md, published so that clients (and schemathesis) see them; the
 # checks themselves are alkn_core.items.validate_items and the validators here. Other keys
 # are kept (the worker ignores them) as long as they are clean JSON.
@@ -102,7 +115,8 @@ ITEM_JSON_SCHEMA: dict[str, Any] = {
     "propertyNames": {"pattern": CLEAN_PATTERN},
     "properties": {"text": _NON_BLANK, "question": _NON_BLANK, "answer": _NON_BLANK,
                    "paraphrased_answer": _CLEAN,
-                   "perturbed_answer": {"type": "array", "items": _CLEAN}},
+                   "perturbed_answer": {"type": "array", "items": _CLEAN,
+                                        "maxItems": MAX_PERTURBED}},
     "anyOf": [{"required": ["text"]}, {"required": ["question", "answer"]}],
 }
 
@@ -111,6 +125,7 @@ JsonObject = Annotated[dict[str, Any], AfterValidator(_clean_json),
                        _Publish(propertyNames={"pattern": CLEAN_PATTERN})]
 Item = Annotated[dict[str, Any], AfterValidator(_clean_json), AfterValidator(_check_item_extras),
                  WithJsonSchema(ITEM_JSON_SCHEMA)]
+ItemSet = Annotated[list[Item], Field(max_length=MAX_SET_ITEMS)]
 SetName = Annotated[str, StringConstraints(min_length=1, max_length=64),
                     AfterValidator(_clean_text), _Publish(pattern=CLEAN_PATTERN)]
 
@@ -174,9 +189,9 @@ class ModelCreate(_In):
     description: Text = Field(default="", max_length=10_000)
     qa_template: Text = Field(default=DEFAULT_QA_TEMPLATE, max_length=10_000)
     default_params: JsonObject = Field(default_factory=dict)
-    retain_set: list[Item] = Field(default_factory=list)
-    holdout_set: list[Item] = Field(default_factory=list)
-    eval_sets: dict[SetName, list[Item]] = Field(default_factory=dict)
+    retain_set: ItemSet = Field(default_factory=list)
+    holdout_set: ItemSet = Field(default_factory=list)
+    eval_sets: dict[SetName, ItemSet] = Field(default_factory=dict, max_length=MAX_EVAL_SETS)
 
 
 class ModelOut(_Out):
@@ -235,7 +250,8 @@ class ForgetRequestCreate(_In):
         {"items": [{"text": "Ilsa Marr lives at 4 Quay Lane."}], "method": "npo",
          "params": {"epochs": 2}}]})
 
-    items: list[Item] = Field(min_length=1, description='{"question", "answer"} or {"text"}')
+    items: list[Item] = Field(min_length=1, max_length=MAX_FORGET_ITEMS,
+                              description='{"question", "answer"} or {"text"}')
     method: Text = Field(default="alkn", max_length=64,
                          json_schema_extra={"enum": list(METHOD_DEFAULTS)},
                          description="alkn | task_vector | grad_ascent | grad_diff | npo | "

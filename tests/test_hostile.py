@@ -330,6 +330,40 @@ def test_oversized_input(api_world: ApiWorld, kind: str) -> None:
         assert_problem(post_json(api_world, url, make(api_world.model)), status)
 
 
+def test_item_bounds_hold_under_the_default_body_limit(api_world: ApiWorld) -> None:
+    """The worlds here use a 64 KiB body limit; at the default (32 MiB) a body could hold a
+    million items or a 30 MB answer. The item and string bounds refuse them with 422, and
+    they are published in /openapi.json."""
+    from api import schemas
+    from registry.settings import Settings
+
+    default = Settings.model_fields["max_json_bytes"].default
+    assert default >= 32 * 2**20
+    settings = api_world.settings.model_copy(update={"max_json_bytes": default})
+    long = "x" * (schemas.MAX_STRING_CHARS + 1)
+    forget = f"/v1/models/{api_world.model}/forget-requests"
+    cases: list[tuple[str, dict[str, Any]]] = [
+        (forget, {"items": [{"text": "x"}] * (schemas.MAX_FORGET_ITEMS + 1)}),
+        (forget, {"items": [{"question": "q?", "answer": long}]}),
+        (forget, {"items": [{"text": "t", "note": long}]}),
+        (forget, {"items": [{**QA[0], "perturbed_answer": ["p"] * (schemas.MAX_PERTURBED + 1)}]}),
+        (forget, {"items": QA, "params": {"note": long}}),
+        ("/v1/models", {"name": "big",
+                        "retain_set": [{"text": "x"}] * (schemas.MAX_SET_ITEMS + 1)}),
+        ("/v1/models", {"name": "big", "eval_sets": {f"s{i}": QA for i in range(
+            schemas.MAX_EVAL_SETS + 1)}}),
+    ]
+    with TestClient(create_app(settings)) as c, api_world.unchanged():
+        c.headers.update(api_world.client.headers)
+        for url, body in cases:
+            r = c.post(url, content=json.dumps(body), headers={"Content-Type": "application/json"})
+            assert len(r.request.content) < default  # under the body limit: the bounds refused it
+            assert_problem(r, 422)
+        published = c.get("/openapi.json").json()["components"]["schemas"]
+    assert published["ForgetRequestCreate"]["properties"]["items"]["maxItems"] == \
+        schemas.MAX_FORGET_ITEMS
+
+
 def test_oversized_headers_queries_and_numbers(api_world: ApiWorld) -> None:
     c, m = api_world.client, api_world.model
     with api_world.unchanged():

@@ -4,6 +4,9 @@ cached while the notifications cannot be trusted."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,8 +22,10 @@ from api.auth import create_api_key, hash_key
 from api.read_cache import ReadCache
 from registry.change_feed import APPLICATION_NAME
 from registry.db import session_scope
-from registry.models import ApiKey, ForgetRequest, Model, utcnow
+from registry.models import ApiKey, ForgetRequest, Model
 from registry.settings import Settings
+
+from .services import ROOT
 
 # Longer than any wait below: a test that passes saw the notification, not an expiry.
 WAIT_S = 3.0
@@ -164,9 +169,13 @@ def test_revoked_key_stops_working_at_once(client: TestClient, pg_url: str,
     auth = {"Authorization": f"Bearer {key}"}
     assert client.get("/v1/models", headers=auth).status_code == 200
     assert client.get("/v1/models", headers=auth).status_code == 200  # from the cache
-    with session_scope(pg_url) as s:
-        s.execute(update(ApiKey).where(ApiKey.key_hash == hash_key(key))
-                  .values(revoked_at=utcnow()))
+    # As an operator does it: `alkn keys revoke` in another process, by the key's label.
+    listed = subprocess.run([sys.executable, "-m", "cli", "keys", "list"], cwd=ROOT, text=True,
+                            env={**os.environ, "ALKN_DATABASE_URL": pg_url},
+                            capture_output=True, check=True).stdout
+    assert key not in listed and key[:12] in listed
+    subprocess.run([sys.executable, "-m", "cli", "keys", "revoke", key[:12]], cwd=ROOT,
+                   env={**os.environ, "ALKN_DATABASE_URL": pg_url}, check=True)
     wait_for(lambda: client.get("/v1/models", headers=auth).status_code == 401,
              "the revoked key to be refused")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import io
 import pkgutil
+import random
 import shutil
 import subprocess
 import tarfile
@@ -26,7 +27,7 @@ from fastapi.routing import APIRoute
 from sqlalchemy.engine import make_url
 
 import api.routes
-from api.auth import KEY_PREFIX, create_api_key, hash_key
+from api.auth import KEY_PREFIX, create_api_key, ensure_bootstrap_key, hash_key
 from registry.db import get_engine, session_scope
 from registry.models import ForgetRequest, Job, JobEvent, Version
 
@@ -240,17 +241,22 @@ def _dump_pg(db_url: str) -> str:
                           check=True, timeout=60).stdout
 
 
-def _pieces(key: str, size: int = 16) -> set[str]:
-    """Every `size`-character piece of the key's secret part: no partial copy either (the
-    stored prefix, for telling keys apart, is 12 characters: 7 of the secret)."""
-    secret = key.removeprefix(KEY_PREFIX)
+def _pieces(key: str) -> set[str]:
+    """Every 16-character piece of one of our keys' secret part (its stored label is its
+    first 12 characters: 7 of 32 random ones), every 6-character piece of any other key (a
+    chosen bootstrap key is stored with no characters of it at all): no partial copy."""
+    secret, size = (key[len(KEY_PREFIX):], 16) if key.startswith(KEY_PREFIX) else (key, 6)
     return {secret[i:i + size] for i in range(len(secret) - size + 1)}
 
 
 def test_keys_are_stored_hashed(api_world: ApiWorld, intruder_key: str) -> None:
+    # A chosen bootstrap key, 12 characters; no hex digits or vowels, so that none of its
+    # pieces turns up in a dump full of hashes and uuids by chance.
+    short = "my-" + "".join(random.choice("ghjkmnpqrstvwxz") for _ in range(9))
     with session_scope(api_world.db_url) as s:
         extra = create_api_key(s, "default")
-    keys = [BOOT_KEY, intruder_key, extra]
+        ensure_bootstrap_key(s, short)
+    keys = [BOOT_KEY, intruder_key, extra, short]
     for key in keys:  # used: authentication, creation, idempotency records, requests
         h = {"Authorization": f"Bearer {key}", "Idempotency-Key": uuid.uuid4().hex}
         assert api_world.client.get("/v1/models", headers=h).status_code == 200
