@@ -1,5 +1,5 @@
 """A running API on a database of the test module's own, and what the hostile-input,
-tenancy and schemathesis tests check with it: the database's row counts, the artifact
+tenancy and schemathesis tests check with it: the database's rows, the artifact
 store's files, raw (un-normalised) request paths.
 
 `api_world` is a module-scoped fixture (registered by conftest): each test module that uses
@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -32,6 +33,9 @@ QA = [{"question": "Where was Ilsa born?", "answer": "Ilsa was born in Port Tavr
       {"question": "What does Ilsa do?", "answer": "Ilsa is a glassblower."}]
 MAX_JSON_BYTES = 64 * 1024
 MAX_UPLOAD_BYTES = 1 << 20
+# Columns that a read may legitimately change, per table, left out of `unchanged`'s
+# snapshot. None at present (an API key has no last-used time, say).
+VOLATILE_COLUMNS: dict[str, set[str]] = {}
 
 
 def write_model_dir(d: Path) -> Path:
@@ -64,21 +68,58 @@ class ApiWorld:
             return {t: int(conn.execute(sa.text(f'SELECT count(*) FROM "{t}"')).scalar_one())
                     for t in tables}
 
+    @cached_property
+    def _row_queries(self) -> dict[str, tuple[sa.TextClause, bool]]:
+        """Per table (the Alembic bookkeeping aside): the query of its rows, in key order,
+        without VOLATILE_COLUMNS, and whether it has a key (the schema does not change)."""
+        with get_engine(self.db_url).connect() as conn:
+            inspector = sa.inspect(conn)
+            out: dict[str, tuple[sa.TextClause, bool]] = {}
+            for t in sorted(inspector.get_table_names()):
+                if t == "alembic_version":
+                    continue
+                skip = VOLATILE_COLUMNS.get(t, set())
+                cols = [c["name"] for c in inspector.get_columns(t) if c["name"] not in skip]
+                keys = inspector.get_pk_constraint(t)["constrained_columns"]
+                # By the key (json columns cannot be compared in PostgreSQL); a table
+                # without one is sorted here.
+                out[t] = (sa.text("SELECT {} FROM \"{}\"{}".format(
+                    ", ".join(f'"{c}"' for c in cols), t,
+                    " ORDER BY " + ", ".join(f'"{c}"' for c in keys) if keys else "")),
+                    bool(keys))
+            return out
+
+    def table_rows(self) -> dict[str, list[tuple[Any, ...]]]:
+        """Every row of every table, as tuples of its columns: an UPDATE shows, not only an
+        INSERT or a DELETE."""
+        out: dict[str, list[tuple[Any, ...]]] = {}
+        with get_engine(self.db_url).connect() as conn:
+            for t, (query, keyed) in self._row_queries.items():
+                rows = [tuple(row) for row in conn.execute(query)]
+                out[t] = rows if keyed else sorted(rows, key=repr)
+        return out
+
     def store_files(self) -> dict[str, int]:
         """Every entry under the artifact root (staging included), with its size."""
         return {p.relative_to(self.artifact_root).as_posix(): p.lstat().st_size
                 for p in sorted(self.artifact_root.rglob("*"))}
 
-    def snapshot(self) -> tuple[dict[str, int], dict[str, int]]:
-        """What a refused request must leave as it was: rows and stored files."""
-        return self.row_counts(), self.store_files()
+    def snapshot(self) -> tuple[dict[str, list[tuple[Any, ...]]], dict[str, int]]:
+        """What a refused request must leave as it was: every row's content, stored files."""
+        return self.table_rows(), self.store_files()
 
     @contextmanager
     def unchanged(self) -> Iterator[None]:
-        """Asserts that the block wrote no row and no file (staging included)."""
-        before = self.snapshot()
+        """Asserts that the block wrote no row (inserted, updated or deleted) and no file
+        (staging included)."""
+        rows, files = self.snapshot()
         yield
-        assert self.snapshot() == before, "a refused request wrote something"
+        rows_after, files_after = self.snapshot()
+        changed = {t: {"before": [r for r in rows.get(t, []) if r not in after],
+                       "after": [r for r in after if r not in rows.get(t, [])]}
+                   for t, after in rows_after.items() if after != rows.get(t)}
+        assert not changed, f"a refused request changed rows: {changed}"
+        assert files_after == files, "a refused request wrote or removed a file"
 
 
 def raw_request(app: FastAPI, method: str, raw_path: str, headers: dict[str, str] | None = None,

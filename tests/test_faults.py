@@ -10,7 +10,8 @@ interval (1 s) are short so that recovery takes seconds; items are text items an
 model a random tiny Llama, so a job is training plus a few forward passes.
 
 The heartbeat reaper and the retention purge are tested in process, where a hang and the
-passing of time can be placed exactly.
+passing of time can be placed exactly; so is the artifact store failing where no tmpfs can
+be mounted (its writes go to /dev/full).
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import importlib.util
+import io
 import json
 import os
 import re
 import signal
 import sys
+import tarfile
 import threading
 import time
 import uuid
@@ -236,6 +239,14 @@ def assert_each_once(stack: Stack, name: str, ids: list[str]) -> None:
     assert {rid: served[rid] for rid in ids} == dict.fromkeys(ids, 1)
 
 
+def config_tar(model_dir: Path) -> bytes:
+    """An upload's body: a tar of the smallest directory registration accepts."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        tf.add(model_dir / "config.json", arcname="config.json")
+    return buf.getvalue()
+
+
 def assert_problem_503(r: httpx.Response) -> None:
     assert r.status_code == 503, (r.request.url, r.status_code, r.text[:300])
     assert r.headers["content-type"].startswith("application/problem+json")
@@ -360,8 +371,22 @@ def test_database_outage_is_503_then_recovers_and_the_job_runs_once(stack: Stack
                 ("GET", "/v1/forget-requests", None), ("GET", f"/v1/forget-requests/{rid}", None),
                 ("GET", f"/v1/jobs/{job.id}", None), ("GET", f"/v1/jobs/{job.id}/events", None),
                 ("POST", "/v1/models/dbdown/forget-requests", {"items": texts("db2", 1)}),
-                ("POST", f"/v1/forget-requests/{rid}:cancel", None)]:
+                ("POST", f"/v1/forget-requests/{rid}:cancel", None),
+                ("POST", "/v1/models", {"name": "dbdown-new", "source": {
+                    "path": str(stack.model_dir)}}),
+                ("GET", "/v1/models/dbdown/versions/1", None),
+                ("PUT", "/v1/models/dbdown/aliases/prod", {"version": 1}),
+                ("DELETE", "/v1/models/dbdown/aliases/prod", None),
+                ("POST", "/v1/models/dbdown/versions/1:revoke", None),
+                ("GET", "/v1/models/dbdown/versions/1/archive", None),
+                ("GET", "/v1/models/dbdown/versions/1/evaluation", None),
+                ("GET", "/v1/jobs", None)]:
             assert_problem_503(stack.http.request(method, path, json=body))
+        assert_problem_503(stack.http.post(  # the upload: a valid archive, refused whole
+            "/v1/models/dbdown/versions:upload", content=config_tar(stack.model_dir),
+            headers={"Content-Type": "application/x-tar"}))
+        head = stack.http.head("/v1/models/dbdown/versions/1/files/config.json")
+        assert head.status_code == 503 and head.headers.get("retry-after"), head.headers
         # The worker finished the work, wrote the files, could not commit the version and
         # gave up after about its lease, leaving the job running for the next attempt.
         wait_for("the worker gave up publishing",
@@ -426,6 +451,56 @@ def test_full_artifact_store_fails_the_job_cleanly(stack: Stack) -> None:
     # The lineage is usable: the next request succeeds, numbering goes on without a gap.
     (ok,) = stack.wait([stack.submit("full", texts("full-again", 6))])
     assert ok["status"] == "succeeded" and ok["result_version"] == 2, ok
+
+
+class FullDiskStore(LocalStore):
+    """A LocalStore whose disk is full when a version is saved: in every staging directory,
+    config.json (the first file save_pretrained writes, through a plain open()) is a link to
+    /dev/full, where each write fails with ENOSPC. A real failure of the write, the kernel's,
+    for root too (no permission involved), and no mount needed."""
+
+    def staging_dir(self) -> Path:
+        d = super().staging_dir()
+        (d / "config.json").symlink_to("/dev/full")
+        return d
+
+
+def test_artifact_store_failure_without_a_mount_fails_the_job_cleanly(
+        pg_url: str, tmp_path: Path, tiny_model_dir: Path, one_thread: None) -> None:
+    """The full store again, where no tmpfs can be mounted: in process, on a FullDiskStore
+    over the same root as the healthy store."""
+    from worker import runner
+
+    assert Path("/dev/full").is_char_device()  # else the link would make a plain file there
+    settings = Settings(database_url=pg_url, artifact_root=str(tmp_path / "artifacts"),
+                        home=tmp_path, queue="unused")
+    store = LocalStore(settings.resolved_artifact_root)
+    model_id = register(pg_url, store, _world(tiny_model_dir), default_params=FAST)
+    rid = submit(pg_url, model_id, texts("enospc", 6))
+    assert runner.run_lineage_once(settings, model_id, "w-full",
+                                   store=FullDiskStore(store.root)) == 1
+
+    failed = get(pg_url, ForgetRequest, rid)
+    assert failed.status == "failed" and failed.result_version is None
+    assert failed.error["type"] == "artifact_store_error", failed.error
+    message = failed.error["message"]
+    assert "could not write the new version to the artifact store" in message
+    assert "No space left on device" in message and "nothing was published" in message
+    assert str(store.root) not in message and "Traceback" not in message
+    job = get(pg_url, Job, failed.job_id)
+    assert job.status == "failed" and job.error == failed.error and job.finished_at
+    # Nothing partial: no version row, no new key, no staging left behind, lease released.
+    assert [(v.number, v.status) for v in versions(pg_url, model_id)] == [(1, "ready")]
+    assert [p.name for p in (store.root / model_id).iterdir()] == ["v1-base"]
+    assert list((store.root / ".tmp").iterdir()) == []
+    assert get(pg_url, Model, model_id).lease_owner is None
+    # The lineage is usable: the next request succeeds, numbering goes on without a gap.
+    again = submit(pg_url, model_id, texts("enospc-again", 6))
+    assert runner.run_lineage_once(settings, model_id, "w-ok", store=store) == 1
+    ok = get(pg_url, ForgetRequest, again)
+    assert ok.status == "succeeded" and ok.result_version == 2, (ok.status, ok.error)
+    (v2,) = versions(pg_url, model_id)[1:]
+    assert v2.status == "ready" and v2.parent_version == 1 and v2.forget_request_ids == [again]
 
 
 # --------------------------------------------------------------------------------------------
