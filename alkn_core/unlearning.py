@@ -65,7 +65,8 @@ def unlearn(
     (`task_vector` defaults to alpha 1): the negation strength is then the smallest alpha in
     (0, `alpha_max`] that brings the forget items' mean answer probability down to
     `target_forget_prob` if given, else to the holdout items' probability measured before
-    the task, else to `target_forget_ratio` x the forget items' own. `CalibrationError`
+    the lineage's first calibrated task (kept in the state: `HOLDOUT_REFERENCE`), else to
+    `target_forget_ratio` x the forget items' own. `CalibrationError`
     (the model left as it was) when no alpha reaches it; `stats["calibration"]` holds the
     target and the curve. A number keeps the fixed alpha (x `coef_decay`^task).
     """
@@ -127,6 +128,8 @@ def unlearn(
             times["calibration"] = probe.probe_seconds + probe.search_seconds
             if new_state is not None:  # the next task's search starts from this alpha
                 new_state.info["calibrated_alpha"] = alpha
+                if probe.holdout_prob is not None:
+                    new_state.info[HOLDOUT_REFERENCE] = probe.holdout_prob
         tau.apply_to(model, base, scale=-alpha)
         stats.update(alpha=alpha, task_vector_norm=tau.norm())
         del tau, base
@@ -137,6 +140,13 @@ def unlearn(
     stats["seconds"] = times
     model.eval()
     return UnlearnResult(model=model, state=new_state, stats=stats)
+
+
+# The holdout probability of the lineage's first calibrated task, kept in the state: the
+# "never seen" level is that of the model before any unlearning. Measured again on each
+# model, it falls as unlearning wears the model down, and each task would then chase a
+# lower target on a weaker model (README, "Calibrated negation").
+HOLDOUT_REFERENCE = "holdout_reference"
 
 
 class _NegationProbe:
@@ -155,8 +165,13 @@ class _NegationProbe:
         self.forget_before, self.retain_before = self.measure(ctx.model)
         self.holdout_prob: float | None = None
         self.holdout_items = 0
+        self.holdout_carried = False
         if holdout and p["target_forget_prob"] is None:
-            self._measure_holdout(holdout)
+            carried = ctx.state.info.get(HOLDOUT_REFERENCE) if ctx.state is not None else None
+            if isinstance(carried, int | float) and not isinstance(carried, bool):
+                self.holdout_prob, self.holdout_carried = float(carried), True
+            else:
+                self._measure_holdout(holdout)
         self.target, self.source = forget_target(
             self.forget_before, explicit=p["target_forget_prob"],
             holdout_prob=self.holdout_prob, ratio=p["target_forget_ratio"])
@@ -226,6 +241,8 @@ class _NegationProbe:
             "forget_prob": search.forget_prob, "forget_prob_before": self.forget_before,
             "retain_probe_before": self.retain_before, "holdout_prob": self.holdout_prob,
             "holdout_items": self.holdout_items,
+            # measured at this task, or carried from the lineage's first calibrated task
+            "holdout_carried": self.holdout_carried,
             "retain_probe_items": sum(len(b["input_ids"]) for b in self.retain or []),
             "curve": search.sorted_curve(), "evaluations": search.evaluations,
             "budget": self.ctx.params["calibration_evals"],

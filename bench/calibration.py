@@ -2,9 +2,10 @@
 
 forget10 is split by person into T tasks (as bench/continual.py does), unlearned in sequence
 with ALKN from the target model, once per setting: alpha "auto" with each forget target
-(`holdout`: the holdout items' probability, what the service does for a model with a
-holdout set; `ratio`: 0.1 x the task's forget probability before it) and every fixed alpha
-of a grid. Before each task the targets are measured on that run's own model; after it,
+(`holdout`: the holdout items' probability on the model before the first task, what the
+service does for a model with a holdout set; `ratio`: 0.1 x the task's forget probability
+before it) and every fixed alpha of a grid. The targets are measured on that run's own
+model; after each task,
 the task's forget probability, the mean over the tasks so far, forget quality and model
 utility (bench/continual.py's evaluation). The best fixed alpha in hindsight, per target,
 is the one that reached the target on every task with the highest final utility. Reported
@@ -328,11 +329,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_params = {**params, "alpha": setting["alpha"]}
         torch.manual_seed(args.seed)
         model, state = copy.deepcopy(target), None
+        holdout_ref = prob(model, holdout) if holdout else None
         for i, items in enumerate(tasks):
-            # The targets the service would set for this task, on this run's model.
+            # The targets the service would set for this task, on this run's model: the
+            # holdout level of the model before the first task (the service keeps it in the
+            # lineage's state), the ratio of this task's own forget probability.
             forget_before = prob(model, items)
-            targets = {"holdout": prob(model, holdout) if holdout else None,
-                       "ratio": 0.1 * forget_before}
+            targets = {"holdout": holdout_ref, "ratio": 0.1 * forget_before}
             t1 = time.perf_counter()
             failed = None
             try:

@@ -274,6 +274,18 @@ def test_auto_alpha_reaches_its_target_on_a_tiny_model(trained: torch.nn.Module,
     assert c2["target"] == pytest.approx(holdout_before)
     assert c2["forget_prob"] <= c2["target"]
     assert any(row[0] == c["alpha"] for row in c2["curve"])  # tried first
+    assert not c2["holdout_carried"] and r2.state is not None
+    assert r2.state.info["holdout_reference"] == pytest.approx(holdout_before)
+    # The lineage keeps that "never seen" level: the next task aims at it again, not at
+    # the holdout items' level on the model this task has worn down.
+    assert _prob(model, tiny_world, holdout) != pytest.approx(holdout_before, rel=1e-3)
+    r2b = unlearn(model, tiny_world.tokenizer, tiny_world.of(people[3]), retain, params=TINY,
+                  state=r2.state, holdout=holdout)
+    c2b = r2b.stats["calibration"]
+    assert c2b["holdout_carried"] and c2b["target_source"] == "holdout"
+    assert c2b["target"] == pytest.approx(holdout_before) and c2b["holdout_items"] == 0
+    assert r2b.state is not None
+    assert r2b.state.info["holdout_reference"] == pytest.approx(holdout_before)
     # An explicit target wins over the holdout items.
     r3 = unlearn(copy.deepcopy(model), tiny_world.tokenizer, tiny_world.of(people[1]),
                  retain, params={**TINY, "target_forget_prob": 0.5}, holdout=holdout)
