@@ -3,18 +3,26 @@ Playwright), and the live service's observability after the job it runs.
 
 One `alkn serve` for the module, on its embedded default (SQLite, a serverless broker),
 as a user starts it: the demo model is registered as `demo`, JSON logs, and the worker
-serves Prometheus on a port of its own. The demo model's job takes minutes on two cores
-(its evaluation sets are large), so the job runs on the tiny model of tests/test_worker.py,
-registered by the test; the demo model's page is opened too. One real job in all.
+serves Prometheus on a port of its own. In the browser: log in with a key (a wrong one is
+refused first), open the demo model (version 1, nothing evaluated), submit a forget request
+on it through the form (four facts of one demo person, uploaded as a JSON Lines file), watch
+its job move through its stages to `succeeded` without a page reload, then see version 2 in
+the lineage with its points on the forget and utility charts and its evaluation table; the
+same pages on a phone-sized screen. One real job in all, on `demo` with its registered
+retain, holdout and evaluation sets: about 20 s on two cores, nearly all of it the
+evaluation before and after; the service runs torch on one thread, which keeps that time
+when another process shares the cores. A second model, registered by the test without
+files, only carries a hostile description (shown as text, never run).
 
-Screenshots go to tests/artifacts/ (ignored by git); docs/dashboard.png is a copy of
-`model-after-job.png`.
+Screenshots go to tests/artifacts/ (ignored by git); docs/dashboard.png (in the README) is a
+copy of `model-after-job.png`.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +32,6 @@ import httpx
 import pytest
 
 from .services import ROOT, free_port, start_process, stop_process, wait_http
-from .test_worker import PARAMS, World
-from .test_worker import worker_world as worker_world  # noqa: F401  (the fixture)
 
 KEY = "dashboard-test-bootstrap-key-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -34,8 +40,11 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--no-first-run"]
 ARTIFACTS = ROOT / "tests" / "artifacts"
 # Shown as text, never run or parsed as markup.
-HOSTILE = 'tiny <img src=x onerror="window.__xss=1"> & <b>bold</b>'
-JOB_TIMEOUT_MS = 150_000
+HOSTILE = 'hostile <img src=x onerror="window.__xss=1"> & <b>bold</b>'
+# The demo job: ~20 s on two cores, idle or not (one torch thread: see `service`).
+JOB_TIMEOUT_MS = 240_000
+# The forget request: four facts of the first person of the demo's forget split.
+N_FORGET = 4
 
 
 @dataclass
@@ -46,14 +55,16 @@ class Service:
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory,
-            worker_world: World) -> Iterator[Service]:  # noqa: F811
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     home = tmp_path_factory.mktemp("dashboard_svc")
     port, metrics_port = free_port(), free_port()
     env = {"ALKN_HOME": str(home), "ALKN_DATABASE_URL": "", "ALKN_BROKER_URL": "",
-           "ALKN_ARTIFACT_ROOT": "", "ALKN_MODEL_SOURCE_ROOTS": str(worker_world.model_dir.parent),
-           "ALKN_BOOTSTRAP_API_KEY": KEY, "ALKN_DISPATCH_INTERVAL": "0.1",
-           "ALKN_LOG_FORMAT": "json", "ALKN_WORKER_METRICS_PORT": str(metrics_port)}
+           "ALKN_ARTIFACT_ROOT": "", "ALKN_BOOTSTRAP_API_KEY": KEY, "ALKN_DISPATCH_INTERVAL": "0.1",
+           "ALKN_LOG_FORMAT": "json", "ALKN_WORKER_METRICS_PORT": str(metrics_port),
+           # One torch thread: about as fast on two idle cores for this model, and ~9 s
+           # instead of 1-2 minutes per evaluation when another process keeps a core busy
+           # (two OpenMP threads then wait on each other at every operation).
+           "OMP_NUM_THREADS": "1"}
     log = home / "serve.log"
     proc = start_process(["-m", "cli", "serve", "--port", str(port)], env, log)
     try:
@@ -66,16 +77,25 @@ def service(tmp_path_factory: pytest.TempPathFactory,
 
 
 @pytest.fixture(scope="module")
-def tiny(service: Service, worker_world: World) -> str:  # noqa: F811
-    people = worker_world.people
-    r = httpx.post(f"{service.url}/v1/models", headers=AUTH, timeout=60, json={
-        "name": "tiny", "source": {"path": str(worker_world.model_dir)}, "description": HOSTILE,
-        # Small sets and batches of 8: evaluation before and after is most of a job's time.
-        "default_params": {**PARAMS, "batch_size": 8},
-        "retain_set": worker_world.items[people[3]][:4],
-        "eval_sets": {"world_facts": worker_world.general[:2]}})
+def hostile(service: Service) -> str:
+    """A model without versions (no files to copy): only its description matters."""
+    r = httpx.post(f"{service.url}/v1/models", headers=AUTH, timeout=60,
+                   json={"name": "hostile", "description": HOSTILE})
     assert r.status_code == 201, r.text
-    return "tiny"
+    return "hostile"
+
+
+def demo_forget_items() -> list[dict[str, str]]:
+    """The first N_FORGET facts of the first person in the demo's forget split, as QA items."""
+    from alkn_core.demo_corpus import read_jsonl
+    from alkn_core.demo_model import demo_data_dir
+
+    rows = read_jsonl(demo_data_dir() / "forget10.json")
+    person = rows[0]["person"]
+    items = [{"question": r["question"], "answer": r["answer"]} for r in rows
+             if r["person"] == person][:N_FORGET]
+    assert len(items) == N_FORGET
+    return items
 
 
 @pytest.fixture(scope="module")
@@ -101,9 +121,10 @@ def _shot(page: Any, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / name), full_page=True)
 
 
-def test_dashboard_submit_and_watch_a_job(service: Service, tiny: str, browser: Any,
-                                          worker_world: World,  # noqa: F811
+def test_dashboard_submit_and_watch_a_job(service: Service, hostile: str, browser: Any,
                                           tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
     ctx = browser.new_context(viewport={"width": 1280, "height": 900})
     page = ctx.new_page()
     errors: list[str] = []
@@ -113,6 +134,7 @@ def test_dashboard_submit_and_watch_a_job(service: Service, tiny: str, browser: 
     # Not signed in: the login form. A wrong key is refused there and then.
     page.goto(service.url + "/")
     page.wait_for_selector("#login")
+    assert not page.locator("#nav").is_visible()  # `hidden` holds against `display: flex`
     page.fill("#api-key", "not-a-key")
     page.click("#login button[type=submit]")
     page.get_by_role("alert").get_by_text("not valid").wait_for()
@@ -124,7 +146,10 @@ def test_dashboard_submit_and_watch_a_job(service: Service, tiny: str, browser: 
     assert page.evaluate("sessionStorage.getItem('alkn.apiKey')") == KEY
     assert page.evaluate("localStorage.getItem('alkn.apiKey')") is None
     names = page.locator("#models a.model-link").all_inner_texts()
-    assert {"demo", "tiny"} <= set(names)
+    assert {"demo", hostile} <= set(names)
+    # One row group under the header (rows line up with it), and nothing more to load.
+    assert page.locator("#models > tbody > tr").count() == len(names)
+    assert not page.get_by_role("button", name="Load more").is_visible()
     # Server text is text: the description shows literally, nothing in it ran.
     assert HOSTILE in page.locator("#models").inner_text()
     assert page.locator("#models img, #models b").count() == 0
@@ -137,15 +162,17 @@ def test_dashboard_submit_and_watch_a_job(service: Service, tiny: str, browser: 
     assert "No evaluations yet" in page.locator("#chart-forget").inner_text()
     _shot(page, "demo-model.png")
 
-    # Submit through the form, the items uploaded as a JSON Lines file.
-    page.goto(service.url + "/#/models/tiny")
+    # Submit on the demo model through the form, the items uploaded as a JSON Lines file.
+    # The demo's default parameters, alpha fixed (its default today): no calibration search.
     page.click("#submit-link")
-    items = worker_world.items[worker_world.people[0]][:4]
+    items = demo_forget_items()
     jsonl = tmp_path / "forget.jsonl"
     jsonl.write_text("".join(json.dumps(i) + "\n" for i in items))
     page.set_input_files("#items-file", str(jsonl))
-    page.wait_for_function("document.querySelector('#items').value.includes('question')")
-    page.fill("#params", '{"epochs": 1, "alpha": 1.0}')  # fixed alpha: no calibration search
+    # A locator assertion, not wait_for_function: the page's CSP forbids the eval that
+    # polling a string predicate needs (it failed whenever the first check came too early).
+    expect(page.locator("#items")).to_have_value(re.compile("question"))
+    page.fill("#params", '{"alpha": 1.0}')
     page.evaluate("window.__sameDocument = true")  # gone if anything reloads the page
     page.click("#submit-form button[type=submit]")
 
@@ -154,18 +181,27 @@ def test_dashboard_submit_and_watch_a_job(service: Service, tiny: str, browser: 
     job_id = page.url.rsplit("/", 1)[1]
     stages: set[str] = set()
     page.wait_for_selector("#stage")
-    while not page.locator("#job-status [data-status='succeeded']").count():
+    deadline = time.monotonic() + JOB_TIMEOUT_MS / 1000
+    while True:
+        # One read per round: the status may change between two reads.
         status = page.locator("#job-status [data-status]").get_attribute("data-status")
+        if status == "succeeded":
+            break
         assert status in ("queued", "running"), page.locator("main").inner_text()
         stages.add(page.locator("#stage").inner_text())
+        assert time.monotonic() < deadline, f"job {job_id} still {status}: {stages}"
         page.wait_for_timeout(300)
-        assert len(stages) < 100
     assert page.evaluate("window.__sameDocument") is True
     assert len(stages - {"queued"}) >= 2, stages  # it moved through stages while we watched
     events = page.locator("#events").inner_text()
     assert "training" in events and "saving" in events
     assert "→ v2" in page.locator("main").inner_text()
     _shot(page, "job-succeeded.png")
+    # The demo forgot: the forget items' answer probability fell (the job page's table).
+    metrics = httpx.get(f"{service.url}/v1/jobs/{job_id}", headers=AUTH).json()["metrics"]
+    before, after = (metrics[k]["forget"]["probability"] for k in ("before", "after"))
+    assert after < before / 2, (before, after)
+    assert metrics["after"]["forget"]["items"] == N_FORGET
 
     # The new version in the lineage, made by our request, and its point on the charts.
     page.click("#result-version")
@@ -192,7 +228,7 @@ def test_dashboard_submit_and_watch_a_job(service: Service, tiny: str, browser: 
     mobile = phone.new_page()
     mobile.goto(service.url + "/")
     mobile.evaluate(f"sessionStorage.setItem('alkn.apiKey', {json.dumps(KEY)})")
-    mobile.goto(service.url + "/#/models/tiny")
+    mobile.goto(service.url + "/#/models/demo")
     mobile.wait_for_selector("#chart-forget canvas")
     assert mobile.evaluate("document.documentElement.scrollWidth") <= 390
     _shot(mobile, "model-phone.png")
@@ -210,22 +246,24 @@ def test_dashboard_submit_and_watch_a_job(service: Service, tiny: str, browser: 
 
 
 @pytest.fixture(scope="module")
-def finished_job(service: Service, tiny: str, worker_world: World) -> str:  # noqa: F811
-    """The job the browser test ran; one submitted here if it did not run (deselected)."""
+def finished_job(service: Service) -> str:
+    """The demo job the browser test ran; one submitted here if it did not run (deselected)."""
     def succeeded() -> list[dict[str, Any]]:
         return httpx.get(f"{service.url}/v1/jobs", params={"status": "succeeded"},
                          headers=AUTH).json()["items"]
 
     if not succeeded():
-        items = worker_world.items[worker_world.people[0]][:4]
-        r = httpx.post(f"{service.url}/v1/models/{tiny}/forget-requests", headers=AUTH,
-                       json={"items": items, "params": {"epochs": 1, "alpha": 1.0}})
+        r = httpx.post(f"{service.url}/v1/models/demo/forget-requests", headers=AUTH,
+                       json={"items": demo_forget_items(), "params": {"alpha": 1.0}})
         assert r.status_code == 202, r.text
         from alkn_client import Client
 
         with Client(service.url, KEY) as c:
-            assert c.wait(r.json()["id"], timeout=150, poll=0.3).status == "succeeded"
+            assert c.wait(r.json()["id"], timeout=JOB_TIMEOUT_MS / 1000,
+                          poll=0.3).status == "succeeded"
     (job,) = succeeded()
+    # Read it once as the job page does (test_live_metrics counts these reads).
+    assert httpx.get(f"{service.url}/v1/jobs/{job['id']}", headers=AUTH).status_code == 200
     return str(job["id"])
 
 
@@ -265,7 +303,7 @@ def test_live_metrics_after_the_job(service: Service, finished_job: str) -> None
 
 def test_live_json_logs_carry_request_and_job_ids(service: Service, finished_job: str) -> None:
     rid = "dashboard-test-trace-7"
-    r = httpx.get(f"{service.url}/v1/models/tiny", headers={**AUTH, "X-Request-ID": rid})
+    r = httpx.get(f"{service.url}/v1/models/demo", headers={**AUTH, "X-Request-ID": rid})
     assert r.status_code == 200 and r.headers["x-request-id"] == rid
     lines: list[dict[str, Any]] = []
     for _ in range(50):  # the access line is written just after the response
@@ -276,7 +314,7 @@ def test_live_json_logs_carry_request_and_job_ids(service: Service, finished_job
         httpx.get(f"{service.url}/healthz")
     (access,) = [x for x in lines if x.get("request_id") == rid]
     assert access["logger"] == "uvicorn.access" and access["http"]["status"] == 200
-    assert access["http"]["path"] == "/v1/models/tiny"
+    assert access["http"]["path"] == "/v1/models/demo"
     # The worker's lines about the job carry its id; uvicorn's and Celery's are JSON too.
     job_lines = [x for x in lines if x.get("job_id") == finished_job]
     assert any("version" in x["message"] for x in job_lines), job_lines[-5:]

@@ -77,10 +77,11 @@
   const fmtNum = (x, digits = 3) =>
     (typeof x === "number" && isFinite(x) ? x.toFixed(digits) : "–");
 
+  // `rows`: the rows, or a <tbody> of them the caller keeps appending to.
   function table(headers, rows, attrs) {
+    const body = rows instanceof HTMLTableSectionElement ? rows : h("tbody", {}, rows);
     return h("div", {class: "scroll"}, h("table", attrs,
-      h("thead", {}, h("tr", {}, headers.map((t) => h("th", {}, t)))),
-      h("tbody", {}, rows)));
+      h("thead", {}, h("tr", {}, headers.map((t) => h("th", {}, t)))), body));
   }
 
   function kv(pairs) {
@@ -226,7 +227,7 @@
     more.addEventListener("click", load);
     const n = await load();
     show(h("h1", {}, "Models"),
-      n ? table(["Model", "Description", "Latest", "Aliases", "Registered"], [body],
+      n ? table(["Model", "Description", "Latest", "Aliases", "Registered"], body,
                 {id: "models"})
         : h("p", {class: "muted"}, "No models yet: register one with POST /v1/models."),
       more);
