@@ -53,9 +53,9 @@ LOSS_WEIGHT_DEFAULTS: dict[str, Any] = {"forget_weight": 1.0, "retain_weight": 1
 # Every method's parameters (the methods' modules use these; the web tier validates with
 # them without importing torch).
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    # alpha stays 1.0 until "auto" keeps utility with the holdout target too (README,
-    # bench/calibration.py: with that target it did not; with the ratio target it did).
-    "alkn": {**LOOP_DEFAULTS, **NEGATION_DEFAULTS, **ALKN_DEFAULTS},
+    # alpha "auto": forget exactly enough (bench/calibration.py: it reached its target on
+    # every task and kept more utility than the best fixed alpha, with either target).
+    "alkn": {**LOOP_DEFAULTS, **NEGATION_DEFAULTS, **ALKN_DEFAULTS, "alpha": AUTO},
     "task_vector": {**LOOP_DEFAULTS, **NEGATION_DEFAULTS},
     "grad_ascent": dict(LOOP_DEFAULTS),
     "grad_diff": {**LOOP_DEFAULTS, **LOSS_WEIGHT_DEFAULTS},

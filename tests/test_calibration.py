@@ -190,7 +190,7 @@ def test_forget_target_precedence() -> None:
 
 def test_auto_params_defaults_and_validation() -> None:
     p = method_params("alkn", None)
-    assert p["alpha"] == 1.0  # "auto" is opt-in for now (README)
+    assert p["alpha"] == "auto"  # the default of alkn: forget exactly enough
     assert method_params("alkn", {"alpha": "auto"})["alpha"] == "auto"
     assert (p["target_forget_prob"], p["target_forget_ratio"], p["alpha_max"],
             p["calibration_evals"]) == (None, 0.1, 4.0, 8)
