@@ -88,28 +88,17 @@ class ArtifactStore(Protocol):
 
 
 class FileRange:
-    """Bytes start..end (inclusive) of a local file, in chunks: an iterator of blocking
-    reads that can also try a read served only from the page cache (`read_cached`), so an
-    event loop reads cached chunks inline and hands only real disk waits to a thread (a
-    thread hand-off per chunk costs more CPU than sending the chunk)."""
+    """Bytes start..end (inclusive) of a local file: an iterator of CHUNK-sized reads, and
+    `read(n)` for callers that read more at once (the download route reads several chunks
+    per thread hand-off)."""
 
     def __init__(self, path: Path, start: int = 0, end: int | None = None) -> None:
         self._file = path.open("rb", buffering=0)
         self._pos = start
         self._stop = os.fstat(self._file.fileno()).st_size if end is None else end + 1
-        self._nowait = hasattr(os, "RWF_NOWAIT")
 
     def __iter__(self) -> FileRange:
         return self
-
-    def _wanted(self) -> int:
-        return min(CHUNK, self._stop - self._pos)
-
-    def _took(self, chunk: bytes | memoryview) -> bytes | memoryview:
-        self._pos += len(chunk)
-        if not chunk:
-            self.close()
-        return chunk
 
     def __next__(self) -> bytes:
         if not (chunk := self.read(CHUNK)):
@@ -121,28 +110,10 @@ class FileRange:
         n = min(size, self._stop - self._pos)
         chunk = os.pread(self._file.fileno(), n, self._pos) if n > 0 and not self._file.closed \
             else b""
-        self._took(chunk)
+        self._pos += len(chunk)
+        if not chunk:
+            self.close()
         return chunk
-
-    def read_cached(self) -> bytes | memoryview | None:
-        """The next chunk if the page cache holds it (b"" at the end), else None. A view of
-        a buffer of its own, never reused, so a transport may keep it without copying."""
-        n = self._wanted()
-        if n <= 0 or self._file.closed:
-            return b""
-        if not self._nowait:
-            return None
-        buf = bytearray(n)
-        try:
-            got = os.preadv(self._file.fileno(), [buf], self._pos, os.RWF_NOWAIT)
-        except BlockingIOError:
-            return None
-        except OSError:  # a filesystem without RWF_NOWAIT: blocking reads only
-            self._nowait = False
-            return None
-        if got == 0 and self._pos < os.fstat(self._file.fileno()).st_size:
-            return None  # nothing cached yet (some kernels say so with 0, not EAGAIN)
-        return self._took(memoryview(buf)[:got])
 
     def close(self) -> None:
         self._file.close()

@@ -85,9 +85,9 @@ def test_gc_deletes_only_unreferenced_keys(pg_url: str, tmp_path: Path) -> None:
     assert not store.exists(f"{model.id}/v2-dead", "config.json")
 
 
-def test_file_range_reads_cached_chunks_and_blocking_reads_alike(tmp_path: Path) -> None:
-    """What the download route sends: page-cache reads (read_cached), blocking reads after
-    a miss (read), and plain iteration give the same bytes, for whole files and ranges."""
+def test_file_range_iterates_and_reads_alike(tmp_path: Path) -> None:
+    """What the download and archive routes send: plain iteration (CHUNK reads) and
+    `read(n)` of any size give the same bytes, for whole files and ranges."""
     import os
 
     from registry.store import CHUNK, FileRange
@@ -97,19 +97,15 @@ def test_file_range_reads_cached_chunks_and_blocking_reads_alike(tmp_path: Path)
     path.write_bytes(blob)
     for start, end in ((0, None), (5, len(blob) - 1), (CHUNK - 1, 2 * CHUNK + 7), (9, 9)):
         want = blob[start:None if end is None else end + 1]
-        assert b"".join(FileRange(path, start, end)) == want
-        rng, got, turn = FileRange(path, start, end), b"", 0
-        while True:  # alternate the two ways of reading, as after page-cache misses
-            chunk = rng.read_cached() if turn % 2 == 0 else rng.read(CHUNK // 3)
-            turn += 1
-            if chunk is None:  # not in the page cache: only a blocking read says more
-                continue
-            if not chunk:
-                break
-            assert len(chunk) <= CHUNK
-            got += bytes(chunk)
-        assert got == want
-        assert rng.read_cached() == b"" and rng.read(10) == b"" and next(rng, None) is None
+        chunks = list(FileRange(path, start, end))
+        assert b"".join(chunks) == want and all(len(c) <= CHUNK for c in chunks)
+        for size in (1000, CHUNK, 4 * CHUNK):
+            rng, got = FileRange(path, start, end), b""
+            while chunk := rng.read(size):
+                assert len(chunk) <= size
+                got += chunk
+            assert got == want
+            assert rng.read(10) == b"" and next(rng, None) is None  # closed at the end
     empty = tmp_path / "empty.bin"
     empty.write_bytes(b"")
-    assert list(FileRange(empty)) == [] and FileRange(empty).read_cached() == b""
+    assert list(FileRange(empty)) == [] and FileRange(empty).read(10) == b""
