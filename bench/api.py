@@ -3,12 +3,14 @@
 1. `GET /v1/forget-requests/{id}` (auth, then the change-notified cache or one PostgreSQL
    read) next to a bare async FastAPI route that returns a constant, served by the same
    uvicorn process with the same settings, at 64 concurrent connections over loopback (wrk,
-   one thread); the two alternate in rounds. Throughput and
-   p50/p99 latency, and their ratio.
+   one thread); the two alternate in rounds. Throughput and p50/p99 latency (medians of the
+   rounds; each round's p99 is printed too), and their ratio. With --server-cpu N the
+   server runs alone on CPU N: wrk, this script and every other process that may move
+   (PostgreSQL, Redis, ...) go to the other CPUs for these rounds, then back.
 2. Download of a 200 MB version file through the API (curl) next to reading the same file
    from disk, alternating, with the file's pages dropped from the page cache before each
-   (posix_fadvise DONTNEED), so both read the disk. Ratio of throughputs. With
-   --server-cpu the pin holds for part 1 only; the downloads run on every CPU.
+   (posix_fadvise DONTNEED), so both read the disk. Ratio of throughputs. The downloads
+   run on every CPU.
 
 Needs the machine's PostgreSQL (a fresh database is created and dropped) and Redis.
 
