@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -71,6 +72,21 @@ def module_pg_url() -> Iterator[str]:
     """A database of the test module's own: row counts and dumps see only its rows."""
     with migrated_pg_database() as url:
         yield url
+
+
+def add_model_row(session: Any, tenant_name: str, model_name: str, **fields: Any) -> Any:
+    """A tenant and a model of it, written as the API would (the session is flushed, so
+    both have their ids); `fields` are more Model columns."""
+    from registry.models import Model, Tenant
+
+    tenant = Tenant(name=tenant_name)
+    session.add(tenant)
+    session.flush()
+    model = Model(tenant_id=tenant.id, name=model_name,
+                  **{"qa_template": "{question} {answer}", **fields})
+    session.add(model)
+    session.flush()
+    return model
 
 
 @pytest.fixture(scope="session")

@@ -24,10 +24,12 @@ from api.app import create_app
 from api.metrics import QueueCollector
 from registry.db import session_scope
 from registry.migrate import upgrade
-from registry.models import ForgetRequest, Job, Model, Outbox, Tenant, utcnow
+from registry.models import ForgetRequest, Job, Outbox, utcnow
 from registry.settings import Settings
 from registry.telemetry import JOB_ID, REQUEST_ID, JsonFormatter, TextFormatter
 from worker import metrics as worker_metrics
+
+from .services import add_model_row
 
 KEY = "alkn_metrics_bootstrap_key_0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -102,16 +104,11 @@ def test_request_id_is_echoed_or_made(app_db: tuple[TestClient, str]) -> None:
 def test_queue_gauges_read_from_the_database(app_db: tuple[TestClient, str]) -> None:
     client, url = app_db
     with session_scope(url) as s:
-        tenant = Tenant(name="gauges")
-        s.add(tenant)
-        s.flush()
-        model = Model(tenant_id=tenant.id, name="g", qa_template="{question} {answer}")
-        s.add(model)
-        s.flush()
+        model = add_model_row(s, "gauges", "g")
         for status in ("queued", "queued", "succeeded"):
-            s.add(Job(tenant_id=tenant.id, model_id=model.id, method="alkn", base_version=1,
-                      status=status))
-        s.add(ForgetRequest(tenant_id=tenant.id, model_id=model.id, method="alkn",
+            s.add(Job(tenant_id=model.tenant_id, model_id=model.id, method="alkn",
+                      base_version=1, status=status))
+        s.add(ForgetRequest(tenant_id=model.tenant_id, model_id=model.id, method="alkn",
                             item_count=1, status="queued"))
         s.add(Outbox(task="t", created_at=utcnow() - timedelta(seconds=90)))
         s.add(Outbox(task="t", created_at=utcnow() - timedelta(hours=5), published_at=utcnow()))

@@ -61,17 +61,14 @@ def test_safe_relpath_refuses_escapes(bad: str) -> None:
 def test_gc_deletes_only_unreferenced_keys(pg_url: str, tmp_path: Path) -> None:
     from registry.db import session_scope
     from registry.gc import collect_orphans
-    from registry.models import Model, Tenant, Version
+    from registry.models import Version
+
+    from .services import add_model_row
 
     store = LocalStore(tmp_path / "artifacts")
     src = _version_dir(tmp_path / "src")
     with session_scope(pg_url) as s:
-        tenant = Tenant(name=f"gc-{tmp_path.name}")
-        s.add(tenant)
-        s.flush()
-        model = Model(tenant_id=tenant.id, name="gc", qa_template="{question} {answer}")
-        s.add(model)
-        s.flush()
+        model = add_model_row(s, f"gc-{tmp_path.name}", "gc")
         kept = f"{model.id}/v1-aaaa"
         s.add(Version(model_id=model.id, number=1, status="ready", storage_key=kept))
     store.publish_dir(src, kept)

@@ -29,7 +29,6 @@ from registry.models import (
     JobEvent,
     Model,
     Outbox,
-    Tenant,
     Version,
     utcnow,
 )
@@ -37,6 +36,7 @@ from registry.settings import Settings
 from registry.store import LocalStore
 
 from .services import (
+    add_model_row,
     drop_pg_database,
     free_port,
     fresh_pg_database,
@@ -106,16 +106,11 @@ def register(url: str, store: LocalStore, world: World,
              default_params: dict[str, Any] | None = None) -> str:
     """A model whose version 1 is the fixture model; retain set = the last person."""
     with session_scope(url) as s:
-        tenant = Tenant(name=f"t-{uuid.uuid4().hex[:10]}")
-        s.add(tenant)
-        s.flush()
-        model = Model(tenant_id=tenant.id, name=f"m-{uuid.uuid4().hex[:8]}",
-                      qa_template="Question: {question}\nAnswer: {answer}",
-                      default_params=dict(PARAMS if default_params is None else default_params),
-                      retain_set=world.items[world.people[3]],
-                      eval_sets={"world_facts": world.general})
-        s.add(model)
-        s.flush()
+        model = add_model_row(
+            s, f"t-{uuid.uuid4().hex[:10]}", f"m-{uuid.uuid4().hex[:8]}",
+            qa_template="Question: {question}\nAnswer: {answer}",
+            default_params=dict(PARAMS if default_params is None else default_params),
+            retain_set=world.items[world.people[3]], eval_sets={"world_facts": world.general})
         key = f"{model.id}/v1-base"
         files = store.publish_dir(world.model_dir, key)
         s.add(Version(model_id=model.id, number=1, status="ready", storage_key=key,
@@ -554,13 +549,8 @@ def test_dispatcher_thread_publishes_and_sweeps(own_pg: str, redis_url: str) -> 
     queue = f"dispatch-test-{uuid.uuid4().hex[:8]}"
     settings = Settings(database_url=own_pg, broker_url=redis_url, queue=queue)
     with session_scope(own_pg) as s:
-        tenant = Tenant(name="t")
-        s.add(tenant)
-        s.flush()
-        model = Model(tenant_id=tenant.id, name="m", qa_template="{question} {answer}")
-        s.add(model)
-        s.flush()
-        s.add(ForgetRequest(tenant_id=tenant.id, model_id=model.id, method="alkn",
+        model = add_model_row(s, "t", "m")
+        s.add(ForgetRequest(tenant_id=model.tenant_id, model_id=model.id, method="alkn",
                             items=[{"text": "x"}], item_count=1, seq=1,
                             created_at=utcnow() - timedelta(minutes=5)))
         s.add(Outbox(task="worker.tasks.run_lineage", payload={"model_id": "other"}))
