@@ -47,6 +47,11 @@ ALKN_DEFAULTS: dict[str, Any] = {
     "retain_gradient_sets": "retain",
 }
 
+# The quality gate (every method): a version should keep at least this fraction of the
+# lineage's first version's retain answer probability and model utility. Forgetting wins
+# when both cannot be had; the version then says so (its `quality` block).
+QUALITY_DEFAULTS: dict[str, Any] = {"utility_floor": 0.85}
+
 NPO_DEFAULTS: dict[str, Any] = {"beta": 0.1}
 LOSS_WEIGHT_DEFAULTS: dict[str, Any] = {"forget_weight": 1.0, "retain_weight": 1.0}
 
@@ -55,12 +60,13 @@ LOSS_WEIGHT_DEFAULTS: dict[str, Any] = {"forget_weight": 1.0, "retain_weight": 1
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     # alpha "auto": forget exactly enough (bench/calibration.py: it reached its target on
     # every task and kept more utility than the best fixed alpha, with either target).
-    "alkn": {**LOOP_DEFAULTS, **NEGATION_DEFAULTS, **ALKN_DEFAULTS, "alpha": AUTO},
-    "task_vector": {**LOOP_DEFAULTS, **NEGATION_DEFAULTS},
-    "grad_ascent": dict(LOOP_DEFAULTS),
-    "grad_diff": {**LOOP_DEFAULTS, **LOSS_WEIGHT_DEFAULTS},
-    "npo": {**LOOP_DEFAULTS, **NPO_DEFAULTS},
-    "npo_gd": {**LOOP_DEFAULTS, **NPO_DEFAULTS, **LOSS_WEIGHT_DEFAULTS},
+    "alkn": {**LOOP_DEFAULTS, **QUALITY_DEFAULTS, **NEGATION_DEFAULTS, **ALKN_DEFAULTS,
+             "alpha": AUTO},
+    "task_vector": {**LOOP_DEFAULTS, **QUALITY_DEFAULTS, **NEGATION_DEFAULTS},
+    "grad_ascent": {**LOOP_DEFAULTS, **QUALITY_DEFAULTS},
+    "grad_diff": {**LOOP_DEFAULTS, **QUALITY_DEFAULTS, **LOSS_WEIGHT_DEFAULTS},
+    "npo": {**LOOP_DEFAULTS, **QUALITY_DEFAULTS, **NPO_DEFAULTS},
+    "npo_gd": {**LOOP_DEFAULTS, **QUALITY_DEFAULTS, **NPO_DEFAULTS, **LOSS_WEIGHT_DEFAULTS},
 }
 # Methods that cannot run without a retain set.
 NEEDS_RETAIN = frozenset({"alkn", "grad_diff", "npo_gd"})
@@ -77,7 +83,7 @@ POSITIVE = {"lr", "epochs", "batch_size", "grad_accum", "max_length", "alpha", "
             "target_forget_prob", "target_forget_ratio", "alpha_max", "calibration_evals"}
 # Parameters in [0, 1].
 FRACTIONS = {"warmup_ratio", "unmask_ratio", "low_lr_ratio", "trim_ratio",
-             "target_forget_prob", "target_forget_ratio"}
+             "target_forget_prob", "target_forget_ratio", "utility_floor"}
 # Numbers that may also be the string "auto" (their default may be either).
 AUTO_OR_NUMBER = {"alpha"}
 # Numbers that may be null (= not set; the default is None).
