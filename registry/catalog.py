@@ -21,6 +21,7 @@ import uuid
 import zlib
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -260,8 +261,9 @@ def _publish(session: Session, store: ArtifactStore, src: Path, key: str,
              max_files: int | None = None) -> list[FileInfo]:
     _remember_published(session, key)  # before: a failed publish may leave a partial copy
     try:
-        if max_files is not None:
-            check_file_count(sum(1 for _ in regular_files(src)), max_files)
+        if max_files is not None:  # counted up to the first file past the bound
+            check_file_count(sum(1 for _ in islice(regular_files(src), max_files + 1)),
+                             max_files)
         files = store.publish_dir(src, key)
     except ValueError as e:  # scan_dir refuses links and special files
         raise Invalid(f"the model directory holds something other than regular files: {e}"
