@@ -8,6 +8,7 @@ import hashlib
 import shutil
 import tarfile
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,11 @@ from ..pagination import PageDep, paginate
 from ..revocation import RevocationWatch
 from ..schemas import AliasIn, AliasOut, Page, VersionOut, VersionSummaryOut, problems
 
-# A local file is read this much per thread hand-off (two such reads in flight at most).
+# A local file is read this much per thread hand-off (two such reads in flight at most)...
 FILE_READ = 4 * CHUNK
+# ...unless sending one took longer than this: a slow reader then gets CHUNK reads, so that
+# it holds two CHUNKs of the server's memory rather than two FILE_READs.
+SLOW_SEND_S = 1.0
 
 router = APIRouter(prefix="/v1/models/{name}", tags=["versions"], responses=problems(401, 404))
 
@@ -278,12 +282,14 @@ async def read_ahead(chunks: Iterator[bytes]) -> AsyncIterator[bytes | memoryvie
     a thread, the next one while the current chunk is being sent, so disk (or S3) and socket
     work at the same time. A local file (`read(n)`) is read `FILE_READ` bytes per thread
     hand-off and sent in CHUNK slices: a hand-off per 1 MB chunk cost more CPU than
-    sending it."""
+    sending it. A client that took more than SLOW_SEND_S to take one such read gets CHUNK
+    reads from then on (it holds 2 MB of memory, not 8)."""
     read = getattr(chunks, "read", None)
+    size = FILE_READ
 
     def fetch() -> bytes | None:
         if read is not None:
-            return read(FILE_READ) or None  # b"": the end
+            return read(size) or None  # b"": the end
         return next(chunks, None)
 
     pending: asyncio.Future[bytes | None] = asyncio.ensure_future(run_in_threadpool(fetch))
@@ -294,9 +300,13 @@ async def read_ahead(chunks: Iterator[bytes]) -> AsyncIterator[bytes | memoryvie
                 if data:  # an iterator may yield b"" (a tar member's empty padding)
                     yield data
                 continue
+            started = time.monotonic()
             view = memoryview(data)
             for i in range(0, len(data), CHUNK):
                 yield view[i:i + CHUNK]
+            del view, data  # not held while the next read is awaited
+            if time.monotonic() - started > SLOW_SEND_S:
+                size = CHUNK
     finally:  # client gone or stream done: let the read in flight finish, then close
         await asyncio.gather(pending, return_exceptions=True)
         close = getattr(chunks, "close", None)
