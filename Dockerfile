@@ -24,4 +24,6 @@ RUN pip install . && useradd --create-home --uid 1000 alkn && mkdir -p /data \
 USER alkn
 VOLUME ["/data"]
 EXPOSE 8000
-CMD ["uvicorn", "api.app:app", "--host", "0.0.0.0", "--port", "8000", "--workers", "4"]
+# The protocol bounds a request's line and headers (ALKN_MAX_HEADER_BYTES).
+CMD ["uvicorn", "api.app:app", "--host", "0.0.0.0", "--port", "8000", "--workers", "4", \
+     "--http", "api.http_protocol:BoundedHttpToolsProtocol"]

@@ -15,6 +15,8 @@ from typing import Any
 from alkn_client import cli_commands
 
 DEMO_MODEL = "demo"
+# Bounds a request's line and headers (ALKN_MAX_HEADER_BYTES); the Dockerfile names it too.
+HTTP_PROTOCOL = "api.http_protocol:BoundedHttpToolsProtocol"
 # A 3.7M-parameter model needs a far larger lr than a 7B one (README, bench/lr_probe.py).
 DEMO_DEFAULT_PARAMS: dict[str, Any] = {"lr": 2e-3, "epochs": 5, "batch_size": 8,
                                        "grad_accum": 1, "max_length": 128}
@@ -110,8 +112,10 @@ def serve(host: str, port: int) -> int:
     # JSON: uvicorn's own loggers propagate to the root handler set up just above.
     log_config: Any = None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG
     try:
+        # The protocol bounds a request's head (httptools has no bound of its own).
         uvicorn.run("api.app:app", host=host, port=port, log_level="info",
-                    log_config=log_config)
+                    log_config=log_config, http=HTTP_PROTOCOL,
+                    h11_max_incomplete_event_size=settings.max_header_bytes)
     finally:
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGTERM)

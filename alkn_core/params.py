@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .quoting import quoted
+
 DEFAULT_QA_TEMPLATE = "Question: {question}\nAnswer: {answer}"
 
 # Shared by every method: the training loop.
@@ -108,7 +110,7 @@ def _check_type(name: str, value: Any, default: Any) -> Any:
         if isinstance(value, str):
             if value != AUTO:
                 raise ValueError(f"param {name!r} must be {AUTO!r} or a number > 0, "
-                                 f"got {value!r}")
+                                 f"got {quoted(value)}")
             return value
         default = 1.0  # then checked as a number
     if name in OPTIONAL_NUMBERS:
@@ -117,24 +119,24 @@ def _check_type(name: str, value: Any, default: Any) -> Any:
         default = 1.0
     if isinstance(default, bool):
         if not isinstance(value, bool):
-            raise ValueError(f"param {name!r} must be a boolean, got {value!r}")
+            raise ValueError(f"param {name!r} must be a boolean, got {quoted(value)}")
         return value
     if isinstance(default, int):
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 return int(value)
-            raise ValueError(f"param {name!r} must be an integer, got {value!r}")
+            raise ValueError(f"param {name!r} must be an integer, got {quoted(value)}")
         return value
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"param {name!r} must be a number, got {value!r}")
+            raise ValueError(f"param {name!r} must be a number, got {quoted(value)}")
         value = float(value)
         if value != value or value in (float("inf"), float("-inf")):
-            raise ValueError(f"param {name!r} must be finite, got {value!r}")
+            raise ValueError(f"param {name!r} must be finite, got {quoted(value)}")
         return value
     if isinstance(default, str):
         if not isinstance(value, str):
-            raise ValueError(f"param {name!r} must be a string, got {value!r}")
+            raise ValueError(f"param {name!r} must be a string, got {quoted(value)}")
         return value
     raise AssertionError(f"no type rule for {name}")
 
@@ -151,13 +153,13 @@ def resolve_params(defaults: dict[str, Any], params: dict[str, Any] | None) -> d
         raise ValueError(f"params must be a mapping, got {type(params).__name__}")
     unknown = sorted(set(params) - set(defaults))
     if unknown:
-        raise ValueError(f"unknown param(s) {', '.join(map(repr, unknown))}; "
+        raise ValueError(f"unknown param(s) {', '.join(map(quoted, unknown[:5]))}; "
                          f"allowed: {', '.join(sorted(defaults))}")
     out = dict(defaults)
     for name, value in params.items():
         value = _check_type(name, value, defaults[name])
         if name in CHOICES and value not in CHOICES[name]:
-            raise ValueError(f"param {name!r} must be one of {CHOICES[name]}, got {value!r}")
+            raise ValueError(f"param {name!r} must be one of {CHOICES[name]}, got {quoted(value)}")
         if isinstance(value, str) and len(value) > MAX_TEMPLATE_CHARS:
             raise ValueError(f"param {name!r} must be at most {MAX_TEMPLATE_CHARS} characters, "
                              f"got {len(value)}")
@@ -165,13 +167,13 @@ def resolve_params(defaults: dict[str, Any], params: dict[str, Any] | None) -> d
             out[name] = value
             continue
         if name in POSITIVE and value <= 0:
-            raise ValueError(f"param {name!r} must be > 0, got {value!r}")
+            raise ValueError(f"param {name!r} must be > 0, got {quoted(value)}")
         if value < 0:
-            raise ValueError(f"param {name!r} must be >= 0, got {value!r}")
+            raise ValueError(f"param {name!r} must be >= 0, got {quoted(value)}")
         if name in FRACTIONS and value > 1:
-            raise ValueError(f"param {name!r} must be <= 1, got {value!r}")
+            raise ValueError(f"param {name!r} must be <= 1, got {quoted(value)}")
         if name in MAXIMA and value > MAXIMA[name]:
-            raise ValueError(f"param {name!r} must be <= {MAXIMA[name]!r}, got {value!r}")
+            raise ValueError(f"param {name!r} must be <= {MAXIMA[name]!r}, got {quoted(value)}")
         out[name] = value
     template = out.get("qa_template")
     if template is not None and not (0 <= template.find("{question}") < template.find("{answer}")):
@@ -182,5 +184,5 @@ def resolve_params(defaults: dict[str, Any], params: dict[str, Any] | None) -> d
 def method_params(method: str, params: dict[str, Any] | None) -> dict[str, Any]:
     """The full, validated parameter set of a method (ValueError names a bad key)."""
     if method not in METHOD_DEFAULTS:
-        raise ValueError(f"unknown method {method!r}; one of {', '.join(METHOD_DEFAULTS)}")
+        raise ValueError(f"unknown method {quoted(method)}; one of {', '.join(METHOD_DEFAULTS)}")
     return resolve_params(METHOD_DEFAULTS[method], dict(params or {}))

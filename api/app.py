@@ -26,6 +26,7 @@ from registry.telemetry import configure_logging
 from . import dashboard, errors, metrics
 from .auth import ensure_bootstrap_key
 from .read_cache import ReadCache
+from .revocation import RevocationWatch
 from .routes import health, jobs, models, requests, versions
 
 log = logging.getLogger("api")
@@ -97,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.db_url = settings.resolved_database_url
     app.state.store = None  # opened by the lifespan (or lazily by api.deps.get_store)
     app.state.read_cache = ReadCache()  # live only while the lifespan's change feed is
+    app.state.revocations = RevocationWatch(app.state.db_url)
     errors.install(app, settings.max_json_bytes, settings.max_upload_bytes,
                    versions.is_upload_path)
     for module in (health, models, versions, requests, jobs):

@@ -288,6 +288,11 @@ class BodyLimitMiddleware:
         await self.app(scope, counting_receive, send)
 
 
+class ResponseCut(Exception):
+    """Raised from a streaming body to end it on purpose before its Content-Length (a
+    download of a version revoked meanwhile): the server closes the connection."""
+
+
 class CatchAllMiddleware:
     """Any exception that escapes the handlers becomes a plain 500 problem (logged here),
     unless the response had already started (then the connection is cut)."""
@@ -311,8 +316,12 @@ class CatchAllMiddleware:
             await self.app(scope, receive, tracking_send)
         except Exception as exc:
             if started:
-                log.error("error after the response started on %s %s", scope.get("method"),
-                          scope.get("path"), exc_info=exc)
+                if isinstance(exc, ResponseCut):
+                    log.warning("response cut on %s %s: %s", scope.get("method"),
+                                scope.get("path"), exc)
+                else:
+                    log.error("error after the response started on %s %s",
+                              scope.get("method"), scope.get("path"), exc_info=exc)
                 raise
             if isinstance(exc, BodyTooLarge):  # raised outside FastAPI's handlers
                 await _send_problem(send, 413, str(exc.detail), {"Connection": "close"})

@@ -9,6 +9,7 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
+import pydantic
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 
 from alkn_core.params import DEFAULT_QA_TEMPLATE, METHOD_DEFAULTS
@@ -32,6 +33,10 @@ MAX_SET_ITEMS = 100_000
 MAX_EVAL_SETS = 64
 MAX_STRING_CHARS = 100_000  # any string in items and params
 MAX_PERTURBED = 64
+MAX_KEY_CHARS = 256  # any key of an object in items and params
+# Nesting of items and params (pydantic cannot serialise past 255 levels; a flat item or
+# param set needs 2 or 3).
+MAX_JSON_DEPTH = 32
 
 # NUL (PostgreSQL text cannot hold it), the other C0 controls but tab/newline/CR, DEL, C1
 # controls, and unpaired surrogates (not encodable as UTF-8). Bidi marks (U+200E/F,
@@ -67,11 +72,14 @@ def _clean_text(value: str) -> str:
 
 def _clean_json(value: Any) -> Any:
     """Every key and string of a JSON value (items, params) is clean text, every number
-    finite (NaN and Infinity are not JSON: PostgreSQL refuses them). Iterative, so nesting
-    depth is bounded only by the body limit; the message never echoes the input."""
-    stack: list[Any] = [value]
+    finite (NaN and Infinity are not JSON: PostgreSQL refuses them), every key at most
+    MAX_KEY_CHARS long and the nesting at most MAX_JSON_DEPTH deep. Iterative, so a deep
+    value is refused without recursion; the message never echoes the input."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
-        node = stack.pop()
+        node, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH and isinstance(node, dict | list):
+            raise ValueError(f"values must be nested at most {MAX_JSON_DEPTH} levels deep")
         if isinstance(node, str):
             if _BAD_CHARS.search(node):
                 raise ValueError(f"strings {_BAD_TEXT}")
@@ -83,9 +91,11 @@ def _clean_json(value: Any) -> Any:
         elif isinstance(node, dict):
             if any(_BAD_CHARS.search(k) for k in node):
                 raise ValueError(f"keys {_BAD_TEXT}")
-            stack.extend(node.values())
+            if any(len(k) > MAX_KEY_CHARS for k in node):
+                raise ValueError(f"keys must be at most {MAX_KEY_CHARS} characters")
+            stack.extend((v, depth + 1) for v in node.values())
         elif isinstance(node, list):
-            stack.extend(node)
+            stack.extend((v, depth + 1) for v in node)
     return value
 
 
@@ -112,7 +122,7 @@ ITEM_JSON_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": '{"question", "answer"} (optionally "paraphrased_answer" and '
                    '"perturbed_answer": [...]) or {"text"}',
-    "propertyNames": {"pattern": CLEAN_PATTERN},
+    "propertyNames": {"pattern": CLEAN_PATTERN, "maxLength": MAX_KEY_CHARS},
     "properties": {"text": _NON_BLANK, "question": _NON_BLANK, "answer": _NON_BLANK,
                    "paraphrased_answer": _CLEAN,
                    "perturbed_answer": {"type": "array", "items": _CLEAN,
@@ -122,7 +132,8 @@ ITEM_JSON_SCHEMA: dict[str, Any] = {
 
 Text = Annotated[str, AfterValidator(_clean_text), _Publish(pattern=CLEAN_PATTERN)]
 JsonObject = Annotated[dict[str, Any], AfterValidator(_clean_json),
-                       _Publish(propertyNames={"pattern": CLEAN_PATTERN})]
+                       _Publish(propertyNames={"pattern": CLEAN_PATTERN,
+                                               "maxLength": MAX_KEY_CHARS})]
 Item = Annotated[dict[str, Any], AfterValidator(_clean_json), AfterValidator(_check_item_extras),
                  WithJsonSchema(ITEM_JSON_SCHEMA)]
 ItemSet = Annotated[list[Item], Field(max_length=MAX_SET_ITEMS)]
@@ -229,6 +240,16 @@ class VersionOut(_Out):
     revoked_at: UtcDatetime | None = None
 
 
+# A version in a list: every field of VersionOut but `files` (a version may hold
+# ALKN_MAX_VERSION_FILES of them; GET .../versions/{ref} has them).
+VersionSummaryOut = pydantic.create_model(
+    "VersionSummaryOut", __base__=_Out,
+    __doc__="A version as listed: without `files` (GET /v1/models/{name}/versions/{ref} "
+            "has them).",
+    **{name: (field.annotation, field) for name, field in VersionOut.model_fields.items()
+       if name != "files"})
+
+
 class AliasIn(_In):
     version: int = Field(ge=1, le=MAX_VERSION)
 
@@ -326,6 +347,8 @@ class JobEventOut(_Out):
     stage: str
     message: str
     data: dict[str, Any]
+    id: int | None = Field(default=None, description="the event's number within its job: "
+                                                     "1, 2, 3, ...")
 
 
 RequestStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]

@@ -134,6 +134,7 @@ def main() -> int:
         if shutil.which(tool) is None:
             raise SystemExit(f"bench/api.py needs {tool} (Debian: apt-get install {tool})")
     from tests.services import (
+        HTTP_PROTOCOL,
         drop_pg_database,
         free_port,
         fresh_pg_database,
@@ -170,7 +171,8 @@ def main() -> int:
     port = free_port()
     server = start_process(["-m", "uvicorn", "bench.api_app:app", "--host", "127.0.0.1",
                             "--port", str(port), "--workers", str(args.workers),
-                            "--log-level", "warning", "--no-access-log"], env, tmp / "api.log")
+                            "--log-level", "warning", "--no-access-log",
+                            "--http", HTTP_PROTOCOL], env, tmp / "api.log")
     base = f"http://127.0.0.1:{port}"
     auth = {"Authorization": f"Bearer {KEY}"}
     try:

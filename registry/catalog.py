@@ -21,6 +21,7 @@ import uuid
 import zlib
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -29,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from alkn_core.items import validate_items
 from alkn_core.params import DEFAULT_QA_TEMPLATE, METHOD_DEFAULTS, resolve_params
+from alkn_core.quoting import quoted
 
 from .models import Alias, Job, Model, Version, utcnow
 from .store import CHUNK, ArtifactStore, FileInfo, LocalStore, regular_files, safe_relpath
@@ -204,10 +206,10 @@ def _short_id() -> str:
 def get_model(session: Session, tenant_id: str, name: str) -> Model:
     # A name no model can have is not looked up (a NUL byte would be a database error).
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise NotFound(f"model {name!r} not found")
+        raise NotFound(f"model {quoted(name)} not found")
     model = session.scalar(select(Model).where(Model.tenant_id == tenant_id, Model.name == name))
     if model is None:
-        raise NotFound(f"model {name!r} not found")
+        raise NotFound(f"model {quoted(name)} not found")
     return model
 
 
@@ -221,12 +223,14 @@ def register_model(session: Session, store: ArtifactStore, tenant_id: str, name:
                    default_params: dict[str, Any] | None = None,
                    retain_set: list[Any] | None = None, holdout_set: list[Any] | None = None,
                    eval_sets: dict[str, Any] | None = None, *,
-                   allowed_roots: Sequence[Path] | None = None) -> Model:
+                   allowed_roots: Sequence[Path] | None = None,
+                   max_files: int | None = None) -> Model:
     """A new model; its source directory (if any) is copied into the store as version 1.
 
     `allowed_roots` (the API passes settings.source_roots) restricts where the source may
-    lie; None trusts the caller (the CLI registering the bundled demo model). Without a
-    source the model has no version until one is uploaded.
+    lie; None trusts the caller (the CLI registering the bundled demo model). A source of
+    more than `max_files` files is TooLarge. Without a source the model has no version until
+    one is uploaded.
     """
     check_name(name)
     defaults = validate_default_params(default_params, qa_template)
@@ -247,15 +251,19 @@ def register_model(session: Session, store: ArtifactStore, tenant_id: str, name:
     session.add(model)
     if src is not None:
         key = f"{model.id}/v1-{_short_id()}"
-        files = _publish(session, store, src, key)
+        files = _publish(session, store, src, key, max_files)
         session.add(_root_version(model, 1, key, files))
     session.flush()
     return model
 
 
-def _publish(session: Session, store: ArtifactStore, src: Path, key: str) -> list[FileInfo]:
+def _publish(session: Session, store: ArtifactStore, src: Path, key: str,
+             max_files: int | None = None) -> list[FileInfo]:
     _remember_published(session, key)  # before: a failed publish may leave a partial copy
     try:
+        if max_files is not None:  # counted up to the first file past the bound
+            check_file_count(sum(1 for _ in islice(regular_files(src), max_files + 1)),
+                             max_files)
         files = store.publish_dir(src, key)
     except ValueError as e:  # scan_dir refuses links and special files
         raise Invalid(f"the model directory holds something other than regular files: {e}"
@@ -277,8 +285,19 @@ def _root_version(model: Model, number: int, key: str, files: list[FileInfo]) ->
 # --------------------------------------------------------------------------------------------
 
 
+def check_file_count(count: int, max_files: int) -> None:
+    """A version holds at most `max_files` files (ALKN_MAX_VERSION_FILES): its file list is
+    part of every answer about it."""
+    if count > max_files:
+        raise TooLarge(f"a version may hold at most {max_files} files")
+
+
 def _member_path(name: str) -> str:
     """The member's path relative to the archive root; "" for the root itself."""
+    try:  # tarfile decodes a name that is not UTF-8 with surrogate escapes
+        name.encode()
+    except UnicodeEncodeError:
+        raise Invalid(f"path in archive is not UTF-8: {quoted(name)}") from None
     rel = name
     while rel.startswith("./"):  # `tar -C dir .` writes ./config.json
         rel = rel[2:]
@@ -288,10 +307,10 @@ def _member_path(name: str) -> str:
     try:
         rel = safe_relpath(rel)
     except ValueError:
-        raise Invalid(f"unsafe path in archive: {name[:200]!r}") from None
+        raise Invalid(f"unsafe path in archive: {quoted(name)}") from None
     # What the filesystem would refuse with ENAMETOOLONG (an error of ours, not a 4xx).
     if len(rel.encode()) > MAX_MEMBER_PATH or any(len(p.encode()) > 255 for p in rel.split("/")):
-        raise Invalid(f"path in archive too long: {name[:200]!r}...")
+        raise Invalid(f"path in archive too long: {quoted(name)}")
     return rel
 
 
@@ -347,10 +366,12 @@ def _decompressed(raw: BinaryIO) -> BinaryIO:
     return raw
 
 
-def extract_tar(archive: Path, dest: Path, max_bytes: int | None = None) -> None:
+def extract_tar(archive: Path, dest: Path, max_bytes: int | None = None,
+                max_files: int | None = None) -> None:
     """Extract regular files and directories only; absolute paths, '..', links, devices and
     duplicates are refused (Invalid); more than `max_bytes` of content, or an archive that
-    decompresses to much more than that, is TooLarge (a decompression bomb)."""
+    decompresses to much more than that, is TooLarge (a decompression bomb), and so is a
+    file past the first `max_files` (before it is written)."""
     total = 0
     seen: set[str] = set()
     # Content plus the headers and padding of the most members an archive may have.
@@ -370,11 +391,13 @@ def extract_tar(archive: Path, dest: Path, max_bytes: int | None = None) -> None
                     target.mkdir(parents=True, exist_ok=True)
                     continue
                 if not member.isreg() or member.issparse() or rel == "":
-                    raise Invalid(f"archive entry {rel!r} is not a regular file or directory "
+                    raise Invalid(f"archive entry {quoted(rel)} is not a regular file or directory "
                                   "(links and devices are refused)")
                 if rel in seen:
-                    raise Invalid(f"archive holds {rel!r} twice")
+                    raise Invalid(f"archive holds {quoted(rel)} twice")
                 seen.add(rel)
+                if max_files is not None:
+                    check_file_count(len(seen), max_files)
                 total += member.size
                 if max_bytes is not None and total > max_bytes:  # before writing any of it
                     raise TooLarge(f"archive content exceeds {max_bytes} bytes")
@@ -403,16 +426,17 @@ def _model_root(extracted: Path) -> Path:
 
 
 def register_upload(session: Session, store: ArtifactStore, model: Model, archive: Path, *,
-                    max_bytes: int | None = None) -> Version:
-    """A new root version (no parent) of `model` from a .tar / .tar.gz file."""
+                    max_bytes: int | None = None, max_files: int | None = None) -> Version:
+    """A new root version (no parent) of `model` from a .tar / .tar.gz file (at most
+    `max_bytes` of content in at most `max_files` files)."""
     # Extracted on the store's filesystem when local, so publishing is a rename.
     staging = store.staging_dir() if isinstance(store, LocalStore) else \
         Path(tempfile.mkdtemp(prefix="alkn-upload-"))
     try:
-        extract_tar(archive, staging, max_bytes)
+        extract_tar(archive, staging, max_bytes, max_files)
         root = _model_root(staging)
         key = f"{model.id}/root-{uuid.uuid4().hex[:12]}"
-        files = _publish(session, store, root, key)
+        files = _publish(session, store, root, key, max_files)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # gone already when published by rename
     # The number is taken under the model lock, after the slow part.
@@ -464,7 +488,7 @@ def resolve_version(session: Session, model: Model, ref: str | int) -> Version:
                                                         Alias.name == ref)) \
         if ALIAS_RE.fullmatch(ref) else None
     if number is None:
-        raise NotFound(f"model {model.name!r} has no version or alias {ref!r}")
+        raise NotFound(f"model {model.name!r} has no version or alias {quoted(ref)}")
     return get_version(session, model, number)
 
 
@@ -512,7 +536,7 @@ def set_alias(session: Session, model: Model, alias: str, number: int) -> Alias:
 def delete_alias(session: Session, model: Model, alias: str) -> None:
     row = session.get(Alias, (model.id, alias)) if ALIAS_RE.fullmatch(alias) else None
     if row is None:
-        raise NotFound(f"model {model.name!r} has no alias {alias!r}")
+        raise NotFound(f"model {model.name!r} has no alias {quoted(alias)}")
     session.delete(row)
     session.flush()
 
@@ -560,8 +584,11 @@ def version_evaluation(version: Version) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def version_dict(version: Version, model_name: str | None = None) -> dict[str, Any]:
-    return {
+def version_dict(version: Version, model_name: str | None = None, *,
+                 files: bool = True) -> dict[str, Any]:
+    """A version as API.md shows it; `files=False` (lists) leaves the file list out and
+    does not read it."""
+    out = {
         "model": model_name,
         "version": version.number,
         "status": version.status,
@@ -570,12 +597,15 @@ def version_dict(version: Version, model_name: str | None = None) -> dict[str, A
         "forget_request_ids": list(version.forget_request_ids or []),
         "method": version.method,
         "size_bytes": version.size_bytes,
-        "files": list(version.files or []),
+        "files": list(version.files or []) if files else None,
         "metrics": version.metrics,
         "has_state": version.has_state,
         "created_at": as_utc(version.created_at),
         "revoked_at": as_utc(version.revoked_at),
     }
+    if not files:
+        del out["files"]
+    return out
 
 
 def model_dict(model: Model, latest_version: int | None,

@@ -217,7 +217,11 @@ def _earlier_tasks(s: Session, model_id: str, base: Version) -> dict[int, list[d
 
 def _event(s: Session, job_id: str, stage: str, message: str,
            data: dict[str, Any] | None = None) -> None:
-    s.add(JobEvent(job_id=job_id, stage=stage, message=message, data=data or {}))
+    # Numbered within the job: the job's row lock (usually held already) orders the
+    # writers of one job's events, and the max is read after it.
+    s.execute(select(Job.id).where(Job.id == job_id).with_for_update())
+    seq = (s.scalar(select(func.max(JobEvent.seq)).where(JobEvent.job_id == job_id)) or 0) + 1
+    s.add(JobEvent(job_id=job_id, seq=seq, stage=stage, message=message, data=data or {}))
 
 
 def _mark_succeeded(s: Session, job: Job, version: Version,

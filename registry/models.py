@@ -165,9 +165,13 @@ class Job(Base):
 
 class JobEvent(Base):
     __tablename__ = "job_events"
+    __table_args__ = (Index("ix_job_events_job_seq", "job_id", "seq", unique=True),)
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
                                     primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    # The event's number within its job (1, 2, ...): the id the API shows; `id` is one
+    # sequence over every tenant's jobs and stays internal.
+    seq: Mapped[int] = mapped_column(Integer)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     stage: Mapped[str] = mapped_column(String(32))
     message: Mapped[str] = mapped_column(Text, default="")

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, defer
 
 from alkn_core.items import validate_items
 from alkn_core.params import METHOD_DEFAULTS, NEEDS_RETAIN, method_params
+from alkn_core.quoting import quoted
 
 from .catalog import (
     Conflict,
@@ -47,7 +48,7 @@ def effective_params(model: Model, method: str, params: dict[str, Any] | None) -
     """The full parameter set a job uses: method defaults < the model's defaults (the keys
     this method knows) < the model's qa_template < the request's params."""
     if method not in METHOD_DEFAULTS:
-        raise Invalid(f"unknown method {method!r}; one of {', '.join(METHOD_DEFAULTS)}",
+        raise Invalid(f"unknown method {quoted(method)}; one of {', '.join(METHOD_DEFAULTS)}",
                       loc=["body", "method"])
     known = METHOD_DEFAULTS[method]
     # The precedence of registry.jobs.resolve_request_params (what the worker runs).
@@ -100,11 +101,11 @@ def submit_forget_request(session: Session, tenant_id: str, model: Model, items:
 
 def get_request(session: Session, tenant_id: str, request_id: str) -> ForgetRequest:
     if not is_id(request_id):
-        raise NotFound(f"forget request {request_id!r} not found")
+        raise NotFound(f"forget request {quoted(request_id)} not found")
     req = session.scalar(select(ForgetRequest).where(ForgetRequest.id == request_id,
                                                      ForgetRequest.tenant_id == tenant_id))
     if req is None:
-        raise NotFound(f"forget request {request_id!r} not found")
+        raise NotFound(f"forget request {quoted(request_id)} not found")
     return req
 
 
@@ -127,10 +128,10 @@ def request_view(conn: Connection | Session, tenant_id: str, request_id: str
     """GET /v1/forget-requests/{id} in one statement and without ORM objects (clients poll
     it): the request's columns but its items, its model's name, its job's base version."""
     if not is_id(request_id):
-        raise NotFound(f"forget request {request_id!r} not found")
+        raise NotFound(f"forget request {quoted(request_id)} not found")
     row = conn.execute(_VIEW, {"request_id": request_id, "tenant_id": tenant_id}).first()
     if row is None:
-        raise NotFound(f"forget request {request_id!r} not found")
+        raise NotFound(f"forget request {quoted(request_id)} not found")
     out = request_dict(row, row.model_name)  # a Row reads like the ORM object here
     if out["base_version"] is None:
         out["base_version"] = row.job_base
@@ -207,10 +208,10 @@ def requests_query(tenant_id: str, model_id: str | None = None,
 
 def get_job(session: Session, tenant_id: str, job_id: str) -> Job:
     if not is_id(job_id):
-        raise NotFound(f"job {job_id!r} not found")
+        raise NotFound(f"job {quoted(job_id)} not found")
     job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
     if job is None:
-        raise NotFound(f"job {job_id!r} not found")
+        raise NotFound(f"job {quoted(job_id)} not found")
     return job
 
 
@@ -323,5 +324,5 @@ def job_dicts(session: Session, jobs: Sequence[Job]) -> list[dict[str, Any]]:
 
 
 def event_dict(event: JobEvent) -> dict[str, Any]:
-    return {"id": event.id, "at": as_utc(event.at), "stage": event.stage,
+    return {"id": event.seq, "at": as_utc(event.at), "stage": event.stage,
             "message": event.message, "data": dict(event.data or {})}

@@ -26,6 +26,12 @@ class Settings(BaseSettings):
     bootstrap_api_key: str | None = None
     max_json_bytes: int = 32 * 2**20
     max_upload_bytes: int = 8 * 2**30
+    max_version_files: int = Field(
+        default=10_000, ge=1, description="most files a version may hold (uploads and "
+        "registrations past it answer 413, before anything is published)")
+    max_header_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="most bytes of a request's line and headers; "
+        "past it the server answers 400 and closes the connection, before the app sees it")
     queue: str = "gpu"
     lease_seconds: int = 120
     dispatch_interval: float = 0.5

@@ -25,6 +25,7 @@ PG_ADMIN = os.environ.get("ALKN_TEST_PG_ADMIN",
                           "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("ALKN_TEST_REDIS", "redis://127.0.0.1:6379")
 ROOT = Path(__file__).resolve().parent.parent
+HTTP_PROTOCOL = "api.http_protocol:BoundedHttpToolsProtocol"  # as the Dockerfile serves
 
 
 def fresh_pg_database() -> str:
@@ -138,7 +139,7 @@ def api_and_worker(env: dict[str, str], home: Path, pool: list[str]
     process) once the API answers; stops both and prints their logs' tails afterwards."""
     port = free_port()
     api = start_process(["-m", "uvicorn", "api.app:app", "--host", "127.0.0.1", "--port",
-                         str(port)], env, home / "api.log")
+                         str(port), "--http", HTTP_PROTOCOL], env, home / "api.log")
     worker = start_process(["-m", "celery", "-A", "worker.app", "worker", "-Q",
                             env["ALKN_QUEUE"], *pool, "-l", "info"], env, home / "worker.log")
     try:

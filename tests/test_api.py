@@ -647,7 +647,8 @@ def test_jobs_and_events(client: TestClient, model: str, pg_url: str, other_key:
         s.add(job)
         s.flush()
         for i, stage in enumerate(["loading", "probing", "training"]):
-            s.add(JobEvent(job_id=job.id, stage=stage, message=f"m{i}", data={"i": i}))
+            s.add(JobEvent(job_id=job.id, seq=i + 1, stage=stage, message=f"m{i}",
+                           data={"i": i}))
         job_id = job.id
     j = client.get(f"/v1/jobs/{job_id}").json()
     assert j["model"] == model and j["status"] == "running" and j["forget_request_ids"] == [rid]

@@ -112,7 +112,9 @@ def test_three_requests_lineage_and_downloads(service: httpx.Client, trained_dir
         assert {"loading", "training", "saving"} <= set(stages)
 
     # The archive of v4 unpacks to the listed files and loads with from_pretrained.
-    listing = {f["path"]: f for f in versions[4]["files"]}
+    # (lists leave `files` out: the version's own GET has them)
+    listing = {f["path"]: f for f in client.get("/v1/models/tiny/versions/4",
+                                                headers=AUTH).json()["files"]}
     with client.stream("GET", "/v1/models/tiny/versions/4/archive", headers=AUTH) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("application/x-tar")

@@ -59,7 +59,7 @@ def _known_ids(world: ApiWorld) -> dict[str, list[str]]:
                             "fraction": 0.25})
         s.add(job)
         s.flush()
-        s.add(JobEvent(job_id=job.id, stage="loading", message="loading", data={"n": 1}))
+        s.add(JobEvent(job_id=job.id, seq=1, stage="loading", message="loading", data={"n": 1}))
         job_id = job.id
     return {"name": [model], "ref": ["1", "latest", "prod"], "alias": ["prod", "staging"],
             "path": ["config.json", "model.safetensors"], "request_id": [request_id],

@@ -124,7 +124,7 @@ def _own_objects(world: ApiWorld, ref: str) -> Owned:
                   method="npo", base_version=1, forget_request_ids=[req.id])
         s.add(job)
         s.flush()
-        s.add(JobEvent(job_id=job.id, stage="done", message="done", data={}))
+        s.add(JobEvent(job_id=job.id, seq=1, stage="done", message="done", data={}))
         version = s.scalars(sa.select(Version).where(Version.model_id == req.model_id)).one()
         version.metrics = {"forget": {"rouge_l": 0.1}}
         job_id = job.id

@@ -36,8 +36,9 @@ def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> dict[str, An
 @router.get("/{job_id}/events", response_model=Page[JobEventOut], responses=problems(422))
 def list_events(job_id: str, session: SessionDep, tenant: TenantDep,
                 page: PageDep) -> dict[str, Any]:
-    """The job's progress events, oldest first (a list page like every other list)."""
+    """The job's progress events, oldest first (a list page like every other list); an
+    event's `id` is its number within the job (1, 2, ...)."""
     job = forget.get_job(session, tenant, job_id)
     rows, next_cursor = paginate(session, forget.job_events_query(job), JobEvent.at,
-                                 JobEvent.id, page)
+                                 JobEvent.seq, page)
     return {"items": [forget.event_dict(e) for e in rows], "next_cursor": next_cursor}

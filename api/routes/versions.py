@@ -8,6 +8,7 @@ import hashlib
 import shutil
 import tarfile
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,10 @@ from urllib.parse import quote
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 from starlette.requests import ClientDisconnect
 
+from alkn_core.quoting import quoted
 from registry import catalog
 from registry.models import Version
 from registry.store import CHUNK, ArtifactStore, LocalStore
@@ -28,10 +30,14 @@ from ..auth import TenantDep
 from ..deps import SessionDep, SettingsDep, StoreDep
 from ..idempotency import Created, IdempotencyKey
 from ..pagination import PageDep, paginate
-from ..schemas import AliasIn, AliasOut, Page, VersionOut, problems
+from ..revocation import RevocationWatch
+from ..schemas import AliasIn, AliasOut, Page, VersionOut, VersionSummaryOut, problems
 
-# A local file is read this much per thread hand-off (two such reads in flight at most).
+# A local file is read this much per thread hand-off (two such reads in flight at most)...
 FILE_READ = 4 * CHUNK
+# ...unless sending one took longer than this: a slow reader then gets CHUNK reads, so that
+# it holds two CHUNKs of the server's memory rather than two FILE_READs.
+SLOW_SEND_S = 1.0
 
 router = APIRouter(prefix="/v1/models/{name}", tags=["versions"], responses=problems(401, 404))
 
@@ -54,13 +60,15 @@ def _version_out(version: Version, model_name: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-@router.get("/versions", response_model=Page[VersionOut], responses=problems(422))
+@router.get("/versions", response_model=Page[VersionSummaryOut], responses=problems(422))
 def list_versions(name: str, session: SessionDep, tenant: TenantDep,
                   page: PageDep) -> dict[str, Any]:
+    """Versions without their `files` (not even read from the database): a version may
+    hold ALKN_MAX_VERSION_FILES files; GET .../versions/{ref} lists them."""
     model = catalog.get_model(session, tenant, name)
-    rows, next_cursor = paginate(session, catalog.versions_query(model), Version.created_at,
-                                 Version.id, page)
-    return {"items": [catalog.version_dict(v, model.name) for v in rows],
+    query = catalog.versions_query(model).options(defer(Version.files))
+    rows, next_cursor = paginate(session, query, Version.created_at, Version.id, page)
+    return {"items": [catalog.version_dict(v, model.name, files=False) for v in rows],
             "next_cursor": next_cursor}
 
 
@@ -103,7 +111,8 @@ async def upload_version(name: str, request: Request, session: SessionDep, store
 
         def create() -> Created:
             version = catalog.register_upload(session, store, model, archive,
-                                              max_bytes=settings.max_upload_bytes)
+                                              max_bytes=settings.max_upload_bytes,
+                                              max_files=settings.max_version_files)
             return Created(201, _version_out(version, model.name), {
                 "Location": f"/v1/models/{model.name}/versions/{version.number}"})
 
@@ -123,11 +132,14 @@ def get_version(name: str, ref: str, session: SessionDep, tenant: TenantDep) -> 
 
 
 @router.post("/versions/{ref}:revoke", response_model=VersionOut, responses=problems(409))
-def revoke_version(name: str, ref: str, session: SessionDep, store: StoreDep,
-                   tenant: TenantDep) -> dict[str, Any]:
-    """Delete the version's files (and ALKN state) from the store; the row stays, revoked."""
+def revoke_version(name: str, ref: str, request: Request, session: SessionDep,
+                   store: StoreDep, tenant: TenantDep) -> dict[str, Any]:
+    """Delete the version's files (and ALKN state) from the store; the row stays, revoked.
+    Downloads of it still running are cut (at once in this process, within a second in
+    any other)."""
     model = catalog.get_model(session, tenant, name)
     version = catalog.revoke_version(session, store, model, ref)
+    _watch(request).mark_revoked(version.id)
     return catalog.version_dict(version, model.name)
 
 
@@ -165,17 +177,24 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
             or not (last.isdigit() or last == "") or (first == last == ""):
         return None
     if first == "":  # suffix: the last N bytes
-        length = int(last)
+        length = _byte_number(last)
         if length == 0 or size == 0:
             raise _Unsatisfiable
         return max(0, size - length), size - 1
-    start = int(first)
-    end = int(last) if last else size - 1
+    start = _byte_number(first)
+    end = _byte_number(last) if last else size - 1
     if last and end < start:
         return None
     if start >= size:
         raise _Unsatisfiable
     return start, min(end, size - 1)
+
+
+def _byte_number(digits: str) -> int:
+    """A byte position of a Range header: past 19 digits it is beyond any file (and int()
+    refuses strings of more than 4300 digits), so it counts as 10**19."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 19 else 10**19
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:
@@ -186,15 +205,20 @@ def _etag_matches(header: str | None, etag: str) -> bool:
 
 
 def _ready_file(session: Session, store: ArtifactStore, tenant: str, name: str, ref: str,
-                path: str) -> tuple[str, dict[str, Any]]:
+                path: str) -> tuple[Version, dict[str, Any]]:
     model = catalog.get_model(session, tenant, name)
     version = catalog.require_ready(catalog.resolve_version(session, model, ref))
     entry = next((f for f in version.files or [] if f["path"] == path), None)
     if entry is None:
-        raise catalog.NotFound(f"version {version.number} has no file {path!r}")
+        raise catalog.NotFound(f"version {version.number} has no file {quoted(path)}")
     if not store.exists(version.storage_key, path):  # revoked since the row was read
         raise catalog.Conflict(f"version {version.number} is no longer available")
-    return version.storage_key, entry
+    return version, entry
+
+
+def _watch(request: Request) -> RevocationWatch:
+    watch: RevocationWatch = request.app.state.revocations
+    return watch
 
 
 def _file_headers(entry: dict[str, Any]) -> dict[str, str]:
@@ -219,7 +243,7 @@ _FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
 def download_file(name: str, ref: str, path: str, request: Request, session: SessionDep,
                   store: StoreDep, tenant: TenantDep) -> Response:
     """One file of the version, streamed; `ETag` is its sha256; `Range` resumes."""
-    key, entry = _ready_file(session, store, tenant, name, ref, path)
+    version, entry = _ready_file(session, store, tenant, name, ref, path)
     size = int(entry["size"])
     headers = _file_headers(entry)
     if _etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
@@ -237,7 +261,9 @@ def download_file(name: str, ref: str, path: str, request: Request, session: Ses
         (start, end), status = rng, 206
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     headers["Content-Length"] = str(end - start + 1)
-    body = read_ahead(store.open_range(key, path, start, end)) if size else iter(())
+    body = _watch(request).guard(
+        read_ahead(store.open_range(version.storage_key, path, start, end)), version.id) \
+        if size else iter(())
     return StreamingResponse(body, status_code=status, headers=headers,
                              media_type="application/octet-stream")
 
@@ -256,12 +282,14 @@ async def read_ahead(chunks: Iterator[bytes]) -> AsyncIterator[bytes | memoryvie
     a thread, the next one while the current chunk is being sent, so disk (or S3) and socket
     work at the same time. A local file (`read(n)`) is read `FILE_READ` bytes per thread
     hand-off and sent in CHUNK slices: a hand-off per 1 MB chunk cost more CPU than
-    sending it."""
+    sending it. A client that took more than SLOW_SEND_S to take one such read gets CHUNK
+    reads from then on (it holds 2 MB of memory, not 8)."""
     read = getattr(chunks, "read", None)
+    size = FILE_READ
 
     def fetch() -> bytes | None:
         if read is not None:
-            return read(FILE_READ) or None  # b"": the end
+            return read(size) or None  # b"": the end
         return next(chunks, None)
 
     pending: asyncio.Future[bytes | None] = asyncio.ensure_future(run_in_threadpool(fetch))
@@ -272,9 +300,13 @@ async def read_ahead(chunks: Iterator[bytes]) -> AsyncIterator[bytes | memoryvie
                 if data:  # an iterator may yield b"" (a tar member's empty padding)
                     yield data
                 continue
+            started = time.monotonic()
             view = memoryview(data)
             for i in range(0, len(data), CHUNK):
                 yield view[i:i + CHUNK]
+            del view, data  # not held while the next read is awaited
+            if time.monotonic() - started > SLOW_SEND_S:
+                size = CHUNK
     finally:  # client gone or stream done: let the read in flight finish, then close
         await asyncio.gather(pending, return_exceptions=True)
         close = getattr(chunks, "close", None)
@@ -299,8 +331,8 @@ def _tar_stream(store: ArtifactStore, key: str, members: list[tuple[bytes, str, 
 @router.get("/versions/{ref}/archive", response_class=StreamingResponse,
             responses={200: {"description": "the version's directory as a tar",
                              "content": {"application/x-tar": _BINARY}}, **problems(409)})
-def download_archive(name: str, ref: str, session: SessionDep, store: StoreDep,
-                     tenant: TenantDep) -> Response:
+def download_archive(name: str, ref: str, request: Request, session: SessionDep,
+                     store: StoreDep, tenant: TenantDep) -> Response:
     """The whole directory as an uncompressed tar, built while streaming (files are read
     chunk by chunk, never whole); unpack it and load with from_pretrained."""
     model = catalog.get_model(session, tenant, name)
@@ -321,8 +353,9 @@ def download_archive(name: str, ref: str, session: SessionDep, store: StoreDep,
     filename = quote(f"{model.name}-v{version.number}.tar")
     headers = {"Content-Length": str(length),
                "Content-Disposition": f"attachment; filename*=UTF-8''{filename}"}
-    return StreamingResponse(read_ahead(_tar_stream(store, version.storage_key, members)),
-                             headers=headers, media_type="application/x-tar")
+    body = read_ahead(_tar_stream(store, version.storage_key, members))
+    return StreamingResponse(_watch(request).guard(body, version.id), headers=headers,
+                             media_type="application/x-tar")
 
 
 # --------------------------------------------------------------------------------------------
