@@ -4,7 +4,8 @@ list. cli.py only wires these into its parser (`add_parsers`, then `run`).
 Server and key: `--url` / `--api-key`, else $ALKN_URL (default http://127.0.0.1:8000) and
 $ALKN_API_KEY. API errors print the problem document's detail, never a traceback.
 Exit codes: 0 ok; 1 an API or network error, or a request that ended failed/cancelled;
-2 a usage error (bad items file, no key); 130 interrupted.
+2 a usage error (bad items file, no key); 3 (`status`) a request that succeeded but whose
+version did not pass the quality gate (published all the same); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 COMMANDS = frozenset({"submit", "status", "download", "models", "versions"})
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_QUALITY = 3
 
 
 class UsageError(Exception):
@@ -59,7 +61,8 @@ def add_parsers(sub: Any) -> None:
     st = sub.add_parser("status", parents=[common], help="a forget request's status")
     st.add_argument("request_id")
     st.add_argument("--watch", action="store_true",
-                    help="a live progress bar until it finishes; exit 0 only if succeeded")
+                    help="a live progress bar until it finishes; exit 0 only if succeeded "
+                         "and its version passed the quality gate (3 if it did not)")
     st.add_argument("--interval", type=float, default=2.0,
                     help="longest delay between polls with --watch (seconds)")
 
@@ -182,11 +185,24 @@ def _outcome(req: ForgetRequest) -> int:
     return 0 if req.status == "succeeded" else EXIT_FAILED
 
 
+def _quality_outcome(client: Client, req: ForgetRequest, err: TextIO) -> int:
+    """EXIT_QUALITY, with a line saying why, when the request's version did not pass the
+    quality gate (its job's `quality`); 0 otherwise (also from a server without the gate)."""
+    if req.status != "succeeded" or req.job_id is None:
+        return 0
+    quality = client.get_job(req.job_id).quality
+    if not quality or quality.get("passed") is not False:
+        return 0
+    message = quality.get("message") or f"reasons: {', '.join(quality.get('reasons') or [])}"
+    print(f"alkn: {req.model} version {req.result_version}: {message}", file=err)
+    return EXIT_QUALITY
+
+
 def _status(client: Client, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if not args.watch:
         req = client.get_request(args.request_id)
         _dump(req.model_dump(mode="json"), out)
-        return _outcome(req) if req.finished else 0
+        return (_outcome(req) or _quality_outcome(client, req, err)) if req.finished else 0
     from tqdm import tqdm  # only the bars need it
 
     bar = tqdm(total=None, unit="step", file=err, dynamic_ncols=True, desc="waiting")
@@ -221,7 +237,7 @@ def _status(client: Client, args: argparse.Namespace, out: TextIO, err: TextIO) 
         summary += f": {req.error.type}: {req.error.message}"
     print(summary, file=err)
     _dump(req.model_dump(mode="json"), out)
-    return _outcome(req)
+    return _outcome(req) or _quality_outcome(client, req, err)
 
 
 def _download(client: Client, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -68,6 +68,7 @@ class Version(ApiModel):
     files: list[FileEntry] = Field(default_factory=list)
     metrics: dict[str, Any] | None = None
     created_at: datetime | None = None
+    quality: dict[str, Any] | None = None  # the quality gate's verdict ("passed", ...)
 
 
 class Alias(ApiModel):
@@ -131,6 +132,7 @@ class Job(ApiModel):
     created_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    quality: dict[str, Any] | None = None  # the quality gate's verdict ("passed", ...)
 
 
 class JobEvent(ApiModel):

@@ -225,6 +225,15 @@ class FileOut(BaseModel):
     sha256: str
 
 
+# The quality gate's block (worker/quality.py; README "Beyond API.md").
+QUALITY_DESCRIPTION = (
+    "the quality gate's verdict on the version (null for registered or uploaded ones): "
+    "`floor` (param utility_floor), `retain_probability_ratio` and `model_utility_ratio` "
+    "(against the lineage's first version, named in `reference`), `target_met`, `passed`, "
+    "`reasons`, `message`, and `kept` (what each set kept, against the base and the first "
+    "version). A version below the floor is still published (forgetting wins).")
+
+
 class VersionOut(_Out):
     model: str | None = None
     version: int
@@ -238,6 +247,7 @@ class VersionOut(_Out):
     metrics: dict[str, Any] | None
     created_at: UtcDatetime
     revoked_at: UtcDatetime | None = None
+    quality: dict[str, Any] | None = Field(default=None, description=QUALITY_DESCRIPTION)
 
 
 # A version in a list: every field of VersionOut but `files` (a version may hold
@@ -340,6 +350,7 @@ class JobOut(_Out):
     created_at: UtcDatetime
     started_at: UtcDatetime | None
     finished_at: UtcDatetime | None
+    quality: dict[str, Any] | None = Field(default=None, description=QUALITY_DESCRIPTION)
 
 
 class JobEventOut(_Out):

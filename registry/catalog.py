@@ -602,6 +602,7 @@ def version_dict(version: Version, model_name: str | None = None, *,
         "has_state": version.has_state,
         "created_at": as_utc(version.created_at),
         "revoked_at": as_utc(version.revoked_at),
+        "quality": version.quality,
     }
     if not files:
         del out["files"]

@@ -23,6 +23,7 @@ from alkn_core.params import METHOD_DEFAULTS, method_params
 
 from .db import session_scope
 from .models import ForgetRequest, Job, JobEvent, Model, Outbox, Version, new_id, utcnow
+from .quality import first_version_reference
 
 RUN_LINEAGE_TASK = "worker.tasks.run_lineage"
 # A job that killed its worker this many times is failed instead of being run again.
@@ -127,6 +128,9 @@ class JobSpec:
     # The continual view: forget items of every earlier task on the base's lineage, by the
     # version that task produced ({2: [...], 3: [...]}), oldest first.
     earlier_tasks: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    # What the lineage's first version measured (registry.quality), for the quality gate;
+    # None when no job has measured it yet.
+    reference: dict[str, Any] | None = None
 
     @property
     def forget_items(self) -> list[dict[str, Any]]:
@@ -191,6 +195,7 @@ def _spec(s: Session, model: Model, job: Job, base: Version, resumed: bool) -> J
         attempts=job.attempts, resumed=resumed,
         holdout_set=list(model.holdout_set or []),
         earlier_tasks=_earlier_tasks(s, model.id, base),
+        reference=first_version_reference(s, model.id, base),
     )
 
 
@@ -465,8 +470,11 @@ class PublishOutcome:
 def publish_version(url: str, job_id: str, *, storage_key: str, files: Sequence[Mapping[str, Any]],
                     has_state: bool, metrics: Mapping[str, Any],
                     request_metrics: Mapping[str, Any], timings: Mapping[str, Any],
-                    evaluation: Mapping[str, Any] | None = None) -> PublishOutcome:
-    """One transaction: the new ready version plus job and requests succeeded.
+                    evaluation: Mapping[str, Any] | None = None,
+                    quality: Mapping[str, Any] | None = None) -> PublishOutcome:
+    """One transaction: the new ready version plus job and requests succeeded; with a
+    `quality` block that did not pass, also the job's `quality_gate_failed` event (the
+    version is published all the same: forgetting wins).
 
     Idempotent: when the job already has a version (a redelivered task), nothing new is
     written. A job that is no longer running, or whose cancel was requested meanwhile, is
@@ -476,7 +484,7 @@ def publish_version(url: str, job_id: str, *, storage_key: str, files: Sequence[
             return _publish_tx(url, job_id, storage_key=storage_key, files=files,
                                has_state=has_state, metrics=metrics,
                                request_metrics=request_metrics, timings=timings,
-                               evaluation=evaluation)
+                               evaluation=evaluation, quality=quality)
         except IntegrityError:
             # A version number taken concurrently (a root upload): count again. A second
             # version for the same job cannot slip through: the retry finds the first.
@@ -487,8 +495,8 @@ def publish_version(url: str, job_id: str, *, storage_key: str, files: Sequence[
 
 def _publish_tx(url: str, job_id: str, *, storage_key: str, files: Sequence[Mapping[str, Any]],
                 has_state: bool, metrics: Mapping[str, Any], request_metrics: Mapping[str, Any],
-                timings: Mapping[str, Any], evaluation: Mapping[str, Any] | None
-                ) -> PublishOutcome:
+                timings: Mapping[str, Any], evaluation: Mapping[str, Any] | None,
+                quality: Mapping[str, Any] | None = None) -> PublishOutcome:
     with write_tx(url) as s:
         job = s.scalar(select(Job).where(Job.id == job_id).with_for_update())
         if job is None:
@@ -499,6 +507,7 @@ def _publish_tx(url: str, job_id: str, *, storage_key: str, files: Sequence[Mapp
                                                   Version.job_id == job.id))
         if existing is not None:
             if job.status == "running":
+                job.quality = existing.quality
                 _mark_succeeded(s, job, existing)
             return PublishOutcome(existing.number, False, job.status)
         if job.status != "running":
@@ -515,9 +524,13 @@ def _publish_tx(url: str, job_id: str, *, storage_key: str, files: Sequence[Mapp
             forget_request_ids=list(job.forget_request_ids), method=job.method,
             size_bytes=sum(int(f["size"]) for f in files), files=[dict(f) for f in files],
             metrics=jsonable(metrics), evaluation=jsonable(evaluation),
-            storage_key=storage_key, has_state=has_state)
+            storage_key=storage_key, has_state=has_state, quality=jsonable(quality))
         s.add(version)
         job.metrics, job.timings = jsonable(metrics), jsonable(timings)
+        job.quality = jsonable(quality)
+        if quality is not None and quality.get("passed") is False:
+            _event(s, job.id, "quality_gate_failed", str(quality.get("message", ""))[:2000],
+                   jsonable({k: v for k, v in quality.items() if k != "kept"}))
         s.flush()
         _mark_succeeded(s, job, version, jsonable(request_metrics))
         return PublishOutcome(number, True, job.status)

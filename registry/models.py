@@ -96,6 +96,8 @@ class Version(Base):
     has_state: Mapped[bool] = mapped_column(Boolean, default=False)  # ALKN state stored
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The quality gate's verdict (worker/quality.py); None for root versions.
+    quality: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class Alias(Base):
@@ -161,6 +163,8 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The quality gate's verdict on the version it made (the version's `quality`, copied).
+    quality: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class JobEvent(Base):

@@ -315,6 +315,7 @@ def job_dict(job: Job, model_name: str | None) -> dict[str, Any]:
         "created_at": as_utc(job.created_at),
         "started_at": as_utc(job.started_at),
         "finished_at": as_utc(job.finished_at),
+        "quality": job.quality,
     }
 
 

@@ -349,6 +349,11 @@ def test_worker_reports_the_curve_and_fails_unreachable_targets(
     assert job.metrics["unlearning"]["alpha"] == cal["alpha"] > 0
     assert cal["forget_prob"] <= cal["target"] and cal["curve"]
     assert job.timings["calibration"] > 0
+    # The quality gate reads the search's verdict (issue 13).
+    assert job.quality["target_met"] is True
+    assert job.quality["forget_target"] == {"target": cal["target"],
+                                            "forget_prob": cal["forget_prob"],
+                                            "source": cal["target_source"]}
     with session_scope(url) as s:
         events = {jid: [(e.stage, e.message, e.data) for e in s.scalars(
             select(JobEvent).where(JobEvent.job_id == jid).order_by(JobEvent.id))]

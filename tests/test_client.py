@@ -578,3 +578,27 @@ def test_cli_submit_watch_and_download(server: str, model: str, job_run: JobRun,
     assert f"resumed {WEIGHTS}" in r.stdout and "tiny@latest" in r.stderr
     for path, entry in listing.items():
         assert _sha(dest / path) == entry.sha256
+
+
+def test_cli_status_exits_3_below_the_quality_floor(server: str, client: Client, model: str,
+                                                   job_run: JobRun, worker_world: World,  # noqa: F811
+                                                   tmp_path: Path) -> None:
+    """A request whose version misses its utility floor succeeds (the version is served)
+    but `alkn status` (--watch or not) exits 3 with a line that says why; the module's job
+    (job_run), within the floor, exited 0 (test_cli_submit_watch_and_download)."""
+    items = worker_world.items[worker_world.people[2]][:3]
+    req = client.submit(model, items, method="task_vector",
+                        params={"epochs": 1, "alpha": 3.0, "utility_floor": 0.999})
+    done = client.wait(req.id, timeout=300, poll=0.2)
+    assert done.status == "succeeded" and done.job_id is not None
+    job = client.get_job(done.job_id)
+    assert job.quality is not None and job.quality["passed"] is False
+    assert client.get_version(model, done.result_version).quality == job.quality
+    for extra in (["--watch", "--interval", "0.3"], []):
+        r = _alkn("status", req.id, *extra, server=server, cwd=tmp_path)
+        assert r.returncode == 3, (extra, r.stdout, r.stderr)
+        assert json.loads(r.stdout)["status"] == "succeeded"
+        line = [x for x in r.stderr.splitlines() if x.startswith("alkn: ")]
+        assert line == [f"alkn: {model} version {done.result_version}: {job.quality['message']}"]
+        assert "quality gate failed" in line[0] and "below the floor 0.999" in line[0]
+    assert job_run.watch.returncode == 0 and "quality gate" not in job_run.watch.stderr

@@ -6,8 +6,9 @@ as a user starts it: the demo model is registered as `demo`, JSON logs, and the 
 serves Prometheus on a port of its own. In the browser: log in with a key (a wrong one is
 refused first), open the demo model (version 1, nothing evaluated), submit a forget request
 on it through the form (four facts of one demo person, uploaded as a JSON Lines file), watch
-its job move through its stages to `succeeded` without a page reload, then see version 2 in
-the lineage with its points on the forget and utility charts and its evaluation table; the
+its job move through its stages to `succeeded` without a page reload (below the utility floor
+it asked for: a red badge and the quality card), then see version 2 in the lineage (with the
+red badge) with its points on the forget and utility charts and its evaluation table; the
 same pages on a phone-sized screen. One real job in all, on `demo` with its registered
 retain, holdout and evaluation sets: about 20 s on two cores, nearly all of it the
 evaluation before and after; the service runs torch on one thread, which keeps that time
@@ -45,6 +46,9 @@ HOSTILE = 'hostile <img src=x onerror="window.__xss=1"> & <b>bold</b>'
 JOB_TIMEOUT_MS = 240_000
 # The forget request: four facts of the first person of the demo's forget split.
 N_FORGET = 4
+# Its params: a fixed alpha, and a utility floor that no forgetting meets (issue 13: the
+# version is served all the same, with a red badge).
+PARAMS = {"alpha": 1.0, "utility_floor": 0.999}
 
 
 @dataclass
@@ -163,7 +167,8 @@ def test_dashboard_submit_and_watch_a_job(service: Service, hostile: str, browse
     _shot(page, "demo-model.png")
 
     # Submit on the demo model through the form, the items uploaded as a JSON Lines file.
-    # The demo's default parameters, alpha fixed (its default today): no calibration search.
+    # The demo's default parameters, alpha fixed (its default today): no calibration search;
+    # a utility floor no forgetting meets, so the version is served with a red badge.
     page.click("#submit-link")
     items = demo_forget_items()
     jsonl = tmp_path / "forget.jsonl"
@@ -172,7 +177,7 @@ def test_dashboard_submit_and_watch_a_job(service: Service, hostile: str, browse
     # A locator assertion, not wait_for_function: the page's CSP forbids the eval that
     # polling a string predicate needs (it failed whenever the first check came too early).
     expect(page.locator("#items")).to_have_value(re.compile("question"))
-    page.fill("#params", '{"alpha": 1.0}')
+    page.fill("#params", json.dumps(PARAMS))
     page.evaluate("window.__sameDocument = true")  # gone if anything reloads the page
     page.click("#submit-form button[type=submit]")
 
@@ -196,6 +201,15 @@ def test_dashboard_submit_and_watch_a_job(service: Service, hostile: str, browse
     events = page.locator("#events").inner_text()
     assert "training" in events and "saving" in events
     assert "→ v2" in page.locator("main").inner_text()
+    # Below its floor: a red badge by the status and the quality card saying why.
+    quality = httpx.get(f"{service.url}/v1/jobs/{job_id}", headers=AUTH).json()["quality"]
+    assert quality["passed"] is False
+    assert page.locator("h1 [data-quality='failed']").is_visible()
+    assert page.locator("h1 .s-quality-failed").evaluate(
+        "e => getComputedStyle(e).backgroundColor") == "rgb(220, 38, 38)"
+    assert quality["message"] in page.locator("#quality").inner_text()
+    assert "below the floor 0.999" in page.locator("#quality").inner_text()
+    assert "quality_gate_failed" in events
     _shot(page, "job-succeeded.png")
     # The demo forgot: the forget items' answer probability fell (the job page's table).
     metrics = httpx.get(f"{service.url}/v1/jobs/{job_id}", headers=AUTH).json()["metrics"]
@@ -209,6 +223,9 @@ def test_dashboard_submit_and_watch_a_job(service: Service, hostile: str, browse
     row = page.locator("#lineage tr[data-version='2']")
     assert "succeeded" not in row.inner_text() and "ready" in row.inner_text()
     assert "v1" in row.inner_text() and "alkn" in row.inner_text()
+    assert row.locator("[data-quality='failed']").count() == 1
+    assert page.locator("#lineage tr[data-version='1'] [data-quality]").count() == 0
+    assert page.locator("#jobs [data-quality='failed']").count() == 1
     request_ids = httpx.get(f"{service.url}/v1/jobs/{job_id}", headers=AUTH
                             ).json()["forget_request_ids"]
     assert row.locator(f"a[href='#/requests/{request_ids[0]}']").count() == 1
@@ -254,7 +271,7 @@ def finished_job(service: Service) -> str:
 
     if not succeeded():
         r = httpx.post(f"{service.url}/v1/models/demo/forget-requests", headers=AUTH,
-                       json={"items": demo_forget_items(), "params": {"alpha": 1.0}})
+                       json={"items": demo_forget_items(), "params": PARAMS})
         assert r.status_code == 202, r.text
         from alkn_client import Client
 
@@ -299,6 +316,13 @@ def test_live_metrics_after_the_job(service: Service, finished_job: str) -> None
         assert _value(worker, "alkn_job_stage_duration_seconds_count", stage=stage) == 1, stage
     assert (_value(worker, "alkn_job_duration_seconds_sum", status="succeeded") or 0) > 0
     assert _value(worker, "alkn_worker_jobs_running") == 0
+    # The job's version missed its floor (PARAMS): counted once per reason, by the pool child.
+    reasons = httpx.get(f"{service.url}/v1/jobs/{finished_job}", headers=AUTH
+                        ).json()["quality"]["reasons"]
+    assert reasons
+    for reason in ("retain_probability", "model_utility", "target_missed"):
+        expected = 1 if reason in reasons else None
+        assert _value(worker, "alkn_quality_gate_failed_total", reason=reason) == expected
 
 
 def test_live_json_logs_carry_request_and_job_ids(service: Service, finished_job: str) -> None:

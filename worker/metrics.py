@@ -1,5 +1,6 @@
 """What a Celery worker reports to Prometheus: job stage durations, jobs finished by outcome,
-the job running now; served on ALKN_WORKER_METRICS_PORT.
+the job running now, versions published below the quality gate; served on
+ALKN_WORKER_METRICS_PORT.
 
 Multiprocess mode (prometheus_client's PROMETHEUS_MULTIPROC_DIR): under the default prefork
 pool a job runs in a child process while the dispatcher thread and any HTTP server live in
@@ -20,7 +21,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from typing import Any, TypeVar
 
@@ -49,6 +50,10 @@ class _Metrics:
                                 "(succeeded, failed, cancelled, lease_lost)", ["status"])
         self.running = Gauge("alkn_worker_jobs_running", "jobs running in this worker now",
                              multiprocess_mode="livesum")
+        self.quality_failed = Counter(
+            "alkn_quality_gate_failed", "versions published below the quality gate, by "
+            "reason (retain_probability, model_utility, target_missed; a version that fails "
+            "on two counts is counted under both)", ["reason"])
 
 
 @lru_cache(maxsize=1)
@@ -81,6 +86,13 @@ def observe_stages(timings: Mapping[str, float]) -> None:
     for stage, seconds in timings.items():
         if stage != "total" and isinstance(seconds, int | float):
             m.stage.labels(stage).observe(float(seconds))
+
+
+def count_quality_gate_failures(reasons: Iterable[str]) -> None:
+    """A published version that did not pass the quality gate, once per reason."""
+    m = _metrics()
+    for reason in reasons:
+        m.quality_failed.labels(reason).inc()
 
 
 # --------------------------------------------------------------------------------------------

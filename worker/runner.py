@@ -33,6 +33,8 @@ from registry.store import LocalStore, S3Store, open_store
 
 from .evaluation import evaluate
 from .metrics import observe_stages, track_job
+from .quality import assess as assess_quality
+from .quality import published as quality_published
 
 log = logging.getLogger(__name__)
 
@@ -349,12 +351,16 @@ def run_job(settings: Settings, store: Store, spec: JobSpec, owner: str,
 
         job_metrics, request_metrics = _split_metrics(before, after, spec)
         job_metrics["unlearning"] = stats
+        quality = assess_quality(spec, before, after, stats)
+        job_metrics["kept"] = quality["kept"]
         outcome = _publish_row(
             url, spec, settings.lease_seconds, storage_key=key, files=files,
             has_state=state is not None, metrics=job_metrics, request_metrics=request_metrics,
-            timings=timings, evaluation=job_metrics["after"])
+            timings=timings, evaluation=job_metrics["after"], quality=quality)
         if not outcome.created:
             _drop(store, key)
+        else:
+            quality_published(spec.job_id, quality)
         log.info("job %s: %s, version %s", spec.job_id, outcome.status, outcome.version)
         return outcome.status
     except Cancelled:

@@ -57,6 +57,12 @@
   const link = (href, text, attrs) => h("a", {href, ...attrs}, text);
   const badge = (status) => h("span", {class: "badge s-" + status, "data-status": status},
                               status);
+  // The quality gate (`quality` of a version or job): red when it did not pass; the version
+  // is served all the same (forgetting wins), the badge's title says why.
+  const qualityBadge = (q) => (q && q.passed === false
+    ? h("span", {class: "badge s-quality-failed", "data-quality": "failed",
+                 title: q.message || "below the utility floor"}, "quality failed")
+    : null);
   const enc = encodeURIComponent;
   const short = (id) => (id ? String(id).slice(0, 8) : "");
 
@@ -350,7 +356,7 @@
     const rows = versions.slice().reverse().map((v) => h("tr", {
       class: v.status === "revoked" ? "revoked" : null, "data-version": v.version},
       h("td", {class: "num"}, "v" + v.version),
-      h("td", {}, badge(v.status)),
+      h("td", {}, badge(v.status), " ", qualityBadge(v.quality)),
       h("td", {class: "num"}, v.parent_version ? "v" + v.parent_version : "root"),
       h("td", {}, v.method || "–"),
       h("td", {}, (v.forget_request_ids || []).map((id) =>
@@ -370,7 +376,7 @@
     const utilityBox = h("div", {class: "chart", id: "chart-utility"});
     const jobRows = jobs.slice(-20).reverse().map((j) => h("tr", {},
       h("td", {}, link("#/jobs/" + enc(j.id), short(j.id), {class: "mono"})),
-      h("td", {}, badge(j.status)), h("td", {}, j.method),
+      h("td", {}, badge(j.status), " ", qualityBadge(j.quality)), h("td", {}, j.method),
       h("td", {class: "num"}, "v" + j.base_version + " → " +
         (j.result_version ? "v" + j.result_version : "…")),
       h("td", {}, j.progress ? j.progress.stage : ""), h("td", {}, fmtTime(j.created_at))));
@@ -502,6 +508,26 @@
     ], {class: "metrics numeric"});
   }
 
+  function qualityCard(q) {
+    if (!q) return null;
+    const pct = (x) => (typeof x === "number" && isFinite(x) ? (x * 100).toFixed(1) + "%" : "–");
+    const ref = q.reference || {};
+    const measured = {this_job_before: "measured by this job, before it ran",
+                      job_before: "measured by job " + short(ref.job_id),
+                      version_evaluation: "its stored evaluation"}[ref.source] || ref.source;
+    return h("section", {class: "card" + (q.passed === false ? " quality-failed" : ""),
+                         id: "quality"},
+      h("h2", {}, "Quality ", q.passed === false ? qualityBadge(q)
+        : h("span", {class: "badge s-succeeded", "data-quality": "passed"}, "passed")),
+      h("p", {}, q.message || ""),
+      kv([["utility floor", pct(q.floor)],
+          ["retain probability kept", pct(q.retain_probability_ratio)],
+          ["model utility kept", pct(q.model_utility_ratio)],
+          ["forgetting target met", q.target_met === null || q.target_met === undefined
+            ? "no target" : (q.target_met ? "yes" : "no")],
+          ["against", ref.version ? "v" + ref.version + " (" + measured + ")" : null]]));
+  }
+
   async function viewRequest(id) {
     await live(async () => {
       const r = await api("v1/forget-requests/" + enc(id));
@@ -540,7 +566,7 @@
         h("tr", {}, h("th", {scope: "row"}, k), h("td", {class: "num"}, fmtNum(v, 2) + " s")));
       show(h("p", {class: "crumbs"}, link("#/models/" + enc(j.model), j.model), " / job"),
         h("h1", {}, "Job ", h("span", {class: "mono"}, short(j.id)), " ",
-          h("span", {id: "job-status"}, badge(j.status))),
+          h("span", {id: "job-status"}, badge(j.status)), " ", qualityBadge(j.quality)),
         done ? null : h("p", {class: "muted small"}, "Updating live…"),
         progressBlock(j.progress, j.status),
         h("div", {class: "card"}, kv([
@@ -557,6 +583,7 @@
           ["started", fmtTime(j.started_at)], ["finished", fmtTime(j.finished_at)],
         ])),
         j.error ? errorBox(new Error(j.error.type + ": " + j.error.message)) : null,
+        qualityCard(j.quality),
         done && j.metrics ? h("section", {class: "card"}, h("h2", {}, "Metrics"),
                               metricsSummary(j.metrics)) : null,
         h("section", {class: "card"}, h("h2", {}, "Events"),
