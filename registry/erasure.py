@@ -1,13 +1,14 @@
 """After a purge, the purged forget text must be gone from the database's files, not just
-unreachable through SQL. `erase_deleted(url)` runs right after the purge commits.
+unreachable through SQL. `erase_deleted(url, xid)` runs right after the purge commits.
 
 A DELETE (or an UPDATE that empties a column) only marks the old bytes free: SQLite leaves
 them in the page and in the write-ahead log, PostgreSQL in the dead tuple (and its TOAST
 chunks) until the space is reused; a plain VACUUM makes the space reusable without
 overwriting it (the issue found purged text with `pageinspect` after VACUUM).
 
-- SQLite: every connection sets `PRAGMA secure_delete=ON` (registry/db.py), so a delete
-  overwrites the deleted cells, and the pages it frees, with zeros. The WAL still holds the
+- SQLite: every connection sets `PRAGMA secure_delete=ON` (registry/db.py; some builds,
+  Debian's among them, have it on by default, others not), so a delete overwrites the
+  deleted cells, and the pages it frees, with zeros. The WAL still holds the
   frames written when the items were inserted: here `PRAGMA wal_checkpoint(TRUNCATE)`
   copies the zeroed pages into the database file and truncates the WAL to zero bytes. A
   reader holding an older snapshot makes the checkpoint give up (busy): it is tried again
@@ -53,8 +54,8 @@ LOCK_TIMEOUT = "2s"
 
 # Databases whose erasure is still to do (a purge not yet erased: busy, lock timeout, an
 # old snapshot, an error), with the newest purge's transaction id (PostgreSQL; 0 on SQLite).
-# A process starts with every database pending (erase_on_start): what a crash between a
-# purge and its erasure, or a migration, left behind is erased by its first sweep.
+# A dispatcher marks its database pending when it starts (erase_on_start): what a crash
+# between a purge and its erasure left behind is erased by its first sweep.
 _pending: dict[str, int] = {}
 
 
