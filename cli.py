@@ -1,5 +1,6 @@
-"""The `alkn` command: serve, worker, keys create/list/revoke, migrate, demo build; and the client
-commands (submit, status, download, models list, versions list) of alkn_client."""
+"""The `alkn` command: serve, worker, keys create/list/revoke, tenants list/roots, migrate, demo
+build; and the client commands (submit, status, download, models list, versions list) of
+alkn_client."""
 
 from __future__ import annotations
 
@@ -126,14 +127,53 @@ def serve(host: str, port: int) -> int:
     return 0
 
 
-def keys_create(tenant: str) -> int:
+def keys_create(tenant: str, roots: Sequence[str] | None) -> int:
+    """A new key; with `roots`, the tenant's source roots become exactly these."""
     from api.auth import create_api_key
     from registry.db import session_scope
 
     migrate()
-    with session_scope(_settings().resolved_database_url) as session:
+    settings = _settings()
+    with session_scope(settings.resolved_database_url) as session:
         key = create_api_key(session, tenant)
+        if roots and _set_roots(session, tenant, roots):
+            return 2  # nothing committed: the key is not printed
     print(key)
+    return 0
+
+
+def _set_roots(session: Any, tenant: str, roots: Sequence[str]) -> int:
+    """Set the tenant's source roots; 2 (and the session rolled back) when one is refused."""
+    from registry.source_roots import set_tenant_roots
+
+    try:
+        set_tenant_roots(session, tenant, roots, _settings().local_artifact_root)
+    except ValueError as e:
+        session.rollback()
+        print(f"alkn: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def tenants_roots(tenant: str, roots: Sequence[str]) -> int:
+    from registry.db import session_scope
+
+    migrate()
+    with session_scope(_settings().resolved_database_url) as session:
+        if _set_roots(session, tenant, roots):
+            return 2
+    print(f"{tenant}: " + (", ".join(roots) if roots else "global ALKN_MODEL_SOURCE_ROOTS"))
+    return 0
+
+
+def tenants_list() -> int:
+    from registry.db import session_scope
+    from registry.source_roots import list_tenant_roots
+
+    migrate()
+    with session_scope(_settings().resolved_database_url) as session:
+        for name, roots in list_tenant_roots(session):
+            print(f"{name:20s}  " + (":".join(roots) if roots else "(global source roots)"))
     return 0
 
 
@@ -252,10 +292,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     ksub = k.add_subparsers(dest="keys_command", required=True)
     kc = ksub.add_parser("create", help="print a new API key for a tenant")
     kc.add_argument("--tenant", required=True)
+    kc.add_argument("--source-root", action="append", metavar="DIR",
+                    help="the tenant may register models only from under DIR (repeatable; "
+                         "replaces its roots; default: ALKN_MODEL_SOURCE_ROOTS)")
     kl = ksub.add_parser("list", help="labels, tenants and state of the keys (never the keys)")
     kl.add_argument("--tenant")
     kr = ksub.add_parser("revoke", help="revoke a key at once: the key, or its label")
     kr.add_argument("key_or_label")
+    t = sub.add_parser("tenants", help="tenants and their model source roots")
+    tsub = t.add_subparsers(dest="tenants_command", required=True)
+    tsub.add_parser("list", help="each tenant and its source roots")
+    tr = tsub.add_parser("roots", help="set a tenant's source roots (none: the global ones)")
+    tr.add_argument("tenant")
+    tr.add_argument("dirs", nargs="*", metavar="DIR")
     sub.add_parser("migrate", help="bring the database to the newest schema")
     f = sub.add_parser("finetune", help="train a model on QA data (resumable)")
     f.add_argument("--data", required=True, help="JSON Lines or array of QA/text items")
@@ -301,7 +350,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "keys" and args.keys_command == "revoke":
         return keys_revoke(args.key_or_label)
     if args.command == "keys":
-        return keys_create(args.tenant)
+        return keys_create(args.tenant, args.source_root)
+    if args.command == "tenants" and args.tenants_command == "roots":
+        return tenants_roots(args.tenant, args.dirs)
+    if args.command == "tenants":
+        return tenants_list()
     if args.command == "migrate":
         migrate()
         print(json.dumps({"migrated": _settings().resolved_database_url.split("@")[-1]}))

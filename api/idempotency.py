@@ -1,20 +1,21 @@
 """Idempotency-Key on POSTs that create: the first answer is stored in the same transaction
-as what it created, and replayed for the same key and body; another body is a 409."""
+as what it created, and replayed for the same key and body; another body is a 409. The
+record holds an HMAC of the body (registry/hashing.py), never the body, and is deleted by
+the sweep ALKN_IDEMPOTENCY_TTL after it was written (registry/retention.py)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import Header, HTTPException
+from fastapi import Header, HTTPException, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from registry.hashing import hash_secret, keyed_hash
 from registry.models import IdempotencyRecord, utcnow
 
 IdempotencyKey = Annotated[str | None, Header(
@@ -35,10 +36,12 @@ class Created:
         return JSONResponse(self.body, status_code=self.status_code, headers=self.headers)
 
 
-def json_hash(payload: Any) -> str:
-    """Hash of a JSON body that ignores key order and whitespace."""
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+def json_hash(request: Request, payload: Any) -> str:
+    """HMAC of a JSON body under the deployment's hash secret; ignores key order and
+    whitespace. Keyed: a forget request's body is personal data, and a plain hash of it
+    would confirm a guessed body to whoever reads the record."""
+    state = request.app.state
+    return keyed_hash(hash_secret(state.db_url, state.settings.hash_secret), payload)
 
 
 def _replay(session: Session, tenant_id: str, key: str, route: str,

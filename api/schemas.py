@@ -189,7 +189,8 @@ class ReadyOut(BaseModel):
 class SourceIn(_In):
     path: Text = Field(min_length=1, max_length=4096,
                       description="Hugging Face model directory readable by the server, "
-                                  "under one of ALKN_MODEL_SOURCE_ROOTS")
+                                  "under one of the tenant's source roots (its own, else "
+                                  "ALKN_MODEL_SOURCE_ROOTS), not in the artifact store")
 
 
 class ModelCreate(_In):

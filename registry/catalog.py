@@ -33,6 +33,7 @@ from alkn_core.params import DEFAULT_QA_TEMPLATE, METHOD_DEFAULTS, resolve_param
 from alkn_core.quoting import quoted
 
 from .models import Alias, Job, Model, Version, utcnow
+from .source_roots import REFUSAL, NotAllowed, check_source_dir
 from .store import CHUNK, ArtifactStore, FileInfo, LocalStore, regular_files, safe_relpath
 
 log = logging.getLogger(__name__)
@@ -103,38 +104,6 @@ def check_name(name: str, what: str = "name") -> str:
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise Invalid(f"{what} must match [a-z0-9][a-z0-9._-]{{0,63}}", loc=["body", what])
     return name
-
-
-def check_source_path(path: str | Path, roots: Sequence[Path]) -> Path:
-    """The resolved source directory, if it lies under one of `roots` (symlinks resolved
-    first, so a link inside a root cannot point outside it)."""
-    loc = ["body", "source", "path"]
-    try:
-        resolved = Path(path).expanduser().resolve(strict=True)
-    except (OSError, RuntimeError, ValueError):  # ValueError: an embedded NUL
-        resolved = None
-    # The same answer for "missing" and "not allowed": never probe the server's filesystem.
-    if resolved is None or not any(resolved.is_relative_to(r.resolve()) for r in roots):
-        raise Invalid("source.path is not a directory under an allowed model source root",
-                      loc=loc)
-    if not resolved.is_dir():
-        raise Invalid("source.path is not a directory", loc=loc)
-    return resolved
-
-
-def _check_model_dir(d: Path) -> None:
-    if not (d / "config.json").is_file():
-        raise Invalid("the model directory has no config.json (not a Hugging Face model)",
-                      loc=["body", "source", "path"])
-    # Before copying anything: a link could lead out of the allowed roots, and copying a
-    # FIFO blocks or fails, a device never ends.
-    try:
-        for _ in regular_files(d):
-            pass
-    except ValueError:
-        raise Invalid("the model directory holds something other than regular files and "
-                      "directories (links, devices and pipes are refused)",
-                      loc=["body", "source", "path"]) from None
 
 
 def _validated_sets(retain_set: Any, holdout_set: Any, eval_sets: Any
@@ -227,19 +196,23 @@ def register_model(session: Session, store: ArtifactStore, tenant_id: str, name:
                    max_files: int | None = None) -> Model:
     """A new model; its source directory (if any) is copied into the store as version 1.
 
-    `allowed_roots` (the API passes settings.source_roots) restricts where the source may
-    lie; None trusts the caller (the CLI registering the bundled demo model). A source of
-    more than `max_files` files is TooLarge. Without a source the model has no version until
-    one is uploaded.
+    `allowed_roots` (the API passes the tenant's roots, registry.source_roots) restricts
+    where the source may lie; None trusts the caller (the CLI registering the bundled demo
+    model). A source inside a local artifact store is refused either way. A source of more
+    than `max_files` files is TooLarge. Without a source the model has no version until one
+    is uploaded.
     """
     check_name(name)
     defaults = validate_default_params(default_params, qa_template)
     retain, holdout, evals = _validated_sets(retain_set, holdout_set, eval_sets)
     src: Path | None = None
     if source_dir is not None:
-        src = (check_source_path(source_dir, allowed_roots) if allowed_roots is not None
-               else Path(source_dir).resolve())
-        _check_model_dir(src)
+        roots = allowed_roots if allowed_roots is not None else [Path(source_dir).resolve()]
+        try:
+            src = check_source_dir(source_dir, roots,
+                                   store.root if isinstance(store, LocalStore) else None)
+        except NotAllowed:
+            raise Invalid(REFUSAL, loc=["body", "source", "path"]) from None
     # Checked before the (possibly long) copy; the unique constraint still guards races.
     if session.scalar(select(Model.id).where(Model.tenant_id == tenant_id, Model.name == name)):
         raise Conflict(f"model {name!r} already exists", loc=["body", "name"])

@@ -22,6 +22,9 @@ def get_engine(url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
+            # Deleted content is overwritten with zeros, not left in the file: a purge must
+            # leave no forget text behind (registry/erasure.py).
+            cur.execute("PRAGMA secure_delete=ON")
             cur.close()
 
         return engine

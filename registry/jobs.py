@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from alkn_core.params import METHOD_DEFAULTS, method_params
 
@@ -183,7 +183,8 @@ def _ready_version(s: Session, model_id: str, number: int | None) -> Version | N
 
 def _spec(s: Session, model: Model, job: Job, base: Version, resumed: bool) -> JobSpec:
     requests = {r.id: r for r in s.scalars(
-        select(ForgetRequest).where(ForgetRequest.id.in_(job.forget_request_ids)))}
+        select(ForgetRequest).options(selectinload(ForgetRequest.item_row))
+        .where(ForgetRequest.id.in_(job.forget_request_ids)))}
     ids = [rid for rid in job.forget_request_ids if rid in requests]
     return JobSpec(
         job_id=job.id, model_id=model.id, method=job.method, params=dict(job.params),
@@ -215,7 +216,8 @@ def _earlier_tasks(s: Session, model_id: str, base: Version) -> dict[int, list[d
         if not ids:
             continue
         items = {r.id: list(r.items) for r in s.scalars(
-            select(ForgetRequest).where(ForgetRequest.id.in_(ids)))}
+            select(ForgetRequest).options(selectinload(ForgetRequest.item_row))
+            .where(ForgetRequest.id.in_(ids)))}
         out[v.number] = [item for rid in ids for item in items.get(rid, [])]
     return out
 

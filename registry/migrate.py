@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
@@ -21,4 +22,35 @@ def upgrade(url: str) -> None:
     """Bring the database at `url` to the newest schema (idempotent)."""
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    inline_items = _has_inline_items(url)
     command.upgrade(alembic_config(url), "head")
+    if inline_items:
+        _rewrite_after_items_moved(url)
+
+
+def _has_inline_items(url: str) -> bool:
+    """forget_requests still has its items column (a schema before migration 0007)."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            inspector = sa.inspect(conn)
+            return inspector.has_table("forget_requests") and any(
+                c["name"] == "items" for c in inspector.get_columns("forget_requests"))
+    finally:
+        engine.dispose()
+
+
+def _rewrite_after_items_moved(url: str) -> None:
+    """Migration 0007 moved the items to forget_items and dropped the column; the old values
+    (and items purged before) stay in forget_requests' files until it is rewritten. VACUUM
+    cannot run in a transaction, hence here and not in the migration."""
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql("VACUUM FULL forget_requests")
+            else:
+                conn.exec_driver_sql("VACUUM")
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        engine.dispose()

@@ -19,7 +19,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Status values are part of the HTTP contract (API.md).
 VERSION_STATUSES = ("pending", "ready", "failed", "revoked")
@@ -44,6 +44,9 @@ class Tenant(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Directories this tenant may register models from (`alkn keys create --source-root`);
+    # None: ALKN_MODEL_SOURCE_ROOTS applies (registry/source_roots.py).
+    source_roots: Mapped[list[Any] | None] = mapped_column(JSON)
 
 
 class ApiKey(Base):
@@ -124,7 +127,6 @@ class ForgetRequest(Base):
     base_version: Mapped[int | None] = mapped_column(Integer)  # as submitted (None: newest)
     result_version: Mapped[int | None] = mapped_column(Integer)
     job_id: Mapped[str | None] = mapped_column(String(36), index=True)
-    items: Mapped[list[Any]] = mapped_column(default=list)
     item_count: Mapped[int] = mapped_column(Integer)
     progress: Mapped[dict[str, Any]] = mapped_column(default=dict)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
@@ -134,10 +136,36 @@ class ForgetRequest(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     seq: Mapped[int] = mapped_column(BigInteger, default=0)  # submission order on a lineage
-    # ALKN_FORGET_DATA_RETENTION after it finished, `items` is emptied and the sha256 of each
-    # item's canonical JSON is kept here instead (registry/retention.py).
+    # ALKN_FORGET_DATA_RETENTION after it finished, its ForgetItems row is deleted and the
+    # HMAC of each item's canonical JSON is kept here instead (registry/retention.py).
     item_hashes: Mapped[list[Any] | None] = mapped_column(JSON)
     items_purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The items live in a table of their own (ForgetItems): loaded only when asked for.
+    item_row: Mapped[ForgetItems | None] = relationship(
+        lazy="select", cascade="all, delete-orphan", passive_deletes=True)
+
+    @property
+    def items(self) -> list[Any]:
+        """The request's items; [] once purged."""
+        return list(self.item_row.items) if self.item_row is not None else []
+
+    @items.setter
+    def items(self, value: list[Any]) -> None:
+        if self.item_row is None:
+            self.item_row = ForgetItems(items=list(value))
+        else:
+            self.item_row.items = list(value)
+
+
+class ForgetItems(Base):
+    """A forget request's items: the only place the service stores forget text. In a table of
+    their own so that the purge can rewrite it (registry/erasure.py), which it could not do
+    to forget_requests (every poll and status change writes there)."""
+
+    __tablename__ = "forget_items"
+    request_id: Mapped[str] = mapped_column(
+        ForeignKey("forget_requests.id", ondelete="CASCADE"), primary_key=True)
+    items: Mapped[list[Any]] = mapped_column(default=list)
 
 
 class Job(Base):
@@ -197,13 +225,25 @@ class Outbox(Base):
 
 
 class IdempotencyRecord(Base):
-    """The first answer to a POST with an Idempotency-Key, replayed for the same body."""
+    """The first answer to a POST with an Idempotency-Key, replayed for the same body, until
+    ALKN_IDEMPOTENCY_TTL after `created_at` (then the sweep deletes it). Holds the HMAC of
+    the request body and the response, never the body."""
 
     __tablename__ = "idempotency_keys"
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     route: Mapped[str] = mapped_column(String(255))
-    request_hash: Mapped[str] = mapped_column(String(64))
+    request_hash: Mapped[str] = mapped_column(String(64))  # HMAC-SHA256 (registry/hashing)
     status_code: Mapped[int] = mapped_column(Integer)
     response: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DeploymentSecret(Base):
+    """Secrets of the deployment made once and shared by all its processes: `hash` keys the
+    HMACs of registry/hashing.py when ALKN_HASH_SECRET is not set."""
+
+    __tablename__ = "deployment_secrets"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -192,9 +192,9 @@ def cancel_request(session: Session, tenant_id: str, request_id: str) -> ForgetR
 
 def requests_query(tenant_id: str, model_id: str | None = None,
                    status: str | None = None) -> Select[ForgetRequest]:
-    # The items (possibly thousands per request), or their hashes, are not part of a listing.
-    q = select(ForgetRequest).options(defer(ForgetRequest.items),
-                                      defer(ForgetRequest.item_hashes)).where(
+    # The items (possibly thousands per request; another table, never loaded here), or their
+    # hashes, are not part of a listing.
+    q = select(ForgetRequest).options(defer(ForgetRequest.item_hashes)).where(
         ForgetRequest.tenant_id == tenant_id)
     if model_id is not None:
         q = q.where(ForgetRequest.model_id == model_id)

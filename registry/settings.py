@@ -50,16 +50,26 @@ class Settings(BaseSettings):
     forget_data_retention: str = Field(
         default="7d", description="how long a finished request keeps its items before they "
         "are purged to hashes: seconds, or a number with s, m, h or d")
+    hash_secret: str | None = Field(
+        default=None, description="key of the HMACs of purged items and idempotent request "
+        "bodies; unset: a secret generated once and kept in the database")
+    idempotency_ttl: str = Field(
+        default="24h", description="how long an Idempotency-Key's first answer is replayed "
+        "(then the sweep deletes it): seconds, or a number with s, m, h or d")
 
-    @field_validator("forget_data_retention")
+    @field_validator("forget_data_retention", "idempotency_ttl")
     @classmethod
-    def _check_retention(cls, value: str) -> str:
+    def _check_duration(cls, value: str) -> str:
         parse_duration(value)
         return value
 
     @property
     def forget_data_retention_s(self) -> float:
         return parse_duration(self.forget_data_retention)
+
+    @property
+    def idempotency_ttl_s(self) -> float:
+        return parse_duration(self.idempotency_ttl)
 
     @property
     def resolved_database_url(self) -> str:
@@ -77,9 +87,17 @@ class Settings(BaseSettings):
 
     @property
     def source_roots(self) -> list[Path]:
+        """ALKN_MODEL_SOURCE_ROOTS (default: the working directory and ALKN_HOME). The
+        artifact store is never a source, whatever these say (registry/source_roots.py)."""
         if self.model_source_roots:
             return [Path(p).resolve() for p in self.model_source_roots.split(":") if p]
         return [Path(os.getcwd()).resolve(), self.home.resolve()]
+
+    @property
+    def local_artifact_root(self) -> Path | None:
+        """The artifact store's directory; None for an S3 store."""
+        root = self.resolved_artifact_root
+        return None if root.startswith("s3://") else Path(root).resolve()
 
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import importlib.util
 import io
 import json
@@ -80,6 +81,7 @@ FAST: dict[str, Any] = {"epochs": 1, "batch_size": 8, "grad_accum": 1, "lr": 1e-
 # LEASE_S / 4) can lag a couple of seconds behind on a busy machine (the GIL).
 LEASE_S = 6
 RETENTION = "5s"
+HASH_SECRET = "faults-hash-secret"  # ALKN_HASH_SECRET of the stack and the retention test
 T = TypeVar("T")
 
 
@@ -101,9 +103,10 @@ def wait_for(what: str, check: Callable[[], T | None], timeout: float = 60.0,
 
 
 def item_sha(item: dict[str, Any]) -> str:
-    """The canonical form of the README, written out here independently of the code."""
-    return hashlib.sha256(json.dumps(item, sort_keys=True, separators=(",", ":"),
-                                     ensure_ascii=False).encode("utf-8")).hexdigest()
+    """The HMAC of the README's canonical form, written out here independently of the code."""
+    return hmac.new(HASH_SECRET.encode("utf-8"),
+                    json.dumps(item, sort_keys=True, separators=(",", ":"),
+                               ensure_ascii=False).encode("utf-8"), hashlib.sha256).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -214,6 +217,7 @@ def stack(module_pg_url: str, tmp_path_factory: pytest.TempPathFactory,
                "ALKN_BOOTSTRAP_API_KEY": KEY, "ALKN_QUEUE": f"faults-{uuid.uuid4().hex[:8]}",
                "ALKN_DISPATCH_INTERVAL": "0.1", "ALKN_LEASE_SECONDS": str(LEASE_S),
                "ALKN_SWEEP_INTERVAL": "1", "ALKN_FORGET_DATA_RETENTION": RETENTION,
+               "ALKN_HASH_SECRET": HASH_SECRET,
                "OMP_NUM_THREADS": "1"}
         try:
             with api_and_worker(env, home, ["-c", "1"]) as (base_url, worker):  # prefork
@@ -669,7 +673,7 @@ def test_retention_purges_finished_requests_items_to_hashes(own_db: str,
     with pytest.raises(ValueError, match="duration"):
         Settings(forget_data_retention="a week")
     settings = Settings(database_url=own_db, home=tmp_path, bootstrap_api_key=KEY,
-                        forget_data_retention="1h")
+                        forget_data_retention="1h", hash_secret=HASH_SECRET)
     items = [{"question": "Wo wohnt Zoë?", "answer": "In Köln."}, {"text": "Zoë, 42 ⚑"}]
     now = utcnow()
     with TestClient(create_app(settings)) as client:  # the app makes the key's tenant
@@ -694,14 +698,14 @@ def test_retention_purges_finished_requests_items_to_hashes(own_db: str,
                 ids[name] = req.id
 
         Dispatcher(None, settings).sweep()
-        with session_scope(own_db) as s:
-            rows = {name: s.get(ForgetRequest, i) for name, i in ids.items()}
-        for name, row in rows.items():
-            if name.startswith("old_"):
-                assert row.items == [] and row.items_purged_at is not None
-                assert row.item_hashes == [item_sha(i) for i in items]
-            else:
-                assert row.items == items and row.item_hashes is None, name
+        with session_scope(own_db) as s:  # items are loaded from their own table on access
+            for name, i in ids.items():
+                row = s.get(ForgetRequest, i)
+                if name.startswith("old_"):
+                    assert row.items == [] and row.items_purged_at is not None
+                    assert row.item_hashes == [item_sha(i) for i in items]
+                else:
+                    assert row.items == items and row.item_hashes is None, name
         body = client.get(f"/v1/forget-requests/{ids['old_succeeded']}").json()
         assert body["item_count"] == 2 and body["status"] == "succeeded"
         assert body["item_hashes"] == [item_sha(i) for i in items] and body["items_purged_at"]

@@ -1,6 +1,7 @@
 """The outbox dispatcher: publishes committed outbox rows to the broker, and a sweeper that
 re-enqueues lineages nobody works on, requeues jobs whose worker went silent
-(ALKN_JOB_HEARTBEAT_TIMEOUT) and purges forget items past ALKN_FORGET_DATA_RETENTION.
+(ALKN_JOB_HEARTBEAT_TIMEOUT), purges forget items past ALKN_FORGET_DATA_RETENTION and
+deletes idempotency records past ALKN_IDEMPOTENCY_TTL.
 
 Rows are marked published only after the broker accepted the message; while the broker is
 down they stay unpublished (attempts and last_error record why) and go out once it is back.
@@ -21,9 +22,11 @@ from sqlalchemy.exc import OperationalError as SQLAlchemyOperationalError
 
 from registry import jobs
 from registry.db import session_scope
+from registry.erasure import erase_on_start
 from registry.gc import collect_orphans
+from registry.hashing import hash_secret
 from registry.models import Outbox, utcnow
-from registry.retention import purge_forget_items
+from registry.retention import expire_idempotency_records, purge_forget_items
 from registry.settings import Settings, get_settings
 from registry.store import open_store
 
@@ -101,6 +104,8 @@ class Dispatcher:
     def start(self) -> None:
         if self._thread is not None and self._thread.is_alive():
             return
+        # Whatever a crash between a purge and its erasure (or a migration) left behind.
+        erase_on_start(self.settings.resolved_database_url)
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="alkn-dispatcher", daemon=True)
         self._thread.start()
@@ -128,9 +133,11 @@ class Dispatcher:
             quiet_for=max(self.sweep_interval * 2, self.settings.lease_seconds))
         if enqueued:
             log.info("re-enqueued stranded lineage(s): %s", ", ".join(enqueued))
-        purged = purge_forget_items(url, self.settings.forget_data_retention_s)
+        purged = purge_forget_items(url, self.settings.forget_data_retention_s,
+                                    hash_secret(url, self.settings.hash_secret))
         if purged:
             log.info("purged the items of %d finished request(s) to hashes", len(purged))
+        expire_idempotency_records(url, self.settings.idempotency_ttl_s)
         jobs.prune_outbox(url)
         if time.monotonic() >= self._next_gc:  # bytes a dead worker uploaded but never committed
             self._next_gc = time.monotonic() + self.gc_interval

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from registry import catalog
+from registry import catalog, source_roots
 from registry.models import Model
 
 from .. import idempotency
@@ -26,21 +26,23 @@ router = APIRouter(prefix="/v1/models", tags=["models"], responses=problems(401)
 def create_model(body: ModelCreate, request: Request, session: SessionDep, store: StoreDep,
                  settings: SettingsDep, tenant: TenantDep,
                  idempotency_key: IdempotencyKey = None) -> JSONResponse:
-    """Register a model; its `source.path` directory is copied into the store as version 1."""
+    """Register a model; its `source.path` directory is copied into the store as version 1.
+    The path must lie under the tenant's source roots (its own, else the global ones)."""
 
     def create() -> Created:
+        roots = source_roots.tenant_roots(session, tenant, settings.source_roots)
         model = catalog.register_model(
             session, store, tenant, body.name,
             Path(body.source.path) if body.source is not None else None,
             body.description, body.qa_template, body.default_params, body.retain_set,
-            body.holdout_set, body.eval_sets, allowed_roots=settings.source_roots,
+            body.holdout_set, body.eval_sets, allowed_roots=roots,
             max_files=settings.max_version_files)
         out = ModelOut.model_validate(catalog.model_dicts(session, [model])[0])
         return Created(201, out.model_dump(mode="json"), {"Location": f"/v1/models/{model.name}"})
 
     return idempotency.run(
         session, tenant, idempotency_key, f"POST {request.url.path}",
-        idempotency.json_hash(body.model_dump(mode="json", exclude_unset=True)), create,
+        idempotency.json_hash(request, body.model_dump(mode="json", exclude_unset=True)), create,
         commit=lambda: catalog.commit_or_discard(session, store),
         abort=lambda: catalog.discard_published(session, store))
 

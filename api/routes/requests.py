@@ -44,7 +44,7 @@ def submit(name: str, body: ForgetRequestCreate, request: Request, session: Sess
 
     return idempotency.run(
         session, tenant, idempotency_key, f"POST {request.url.path}",
-        idempotency.json_hash(body.model_dump(mode="json", exclude_unset=True)), create)
+        idempotency.json_hash(request, body.model_dump(mode="json", exclude_unset=True)), create)
 
 
 @router.get("/v1/forget-requests", response_model=Page[ForgetRequestOut],

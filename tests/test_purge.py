@@ -1,0 +1,285 @@
+"""Gone means gone: after the retention purge, forget text is in no byte of the database's
+files; what is kept of it is an HMAC under the deployment's secret; idempotency records
+expire.
+
+A request holding a distinctive marker is submitted through the API (with an
+Idempotency-Key), run to the end by the real job runner (`run_lineage_once`: job rows,
+events, metrics, versions are written as in production) and purged by the dispatcher's
+sweep. The database's files are then read as bytes: on SQLite the database file and its
+WAL, on PostgreSQL every file of the database's directory (heap, TOAST, indexes, catalogs;
+the tables' own files are found with `pg_relation_filepath` under `SHOW data_directory`).
+Before the purge the marker must be found there (the search sees what it looks for).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+from sqlalchemy import select, update
+
+from api.app import create_app
+from api.auth import create_api_key
+from registry.db import get_engine, session_scope
+from registry.migrate import upgrade
+from registry.models import ForgetRequest, IdempotencyRecord, Model, Tenant, utcnow
+from registry.settings import Settings
+from registry.store import LocalStore
+from worker.dispatcher import Dispatcher
+from worker.runner import run_lineage_once
+
+from .services import migrated_pg_database
+from .test_worker import World, register
+from .test_worker import worker_world as worker_world  # noqa: F401  (the fixture)
+
+
+def canonical(value: Any) -> bytes:
+    """The README's canonical form, written out here independently of the code."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False).encode("utf-8")
+
+
+def hmac_hex(secret: str, value: Any) -> str:
+    return hmac.new(secret.encode("utf-8"), canonical(value), hashlib.sha256).hexdigest()
+
+
+def marked_items(marker: str, person: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Two of the fixture's QA with the marker in them, and a long text item (random, so
+    PostgreSQL cannot compress it: it goes to TOAST as is; SQLite to overflow pages) with
+    the marker every 400 characters (a copy inside every TOAST chunk)."""
+    long_text = "".join(secrets.token_urlsafe(300) + f" {marker} " for _ in range(30))
+    return [{"question": person[0]["question"], "answer": f"{person[0]['answer']} {marker}"},
+            {"question": f"Who is {marker}?", "answer": person[1]["answer"]},
+            {"text": long_text}]
+
+
+def run_and_purge(settings: Settings, world: World, marker: str, before_purge: Any,
+                  after_purge: Any = None) -> dict[str, Any]:
+    """Submit the marked request through the API (with an Idempotency-Key), run its job,
+    call `before_purge()`, purge it with the dispatcher's sweep, then call `after_purge()`
+    while the API still runs (its pooled connections open: SQLite deletes the WAL when the
+    last connection closes, which a running service never does). Returns the request as
+    the API shows it afterwards."""
+    url = settings.resolved_database_url
+    store = LocalStore(settings.resolved_artifact_root)
+    model_id = register(url, store, world)
+    with session_scope(url) as s:
+        model = s.get(Model, model_id)
+        tenant = s.get(Tenant, model.tenant_id)
+        key = create_api_key(s, tenant.name)
+        name = model.name
+    items = marked_items(marker, world.items[world.people[0]])
+    with TestClient(create_app(settings)) as client:
+        client.headers["Authorization"] = f"Bearer {key}"
+        r = client.post(f"/v1/models/{name}/forget-requests", json={"items": items},
+                        headers={"Idempotency-Key": str(uuid.uuid4())})
+        assert r.status_code == 202, r.text
+        rid = r.json()["id"]
+        assert run_lineage_once(settings, model_id, store=store) >= 1
+        done = client.get(f"/v1/forget-requests/{rid}").json()
+        assert done["status"] == "succeeded", done
+        before_purge()
+        Dispatcher(None, settings).sweep()
+        shown = client.get(f"/v1/forget-requests/{rid}").json()
+        if after_purge is not None:
+            after_purge()
+    assert shown["items_purged_at"] and len(shown["item_hashes"]) == len(items)
+    assert marker not in json.dumps(shown)
+    with session_scope(url) as s:
+        assert s.get(ForgetRequest, rid).items == []
+    return {"request": shown, "items": items}
+
+
+def assert_marker(files: list[Path], marker: str, present: bool) -> None:
+    found = [str(p) for p in files if p.is_file() and marker.encode() in p.read_bytes()]
+    assert bool(found) == present, (f"marker {'not ' if present else ''}found", found)
+
+
+# --------------------------------------------------------------------------------------------
+# SQLite: the database file and its WAL
+# --------------------------------------------------------------------------------------------
+
+
+def test_purged_text_is_in_no_byte_of_the_sqlite_files(tmp_path: Path,
+                                                        worker_world: World) -> None:  # noqa: F811
+    marker = f"PurgeMarker{uuid.uuid4().hex[:12]}"
+    settings = Settings(home=tmp_path, database_url=None, artifact_root=None, broker_url=None,
+                        forget_data_retention="0s", lease_seconds=60)
+    url = settings.resolved_database_url
+    upgrade(url)
+    db = Path(url.removeprefix("sqlite:///"))
+    files = [db, db.with_name(db.name + "-wal")]
+    with get_engine(url).connect() as conn:  # set on every connection (a build may not)
+        assert conn.exec_driver_sql("PRAGMA secure_delete").scalar_one() == 1
+    run_and_purge(settings, worker_world, marker,
+                  lambda: assert_marker(files, marker, present=True),
+                  lambda: assert_marker(files, marker, present=False))
+
+
+# --------------------------------------------------------------------------------------------
+# PostgreSQL: every file of the database's directory
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def own_pg() -> Iterator[str]:
+    with migrated_pg_database() as url:  # per test: erasure state is per database
+        yield url
+
+
+def pg_database_files(url: str) -> list[Path]:
+    """The files of the database's directory, after a CHECKPOINT has written every page;
+    the forget_requests and forget items tables (and their TOAST) are among them."""
+    with get_engine(url).connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text("CHECKPOINT"))
+        data_dir = Path(conn.execute(sa.text("SHOW data_directory")).scalar_one())
+        paths = [conn.execute(sa.text("SELECT pg_relation_filepath(:t)"), {"t": t}).scalar_one()
+                 for t in ("forget_requests", "jobs", "job_events", "idempotency_keys")]
+        toast = conn.execute(sa.text(
+            "SELECT pg_relation_filepath(reltoastrelid) FROM pg_class "
+            "WHERE relname = 'forget_requests'")).scalar_one()
+    directory = data_dir / Path(paths[0]).parent
+    try:
+        files = sorted(directory.iterdir())
+    except OSError:
+        pytest.skip(f"the PostgreSQL data directory {directory} is not readable here")
+    assert {data_dir / p for p in [*paths, toast]} <= set(files)
+    return files
+
+
+def test_purged_text_is_in_no_byte_of_the_postgresql_files(own_pg: str, tmp_path: Path,
+                                                            worker_world: World  # noqa: F811
+                                                            ) -> None:
+    marker = f"PurgeMarker{uuid.uuid4().hex[:12]}"
+    settings = Settings(home=tmp_path, database_url=own_pg,
+                        artifact_root=str(tmp_path / "artifacts"), forget_data_retention="0s",
+                        lease_seconds=60)
+    run_and_purge(settings, worker_world, marker,
+                  lambda: assert_marker(pg_database_files(own_pg), marker, present=True))
+    assert_marker(pg_database_files(own_pg), marker, present=False)
+
+
+def test_an_old_snapshot_delays_the_erasure_until_it_ends(own_pg: str, tmp_path: Path,
+                                                          worker_world: World  # noqa: F811
+                                                          ) -> None:
+    """VACUUM FULL would copy rows a snapshot older than the purge still sees into the new
+    files: the erasure waits for that snapshot to end (the next sweep then erases)."""
+    from registry.erasure import erase_pending
+
+    marker = f"PurgeMarker{uuid.uuid4().hex[:12]}"
+    settings = Settings(home=tmp_path, database_url=own_pg,
+                        artifact_root=str(tmp_path / "artifacts"), forget_data_retention="0s",
+                        lease_seconds=60)
+    engine = sa.create_engine(own_pg)
+    reader = engine.connect().execution_options(isolation_level="REPEATABLE READ")
+    try:
+        def open_snapshot() -> None:  # a snapshot, and no lock on forget_items
+            reader.execute(sa.text("SELECT count(*) FROM jobs")).scalar_one()
+
+        run_and_purge(settings, worker_world, marker, open_snapshot)
+        assert erase_pending(own_pg)
+        reader.rollback()
+    finally:
+        reader.close()
+        engine.dispose()
+    Dispatcher(None, settings).sweep()
+    assert not erase_pending(own_pg)
+    assert_marker(pg_database_files(own_pg), marker, present=False)
+
+
+# --------------------------------------------------------------------------------------------
+# HMACs and idempotency records
+# --------------------------------------------------------------------------------------------
+
+
+def add_finished_request(url: str, items: list[dict[str, Any]]) -> str:
+    with session_scope(url) as s:
+        model = s.scalars(select(Model)).first()
+        req = ForgetRequest(tenant_id=model.tenant_id, model_id=model.id, status="succeeded",
+                            method="alkn", items=items, item_count=len(items),
+                            finished_at=utcnow() - timedelta(hours=1))
+        s.add(req)
+        s.flush()
+        return req.id
+
+
+def test_item_hashes_are_hmacs_under_the_deployment_secret(own_pg: str, tmp_path: Path) -> None:
+    from .services import add_model_row
+
+    with session_scope(own_pg) as s:
+        add_model_row(s, "hashes", "m")
+    items = [{"question": "Wo wohnt Zoë?", "answer": "In Köln."}, {"text": "Zoë, 42 ⚑"}]
+    sha = [hashlib.sha256(canonical(i)).hexdigest() for i in items]
+
+    def purged(settings: Settings) -> list[str]:
+        rid = add_finished_request(own_pg, items)
+        Dispatcher(None, settings).sweep()
+        with session_scope(own_pg) as s:
+            return list(s.get(ForgetRequest, rid).item_hashes)
+
+    base = dict(home=tmp_path, database_url=own_pg, artifact_root=str(tmp_path / "a"),
+                forget_data_retention="1m")
+    configured = Settings(**base, hash_secret="a secret of the operator's")
+    assert purged(configured) == [hmac_hex("a secret of the operator's", i) for i in items]
+    assert purged(configured) == purged(configured)  # stable for a given secret
+    assert purged(Settings(**base, hash_secret="another")) != purged(configured)
+    # Unset: the secret generated once for the deployment, kept in its database.
+    with session_scope(own_pg) as s:
+        stored = s.execute(sa.text("SELECT value FROM deployment_secrets WHERE name = 'hash'")
+                           ).scalar_one()
+    assert len(stored) == 64
+    generated = purged(Settings(**base))
+    assert generated == [hmac_hex(stored, i) for i in items] == purged(Settings(**base))
+    assert not set(generated) & set(sha)  # never the plain sha256
+
+
+def test_idempotency_records_hold_an_hmac_and_expire(own_pg: str, tmp_path: Path,
+                                                     worker_world: World  # noqa: F811
+                                                     ) -> None:
+    assert Settings().idempotency_ttl_s == 24 * 3600  # the default
+    with pytest.raises(ValueError, match="duration"):
+        Settings(idempotency_ttl="a day")
+    secret = "idempotency test secret"
+    settings = Settings(home=tmp_path, database_url=own_pg, hash_secret=secret,
+                        artifact_root=str(tmp_path / "artifacts"))
+    model_id = register(own_pg, LocalStore(settings.resolved_artifact_root), worker_world)
+    with session_scope(own_pg) as s:
+        model = s.get(Model, model_id)
+        key = create_api_key(s, s.get(Tenant, model.tenant_id).name)
+        name = model.name
+    body = {"items": worker_world.items[worker_world.people[0]][:2]}
+    with TestClient(create_app(settings)) as client:
+        client.headers["Authorization"] = f"Bearer {key}"
+        first = [client.post(f"/v1/models/{name}/forget-requests", json=body,
+                             headers={"Idempotency-Key": k}) for k in ("old", "new")]
+        assert all(r.status_code == 202 for r in first)
+        with session_scope(own_pg) as s:
+            records = {r.key: r for r in s.scalars(select(IdempotencyRecord))}
+        assert {r.request_hash for r in records.values()} == {hmac_hex(secret, body)}
+        assert hashlib.sha256(canonical(body)).hexdigest() != hmac_hex(secret, body)
+        # Within the TTL the first answer is replayed.
+        again = client.post(f"/v1/models/{name}/forget-requests", json=body,
+                            headers={"Idempotency-Key": "old"})
+        assert again.json()["id"] == first[0].json()["id"]
+        with session_scope(own_pg) as s:
+            s.execute(update(IdempotencyRecord).where(IdempotencyRecord.key == "old")
+                      .values(created_at=sa.func.now() - timedelta(hours=24, seconds=1)))
+            s.execute(update(IdempotencyRecord).where(IdempotencyRecord.key == "new")
+                      .values(created_at=sa.func.now() - timedelta(hours=23)))
+        Dispatcher(None, settings).sweep()
+        with session_scope(own_pg) as s:
+            assert [r.key for r in s.scalars(select(IdempotencyRecord))] == ["new"]
+        # Expired: the key is free again (a new request, not the old answer).
+        later = client.post(f"/v1/models/{name}/forget-requests", json=body,
+                            headers={"Idempotency-Key": "old"})
+        assert later.status_code == 202 and later.json()["id"] != first[0].json()["id"]
