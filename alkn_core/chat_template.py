@@ -141,7 +141,9 @@ class _Renderer:
     def _start(self, limits: TemplateLimits) -> None:
         self.close()
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, str(limits.memory_bytes), str(limits.output_chars)],
+            # -P: the working directory is not put on the child's import path
+            [sys.executable, "-P", "-c", _CHILD, str(limits.memory_bytes),
+             str(limits.output_chars)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             close_fds=True)
         self.started_with = limits

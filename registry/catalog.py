@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from alkn_core.items import validate_items
 from alkn_core.params import DEFAULT_QA_TEMPLATE, METHOD_DEFAULTS, resolve_params
 
+from .model_files import InvalidModelFiles, check_model_dir
 from .models import Alias, Job, Model, Version, utcnow
 from .store import CHUNK, ArtifactStore, FileInfo, LocalStore, regular_files, safe_relpath
 
@@ -411,6 +412,10 @@ def register_upload(session: Session, store: ArtifactStore, model: Model, archiv
     try:
         extract_tar(archive, staging, max_bytes)
         root = _model_root(staging)
+        try:  # a version naming files outside itself is never stored
+            check_model_dir(root, loadable=False)
+        except InvalidModelFiles as e:
+            raise Invalid(str(e)) from None
         key = f"{model.id}/root-{uuid.uuid4().hex[:12]}"
         files = _publish(session, store, root, key)
     finally:

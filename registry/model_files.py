@@ -1,7 +1,8 @@
 """Which files loading a version's model directory may open: all of them lie inside it.
 
 `check_model_dir(root)` runs before anything in the directory is loaded (the worker calls
-it on every base version it fetches). It refuses, with `InvalidModelFiles`:
+it on every base version it fetches; the upload route, on what it extracted). It refuses,
+with `InvalidModelFiles`:
 - anything under the directory that is not a regular file or a real directory (a symlink,
   wherever it points, a FIFO, a device);
 - a file name in `model.safetensors.index.json` / `pytorch_model.bin.index.json`
@@ -35,7 +36,7 @@ class InvalidModelFiles(ValueError):
     outside the version."""
 
     def __init__(self, reason: str) -> None:
-        super().__init__(f"the base version's model files cannot be loaded: {reason}")
+        super().__init__(f"the version's model files cannot be loaded: {reason}")
 
 
 @dataclass(frozen=True)
@@ -45,18 +46,16 @@ class ModelFiles:
     weights: tuple[str, ...]  # the .safetensors files a load reads, relative to root
 
 
-def check_model_dir(root: Path) -> ModelFiles:
-    """The checked directory: its config and the weight files loading it reads."""
+def check_model_dir(root: Path, *, loadable: bool = True) -> ModelFiles:
+    """The checked directory: its config and the weight files loading it reads. With
+    `loadable=False` (an upload: it may hold a model no job can load, but nothing that
+    points out of itself), only the file names are checked and `weights` is empty."""
     root = Path(os.path.realpath(root))
     files = _regular_files(root)
     config = _json_file(root, files, "config.json")
     if config is None:
         raise InvalidModelFiles("config.json is missing")
     tokenizer_config = _json_file(root, files, "tokenizer_config.json") or {}
-    for name, data in (("config.json", config), ("tokenizer_config.json", tokenizer_config)):
-        if "auto_map" in data:
-            raise InvalidModelFiles(f"{name} asks for remote code (auto_map), which is "
-                                    "never run")
     for key, value in tokenizer_config.items():
         if key.endswith(("_file", "_files")) and value is not None:
             for name in _names(value):
@@ -64,6 +63,14 @@ def check_model_dir(root: Path) -> ModelFiles:
     for index in INDEX_FILES:
         if index in files:
             _index_shards(root, files, index)
+    if not loadable:
+        if config.get("transformers_weights") is not None:
+            _member(files, config["transformers_weights"], "config.json (transformers_weights)")
+        return ModelFiles(root, config, ())
+    for name, data in (("config.json", config), ("tokenizer_config.json", tokenizer_config)):
+        if "auto_map" in data:
+            raise InvalidModelFiles(f"{name} asks for remote code (auto_map), which is "
+                                    "never run")
     return ModelFiles(root, config, _weights(root, files, config))
 
 

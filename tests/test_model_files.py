@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from dataclasses import replace
@@ -28,10 +29,11 @@ from registry.models import ForgetRequest, Job, Model, Version
 from registry.settings import Settings
 from registry.store import LocalStore
 
+from .apikit import ApiWorld, api_world, write_model_dir
 from .services import ROOT
 from .test_worker import World, env, get, register, submit, versions, worker_world
 
-__all__ = ["env", "worker_world"]  # fixtures, used by name
+__all__ = ["api_world", "env", "worker_world"]  # fixtures, used by name
 
 HANG = ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
         "{{ messages[0]['content'] }}")
@@ -112,10 +114,30 @@ def test_an_index_pointing_at_another_tenants_shard_is_refused(
     assert req.status == "failed" and req.result_version is None
     # One type and one message, whether the target exists or not: nothing about the host.
     assert req.error == {"type": "invalid_model_files", "message": (
-        "the base version's model files cannot be loaded: model.safetensors.index.json "
+        "the version's model files cannot be loaded: model.safetensors.index.json "
         "names a file that is not part of this version")}
     assert [v.number for v in versions(url, model_id)] == [1]  # nothing made of the victim
     assert [v.number for v in versions(url, victim_id)] == [1]
+
+
+@pytest.mark.parametrize("shard", ["../../other/v1/model.safetensors", "/etc/passwd"])
+def test_an_upload_whose_index_points_outside_is_refused(api_world: ApiWorld, tmp_path: Path,
+                                                         shard: str) -> None:
+    """Refused early too (422, nothing written); the worker's check above is the one that
+    must hold, for versions stored before this check existed."""
+    d = write_model_dir(tmp_path / "upload")
+    (d / "model.safetensors").unlink()
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": shard}}))
+    archive = tmp_path / "upload.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        for f in sorted(d.iterdir()):
+            tf.add(f, arcname=f.name)
+    url = f"/v1/models/{api_world.model}/versions:upload"
+    with api_world.unchanged():
+        r = api_world.client.post(url, content=archive.read_bytes())
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"] == ("the version's model files cannot be loaded: model.safetensors"
+                                  ".index.json names a file that is not part of this version")
 
 
 def test_a_symlink_in_the_version_is_refused(env: tuple[Settings, LocalStore],
@@ -219,12 +241,12 @@ def test_a_config_bigger_than_its_weights_is_refused_without_allocating(
         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     usage = json.loads(out.stdout.strip().splitlines()[-1])
+    grown = (usage["peak_kib"] - usage["base_kib"]) * 1024
+    assert grown < 100_000 * 4096 * 4 / 4, usage  # well under a quarter of the embedding
     req = get(url, ForgetRequest, rid)
     assert req.status == "failed" and req.error["type"] == "invalid_model_files"
     assert "model.embed_tokens.weight has shape [512, 64] in the weights, the config needs " \
         "[100000, 4096]" in req.error["message"]
-    grown = (usage["peak_kib"] - usage["base_kib"]) * 1024
-    assert grown < 100_000 * 4096 * 4 / 4, usage  # well under a quarter of the embedding
 
 
 def test_config_numbers_are_checked_against_the_headers(worker_world: World,
