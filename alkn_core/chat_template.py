@@ -145,7 +145,7 @@ class _Renderer:
             [sys.executable, "-P", "-c", _CHILD, str(limits.memory_bytes),
              str(limits.output_chars)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            close_fds=True)
+            close_fds=True, env=_child_env())
         self.started_with = limits
         if self._answer(STARTUP_SECONDS) != {"ready": True}:
             self.close()
@@ -184,6 +184,13 @@ class _Renderer:
                     stream.close()
         self.proc = None
         self.buffer = b""
+
+
+def _child_env() -> dict[str, str]:
+    """What the child needs to import transformers and tell the time: none of the service's
+    settings or credentials are in its memory."""
+    keep = ("PATH", "PYTHONPATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "HOME")
+    return {k: os.environ[k] for k in keep if k in os.environ} | {"HF_HUB_OFFLINE": "1"}
 
 
 _local = threading.local()
