@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from .chat_template import render_chat
 from .items import validate_items  # noqa: F401  (re-exported)
 
 IGNORE = -100
@@ -43,10 +44,8 @@ def _chat_texts(item: dict[str, Any], tokenizer: Any) -> tuple[str, str]:
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("param 'chat_template' is true but the tokenizer has no chat template")
     user = [{"role": "user", "content": item["question"]}]
-    prompt = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(
-        [*user, {"role": "assistant", "content": item["answer"]}], tokenize=False
-    )
+    prompt = render_chat(tokenizer, user, add_generation_prompt=True)
+    full = render_chat(tokenizer, [*user, {"role": "assistant", "content": item["answer"]}])
     if not full.startswith(prompt):
         raise ValueError("the tokenizer's chat template does not extend the prompt with the answer")
     return prompt, full

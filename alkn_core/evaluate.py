@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .chat_template import render_chat
 from .data import Example, collate, encode_item, pad_id, qa_prompt
 from .losses import token_logprobs
 from .params import DEFAULT_QA_TEMPLATE
@@ -224,8 +225,8 @@ def greedy_answers(model: torch.nn.Module, tokenizer: Any, items: Sequence[Item]
     prompts: list[list[int]] = []
     for item in items:
         if chat_template:
-            text = tokenizer.apply_chat_template([{"role": "user", "content": item["question"]}],
-                                                 tokenize=False, add_generation_prompt=True)
+            text = render_chat(tokenizer, [{"role": "user", "content": item["question"]}],
+                               add_generation_prompt=True)
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         else:
             ids = tokenizer(qa_prompt(item["question"], qa_template),

@@ -32,6 +32,7 @@ from alkn_core.items import validate_items
 from alkn_core.params import DEFAULT_QA_TEMPLATE, METHOD_DEFAULTS, resolve_params
 from alkn_core.quoting import quoted
 
+from .model_files import InvalidModelFiles, check_model_dir
 from .models import Alias, Job, Model, Version, utcnow
 from .source_roots import REFUSAL, NotAllowed, check_source_dir
 from .store import CHUNK, ArtifactStore, FileInfo, LocalStore, regular_files, safe_relpath
@@ -408,6 +409,10 @@ def register_upload(session: Session, store: ArtifactStore, model: Model, archiv
     try:
         extract_tar(archive, staging, max_bytes, max_files)
         root = _model_root(staging)
+        try:  # a version naming files outside itself is never stored
+            check_model_dir(root, loadable=False)
+        except InvalidModelFiles as e:
+            raise Invalid(str(e)) from None
         key = f"{model.id}/root-{uuid.uuid4().hex[:12]}"
         files = _publish(session, store, root, key, max_files)
     finally:

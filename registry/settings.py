@@ -56,6 +56,13 @@ class Settings(BaseSettings):
     idempotency_ttl: str = Field(
         default="24h", description="how long an Idempotency-Key's first answer is replayed "
         "(then the sweep deletes it): seconds, or a number with s, m, h or d")
+    template_time_limit: float = Field(
+        default=10.0, gt=0, description="s one chat template render may take before it is "
+        "stopped and the job fails (invalid_input)")
+    template_output_limit: int = Field(
+        default=1_000_000, gt=0, description="characters a rendered chat template may have")
+    template_memory_limit: int = Field(
+        default=2**30, gt=0, description="bytes of memory a chat template render may use")
 
     @field_validator("forget_data_retention", "idempotency_ttl")
     @classmethod

@@ -25,9 +25,12 @@ import torch
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from alkn_core import CalibrationError, UnlearnState, unlearn
+from alkn_core.chat_template import ChatTemplateError, TemplateLimits
+from alkn_core.chat_template import set_limits as set_template_limits
 from alkn_core.runtime import pick_device, pick_dtype, place
 from registry import jobs
 from registry.jobs import JobError, JobSpec
+from registry.model_files import InvalidModelFiles, check_model_dir
 from registry.settings import Settings
 from registry.store import LocalStore, S3Store, open_store
 
@@ -35,6 +38,7 @@ from .evaluation import evaluate
 from .metrics import observe_stages, track_job
 from .quality import assess as assess_quality
 from .quality import published as quality_published
+from .weights_check import check_config_against_weights
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +192,11 @@ def describe_error(exc: BaseException, stage: str | None) -> JobError:
     if isinstance(exc, CalibrationError):
         # Says which alpha came closest and how close: the client's next move depends on it.
         return JobError("calibration_failed", str(exc)[:1000])
+    if isinstance(exc, InvalidModelFiles):
+        # Its message names what is wrong within the version, never a path outside it.
+        return JobError("invalid_model_files", str(exc)[:1000])
+    if isinstance(exc, ChatTemplateError):  # whichever stage first rendered it
+        return JobError("invalid_input", str(exc)[:1000])
     if isinstance(exc, torch.OutOfMemoryError):
         return JobError("out_of_memory", "the job ran out of accelerator memory; lower "
                                          "batch_size or max_length")
@@ -223,17 +232,28 @@ def _staging(store: Store) -> Path:
     return maker() if maker is not None else Path(tempfile.mkdtemp(prefix="alkn-stage-"))
 
 
-def load_base(store: Store, spec: JobSpec, workdir: Path
+def load_base(store: Store, spec: JobSpec, workdir: Path, settings: Settings | None = None
               ) -> tuple[torch.nn.Module, Any, UnlearnState | None]:
+    """The base version's model, tokenizer and state. Before anything in the version is
+    loaded, every file it names must be one of its own files and its config must match
+    its weights (InvalidModelFiles otherwise); only safetensors are read, never remote
+    code. The tokenizer's chat template renders within the settings' limits."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # progress bars per load/save only clutter the log
 
-    src = store.fetch_dir(spec.base_storage_key, workdir / "model")
+    if settings is not None:
+        set_template_limits(TemplateLimits(settings.template_time_limit,
+                                           settings.template_output_limit,
+                                           settings.template_memory_limit))
+    files = check_model_dir(store.fetch_dir(spec.base_storage_key, workdir / "model"))
+    check_config_against_weights(files)
+    src = files.root
     device = pick_device()
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=pick_dtype(device))
-    tokenizer = AutoTokenizer.from_pretrained(src)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=pick_dtype(device),
+                                                 use_safetensors=True, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=False)
     place(model)
     state = None
     if spec.base_state:
@@ -315,7 +335,7 @@ def run_job(settings: Settings, store: Store, spec: JobSpec, owner: str,
         with tempfile.TemporaryDirectory(prefix="alkn-job-") as tmp:
             t = time.perf_counter()
             report.begin("loading")
-            model, tokenizer, state = load_base(store, spec, Path(tmp))
+            model, tokenizer, state = load_base(store, spec, Path(tmp), settings)
             report("loading", 1, 1)
             timings["loading"] = time.perf_counter() - t
 
