@@ -17,7 +17,7 @@ migration stay plain sha256 (their text is gone; they cannot be converted); an
 Idempotency-Key retried across the upgrade answers 409 (its stored hash was sha256).
 
 Revision ID: 0007
-Revises: 0003
+Revises: 0006
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0007'
-down_revision = '0003'
+down_revision = '0006'
 branch_labels = None
 depends_on = None
 

@@ -5,7 +5,7 @@ evaluation (utility floor, measured ratios against the lineage's first version, 
 forget target was met, `passed`); null for root versions and for jobs that made no version.
 
 Revision ID: 0009
-Revises: 0003
+Revises: 0007
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0009'
-down_revision = '0003'
+down_revision = '0007'
 branch_labels = None
 depends_on = None
 
