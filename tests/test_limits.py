@@ -22,7 +22,6 @@ from api.auth import create_api_key
 from registry.db import session_scope
 from registry.migrate import upgrade
 from registry.models import ForgetRequest, Job, JobEvent, Outbox, utcnow
-from registry.requests import QUEUE_FULL_RETRY_AFTER_S
 from registry.settings import Settings
 from registry.store import LocalStore
 
@@ -162,7 +161,7 @@ def test_a_tenant_past_its_queue_limit_gets_429(api_world: ApiWorld) -> None:
                                   headers={"Idempotency-Key": uuid.uuid4().hex})
         assert r.status_code == 429, r.text
         assert r.headers["content-type"] == "application/problem+json"
-        assert r.headers["Retry-After"] == str(QUEUE_FULL_RETRY_AFTER_S)
+        assert int(r.headers["Retry-After"]) > 0
         problem = r.json()
         assert problem["type"] == "urn:alkn:problem:too-many-requests"
         assert problem["status"] == 429 and f"limit {limit}" in problem["detail"]
