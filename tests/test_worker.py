@@ -169,8 +169,10 @@ def state_task_index(store: LocalStore, version: Version) -> int:
 
 
 @pytest.fixture()
-def env(pg_url: str, tmp_path: Path) -> tuple[Settings, LocalStore]:
-    settings = Settings(database_url=pg_url, artifact_root=str(tmp_path / "artifacts"),
+def env(module_pg_url: str, tmp_path: Path) -> tuple[Settings, LocalStore]:
+    # The module's own database: a lineage yields to other tenants' waiting requests
+    # (registry.jobs.yield_turn), and other modules leave some queued in theirs.
+    settings = Settings(database_url=module_pg_url, artifact_root=str(tmp_path / "artifacts"),
                         home=tmp_path, queue="unused")
     return settings, LocalStore(settings.resolved_artifact_root)
 
