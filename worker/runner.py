@@ -507,9 +507,10 @@ def run_job_bounded(settings: Settings, store: Store, spec: JobSpec, owner: str,
 
 def run_lineage_once(settings: Settings, model_id: str, worker_id: str | None = None, *,
                      store: Store | None = None) -> int:
-    """Run every queued job of a lineage if we can take its lease; returns how many jobs
+    """Run the queued jobs of a lineage if we can take its lease; returns how many jobs
     ran. Without the lease it returns at once: the holder picks up queued requests before
-    it lets go."""
+    it lets go. Before each job it may yield its turn to another tenant's waiting lineage
+    (`jobs.yield_turn`: the lineage is enqueued again and this returns)."""
     url = settings.resolved_database_url
     owner = worker_id or new_worker_id()
     store = store if store is not None else open_store(settings.resolved_artifact_root)
