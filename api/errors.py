@@ -28,7 +28,8 @@ PROBLEM_JSON = "application/problem+json"
 SLUGS = {
     400: "bad-request", 401: "unauthorized", 403: "forbidden", 404: "not-found",
     405: "method-not-allowed", 409: "conflict", 413: "content-too-large",
-    416: "range-not-satisfiable", 422: "validation-error", 500: "internal-error",
+    416: "range-not-satisfiable", 422: "validation-error", 429: "too-many-requests",
+    500: "internal-error",
     503: "unavailable",
 }
 
@@ -115,7 +116,8 @@ async def _registry_error(request: Request, exc: Exception) -> Response:
     errors = None
     if exc.status == 422:
         errors = [{"loc": exc.loc or [], "msg": exc.message, "type": "value_error"}]
-    return problem(exc.status, exc.message, errors=errors)
+    return problem(exc.status, exc.message, errors=errors,
+                   headers=getattr(exc, "headers", None))
 
 
 async def _integrity(request: Request, exc: Exception) -> Response:

@@ -375,6 +375,7 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
             404: "unknown (or another tenant's) model, version, request or job",
             409: "the current state does not allow it", 413: "body too large",
             416: "range not satisfiable", 422: "validation failed (`errors` lists why)",
+            429: "too many unfinished requests for this tenant; retry after `Retry-After` s",
             503: "a dependency is unavailable; retry later"}
     return {s: {"model": Problem, "description": text.get(s, "error"),
                 "content": _PROBLEM_CONTENT} for s in statuses}

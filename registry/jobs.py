@@ -95,6 +95,46 @@ def release_lease(url: str, model_id: str, owner: str) -> None:
                   .values(lease_owner=None, lease_until=None))
 
 
+def yield_turn(url: str, model_id: str, owner: str) -> bool:
+    """Fair scheduling between tenants: True (and the lineage is enqueued again, behind the
+    others, in the same transaction) when this lineage has queued requests and another
+    tenant has queued requests on a lineage nobody holds and was served less recently than
+    this lineage's tenant (its last job started earlier, or it never had one). The caller
+    then releases the lease and returns. The lineage yielded to is enqueued as well.
+
+    A tenant that was never served never yields; of two tenants, the one served less
+    recently goes first, so two workers never yield to each other in turn."""
+    now = utcnow()
+    with session_scope(url) as s:
+        tenant = s.scalar(select(Model.tenant_id).where(Model.id == model_id,
+                                                        Model.lease_owner == owner))
+        ours = s.scalar(select(func.max(Job.started_at)).where(Job.tenant_id == tenant)) \
+            if tenant is not None else None
+        if ours is None or s.scalar(select(ForgetRequest.id).where(
+                ForgetRequest.model_id == model_id, ForgetRequest.status == "queued")
+                .limit(1)) is None:
+            return False
+        waiting = (select(ForgetRequest.tenant_id, ForgetRequest.model_id)
+                   .join(Model, Model.id == ForgetRequest.model_id)
+                   .where(ForgetRequest.status == "queued", ForgetRequest.tenant_id != tenant,
+                          or_(Model.lease_until.is_(None), Model.lease_until < now))
+                   .distinct().subquery())
+        served = (select(Job.tenant_id, func.max(Job.started_at).label("last"))
+                  .where(Job.tenant_id.in_(select(waiting.c.tenant_id)))
+                  .group_by(Job.tenant_id).subquery())
+        due = s.scalar(select(waiting.c.model_id)
+                       .outerjoin(served, served.c.tenant_id == waiting.c.tenant_id)
+                       .where(or_(served.c.last.is_(None), served.c.last < ours))
+                       .order_by(served.c.last.is_not(None), served.c.last).limit(1))
+        if due is None:
+            return False
+        # The lineage we yield to is woken too, ahead of ours: should its own message be
+        # lost, we would otherwise yield to it until the stranded sweep re-enqueued it.
+        enqueue_lineage(s, due)
+        enqueue_lineage(s, model_id)
+        return True
+
+
 def has_queued(url: str, model_id: str) -> bool:
     with session_scope(url) as s:
         return s.scalar(select(ForgetRequest.id).where(

@@ -22,6 +22,7 @@ from .catalog import (
     Conflict,
     Invalid,
     NotFound,
+    RegistryError,
     as_utc,
     get_version,
     latest_ready,
@@ -29,9 +30,41 @@ from .catalog import (
     require_ready,
 )
 from .jobs import RUN_LINEAGE_TASK
-from .models import FINISHED, REQUEST_STATUSES, ForgetRequest, Job, JobEvent, Model, Outbox, utcnow
+from .models import (
+    FINISHED,
+    REQUEST_STATUSES,
+    ForgetRequest,
+    Job,
+    JobEvent,
+    Model,
+    Outbox,
+    Tenant,
+    utcnow,
+)
 
 DEFAULT_METHOD = "alkn"
+# Retry-After of a 429: about what a queued job takes to make room.
+QUEUE_FULL_RETRY_AFTER_S = 60
+
+
+class QueueFull(RegistryError):
+    """The tenant already has ALKN_MAX_QUEUED_PER_TENANT unfinished requests."""
+
+    status = 429
+    headers = {"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)}
+
+
+def check_queue_room(session: Session, tenant_id: str, limit: int) -> None:
+    """QueueFull when one more request would take the tenant's unfinished (queued or
+    running) requests past `limit`. The tenant row is locked first, so concurrent
+    submissions of one tenant (on any of its models) are counted one after the other."""
+    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+    unfinished = session.scalar(select(func.count()).select_from(ForgetRequest).where(
+        ForgetRequest.tenant_id == tenant_id, ForgetRequest.status.not_in(FINISHED)))
+    if (unfinished or 0) >= limit:
+        raise QueueFull(f"this tenant already has {unfinished} unfinished forget requests, "
+                        f"the most it may have queued (limit {limit}); retry once some "
+                        "have finished")
 
 
 def is_id(value: str) -> bool:
@@ -63,9 +96,11 @@ def effective_params(model: Model, method: str, params: dict[str, Any] | None) -
 
 def submit_forget_request(session: Session, tenant_id: str, model: Model, items: Any,
                           method: str = DEFAULT_METHOD, params: dict[str, Any] | None = None,
-                          base_version: int | None = None) -> ForgetRequest:
+                          base_version: int | None = None, *,
+                          max_queued: int | None = None) -> ForgetRequest:
     """Validate and queue a request: its row and the outbox message that wakes the worker
-    are added to the session together (commit both, or neither)."""
+    are added to the session together (commit both, or neither). `max_queued`: the
+    tenant's limit of unfinished requests (QueueFull past it)."""
     if model.tenant_id != tenant_id:
         raise NotFound(f"model {model.name!r} not found")
     effective_params(model, method, params)
@@ -80,6 +115,8 @@ def submit_forget_request(session: Session, tenant_id: str, model: Model, items:
                       "none; register the model with retain_set or pick another method",
                       loc=["body", "method"])
 
+    if max_queued is not None:
+        check_queue_room(session, tenant_id, max_queued)
     lock_model(session, model.id)  # seq and the base check see every earlier submission
     if base_version is not None:
         require_ready(get_version(session, model, base_version))

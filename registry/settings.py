@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     sweep_interval: float = Field(
         default=30.0, gt=0, description="s between the dispatcher's sweeps (stranded "
         "lineages, hung jobs, forget-data retention)")
+    job_time_limit: float = Field(
+        default=6 * 3600.0, gt=0, description="s a job may run (per attempt) before the "
+        "worker kills its process and fails it with time_limit_exceeded")
+    max_queued_per_tenant: int = Field(
+        default=1000, ge=1, description="a tenant's unfinished (queued or running) forget "
+        "requests; one more answers 429")
     forget_data_retention: str = Field(
         default="7d", description="how long a finished request keeps its items before they "
         "are purged to hashes: seconds, or a number with s, m, h or d")

@@ -313,7 +313,7 @@ def test_unreachable_target_raises_and_leaves_the_model(trained: torch.nn.Module
 
 
 def test_worker_reports_the_curve_and_fails_unreachable_targets(
-        pg_url: str, tmp_path: Path, worker_world: Any) -> None:  # noqa: F811
+        module_pg_url: str, tmp_path: Path, worker_world: Any) -> None:  # noqa: F811
     from sqlalchemy import select
 
     from registry.db import session_scope
@@ -324,7 +324,8 @@ def test_worker_reports_the_curve_and_fails_unreachable_targets(
 
     from .test_worker import PARAMS, get, register, submit, versions
 
-    settings = Settings(database_url=pg_url, artifact_root=str(tmp_path / "artifacts"),
+    # Its own database: other modules' queued requests would make the lineage yield.
+    settings = Settings(database_url=module_pg_url, artifact_root=str(tmp_path / "artifacts"),
                         home=tmp_path, queue="unused")
     store = LocalStore(settings.resolved_artifact_root)
     url = settings.resolved_database_url

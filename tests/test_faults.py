@@ -599,13 +599,16 @@ def test_a_hung_job_is_requeued_after_the_heartbeat_timeout(
     model_id = register(own_db, store, _world(tiny_model_dir), default_params=FAST)
     rid = submit(own_db, model_id, texts("hang", 6))
 
-    hung, release = threading.Event(), threading.Event()
+    # Files: the job runs in a forked child of the worker, which sees no event of ours.
+    hung, release = tmp_path / "hung", tmp_path / "release"
     real_evaluate = runner.evaluate
 
     def hang_once(*args: Any, **kwargs: Any) -> Any:
-        if not hung.is_set():  # the job thread stops here; its lease keeper runs on
-            hung.set()
-            release.wait(120)
+        if not hung.exists():  # the job stops here; the lease keepers run on
+            hung.touch()
+            deadline = time.monotonic() + 120
+            while not release.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
         return real_evaluate(*args, **kwargs)
 
     monkeypatch.setattr(runner, "evaluate", hang_once)
@@ -614,7 +617,7 @@ def test_a_hung_job_is_requeued_after_the_heartbeat_timeout(
         settings, model_id, "w-hung", store=store)))
     first.start()
     try:
-        assert hung.wait(60)
+        wait_for("the job to hang", hung.exists)
         time.sleep(2.5)  # past the heartbeat timeout and past the lease's own length
         model = get(own_db, Model, model_id)
         assert model.lease_owner == "w-hung" and model.lease_until > utcnow()  # kept renewed
@@ -632,6 +635,11 @@ def test_a_hung_job_is_requeued_after_the_heartbeat_timeout(
         # Its clock restarted: reaped once per timeout, not at every sweep.
         assert get(own_db, Job, job_id).heartbeat_at >= reaped_at
         assert jobs.reap_silent_jobs(own_db, 30.0) == []
+        # The worker is free at once (its lease keeper saw the lease go; the hung job's
+        # process was killed), although the hang itself never ended.
+        first.join(10)
+        assert not first.is_alive() and ran == [1] and not release.exists()
+        assert get(own_db, Job, job_id).attempts == 1  # the next worker's attempt is the 2nd
 
         # The next worker resumes the job: a new attempt, progress back at the start.
         assert jobs.take_lease(own_db, model_id, "w-2", 60)
@@ -642,9 +650,9 @@ def test_a_hung_job_is_requeued_after_the_heartbeat_timeout(
         assert runner.run_job(settings, store, spec, "w-2") == "succeeded"
         jobs.release_lease(own_db, model_id, "w-2")
     finally:
-        release.set()
+        release.touch()
         first.join(120)
-    # The hung worker woke up to a lost lease: it stopped without publishing anything.
+    # The hung attempt was stopped without publishing anything.
     assert ran == [1]
     job = get(own_db, Job, job_id)
     assert job.status == "succeeded" and job.attempts == 2 and job.result_version == 2

@@ -71,6 +71,15 @@ _dispatcher: Dispatcher | None = None
 _metrics_server: Any = None
 
 
+@signals.worker_init.connect
+def _warm_up(**_: Any) -> None:
+    # Before the pool starts (prefork forks its children after this): model code imported
+    # once here, so no job's child spends its time limit importing (worker/job_process.py).
+    from .job_process import warm_imports
+
+    warm_imports()
+
+
 @signals.worker_ready.connect
 def _start_dispatcher(sender: Any = None, **_: Any) -> None:
     global _dispatcher, _metrics_server

@@ -2,12 +2,17 @@
 
 `run_lineage_once` is what the Celery task calls; it needs no Celery, so tests call it
 directly. Database work goes through `registry.jobs`; model work through `alkn_core`.
+
+Each job runs in a child process (`worker.job_process`) that is killed at
+ALKN_JOB_TIME_LIMIT (the job fails, `time_limit_exceeded`) or when the heartbeat sweep took
+the lineage back (the job runs again as a new attempt); the worker is free either way. After
+each job the lineage yields to another tenant's waiting lineage that was served less recently
+(`registry.jobs.yield_turn`): no tenant's backlog holds the others back.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 import re
@@ -35,6 +40,7 @@ from registry.settings import Settings
 from registry.store import LocalStore, S3Store, open_store
 
 from .evaluation import evaluate
+from .job_process import model_modules, run_in_child, warm_imports
 from .metrics import observe_stages, track_job
 from .quality import assess as assess_quality
 from .quality import published as quality_published
@@ -485,10 +491,39 @@ def _drop_unreferenced(url: str, store: Store, spec: JobSpec, key: str | None) -
         log.warning("could not check job %s; its files under %s stay", spec.job_id, key)
 
 
-def _free_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+def run_job_bounded(settings: Settings, store: Store, spec: JobSpec, owner: str,
+                    keeper: LeaseKeeper) -> str:
+    """run_job in a child process, stopped from here: at ALKN_JOB_TIME_LIMIT (the job fails,
+    `time_limit_exceeded`) or once `keeper` lost the lease (the heartbeat sweep took the job
+    back; its next attempt runs from the start). Returns the job's status, "lease_lost",
+    "db_lost" or "lost" (the child ended without an outcome: run it again)."""
+    url = settings.resolved_database_url
+
+    def job() -> tuple[str, list[str]]:
+        # The child's own keeper: its renewals are the job's heartbeat in silent stages.
+        with LeaseKeeper(url, spec.model_id, owner, settings.lease_seconds) as own:
+            return run_job(settings, store, spec, owner, own), model_modules()
+
+    limit = settings.job_time_limit
+    warm_imports()
+    result = run_in_child(job, time_limit=limit, abandon=keeper.lost.is_set, db_url=url)
+    if result.outcome == "finished":
+        status, modules = result.value
+        warm_imports(modules)  # the next job on this architecture starts warm
+        return str(status)
+    if result.outcome == "abandoned":
+        log.warning("job %s: lineage lease lost after %.1f s; its process was stopped and "
+                    "the job left to the next attempt", spec.job_id, result.seconds)
+        return "lease_lost"
+    if result.outcome == "time_limit":
+        log.error("job %s: stopped at the time limit (%g s)", spec.job_id, limit)
+        error = JobError("time_limit_exceeded",
+                         f"the job ran longer than the service's time limit of {limit:g} s "
+                         "and was stopped; nothing was published")
+        return "failed" if _settle(jobs.fail_job, url, spec.job_id, error) else "db_lost"
+    log.error("job %s: its process ended without an outcome (exit code %s); it runs again "
+              "as a new attempt", spec.job_id, result.exitcode)
+    return "lost"
 
 
 # --------------------------------------------------------------------------------------------
@@ -498,9 +533,10 @@ def _free_memory() -> None:
 
 def run_lineage_once(settings: Settings, model_id: str, worker_id: str | None = None, *,
                      store: Store | None = None) -> int:
-    """Run every queued job of a lineage if we can take its lease; returns how many jobs
+    """Run the queued jobs of a lineage if we can take its lease; returns how many jobs
     ran. Without the lease it returns at once: the holder picks up queued requests before
-    it lets go."""
+    it lets go. Before each job it may yield its turn to another tenant's waiting lineage
+    (`jobs.yield_turn`: the lineage is enqueued again and this returns)."""
     url = settings.resolved_database_url
     owner = worker_id or new_worker_id()
     store = store if store is not None else open_store(settings.resolved_artifact_root)
@@ -514,13 +550,16 @@ def run_lineage_once(settings: Settings, model_id: str, worker_id: str | None = 
             with LeaseKeeper(url, model_id, owner, settings.lease_seconds) as keeper:
                 while not keeper.lost.is_set() and jobs.renew_lease(
                         url, model_id, owner, settings.lease_seconds):
+                    if jobs.yield_turn(url, model_id, owner):
+                        log.info("lineage %s yields to another tenant's waiting work",
+                                 model_id)
+                        return ran
                     spec = jobs.next_job(url, model_id)
                     if spec is None:
                         break
-                    status = track_job(spec.job_id, run_job, settings, store, spec, owner,
-                                       keeper)
+                    status = track_job(spec.job_id, run_job_bounded, settings, store, spec,
+                                       owner, keeper)
                     ran += 1
-                    _free_memory()
                     if status in ("lease_lost", "db_lost"):
                         db_lost = status == "db_lost"
                         break

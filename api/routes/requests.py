@@ -15,7 +15,7 @@ from registry.models import ForgetRequest
 
 from .. import idempotency
 from ..auth import TenantDep
-from ..deps import SessionDep
+from ..deps import SessionDep, SettingsDep
 from ..idempotency import Created, IdempotencyKey
 from ..pagination import PageDep, paginate
 from ..read_cache import ReadCache
@@ -30,15 +30,19 @@ def request_out(session: Session, req: ForgetRequest) -> dict[str, Any]:
 
 
 @router.post("/v1/models/{name}/forget-requests", status_code=202,
-             response_model=ForgetRequestOut, responses=problems(400, 409, 413, 422))
+             response_model=ForgetRequestOut, responses=problems(400, 409, 413, 422, 429))
 def submit(name: str, body: ForgetRequestCreate, request: Request, session: SessionDep,
-           tenant: TenantDep, idempotency_key: IdempotencyKey = None) -> JSONResponse:
-    """Queue the deletion of `items` from the model; poll the `Location` for progress."""
+           tenant: TenantDep, settings: SettingsDep,
+           idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    """Queue the deletion of `items` from the model; poll the `Location` for progress.
+    429 (with `Retry-After`) when the tenant already has ALKN_MAX_QUEUED_PER_TENANT
+    unfinished requests."""
     model = catalog.get_model(session, tenant, name)
 
     def create() -> Created:
         req = forget.submit_forget_request(session, tenant, model, body.items, body.method,
-                                           body.params, body.base_version)
+                                           body.params, body.base_version,
+                                           max_queued=settings.max_queued_per_tenant)
         return Created(202, request_out(session, req),
                        {"Location": f"/v1/forget-requests/{req.id}"})
 
