@@ -11,7 +11,7 @@ separators=(",", ":"), ensure_ascii=False)`, UTF-8), then
 bytes of ALKN_HASH_SECRET, or of the generated secret (64 hex digits).
 
 Where the generated secret lives: in the database (table `deployment_secrets`, row `hash`,
-made by migration 0007, or here the first time it is missing), not under ALKN_HOME. Every
+made by migration 0005, or here the first time it is missing), not under ALKN_HOME. Every
 process of a deployment shares the database and nothing else: the API replicas and the
 workers of docker-compose have filesystems of their own, so a secret made up per host
 would give an Idempotency-Key retry that reaches another replica a different hash (a false
@@ -67,7 +67,7 @@ def _stored_secret(url: str) -> bytes:
     with session_scope(url) as s:
         value = s.scalar(select(DeploymentSecret.value)
                          .where(DeploymentSecret.name == SECRET_NAME))
-        if value is None:  # a database made without migration 0007's row
+        if value is None:  # a database made without migration 0005's row
             insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
             s.execute(insert(DeploymentSecret)
                       .values(name=SECRET_NAME, value=new_secret(), created_at=utcnow())

@@ -29,7 +29,7 @@ def upgrade(url: str) -> None:
 
 
 def _has_inline_items(url: str) -> bool:
-    """forget_requests still has its items column (a schema before migration 0007)."""
+    """forget_requests still has its items column (a schema before migration 0005)."""
     engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
@@ -41,7 +41,7 @@ def _has_inline_items(url: str) -> bool:
 
 
 def _rewrite_after_items_moved(url: str) -> None:
-    """Migration 0007 moved the items to forget_items and dropped the column; the old values
+    """Migration 0005 moved the items to forget_items and dropped the column; the old values
     (and items purged before) stay in forget_requests' files until it is rewritten. VACUUM
     cannot run in a transaction, hence here and not in the migration."""
     engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")

@@ -4,8 +4,8 @@
 evaluation (utility floor, measured ratios against the lineage's first version, whether the
 forget target was met, `passed`); null for root versions and for jobs that made no version.
 
-Revision ID: 0009
-Revises: 0007
+Revision ID: 0006
+Revises: 0005
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0009'
-down_revision = '0007'
+revision = '0006'
+down_revision = '0005'
 branch_labels = None
 depends_on = None
 

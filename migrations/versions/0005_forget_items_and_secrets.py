@@ -16,8 +16,8 @@ and idempotent request bodies when ALKN_HASH_SECRET is unset. Hashes written bef
 migration stay plain sha256 (their text is gone; they cannot be converted); an
 Idempotency-Key retried across the upgrade answers 409 (its stored hash was sha256).
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0005
+Revises: 0004
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0007'
-down_revision = '0006'
+revision = '0005'
+down_revision = '0004'
 branch_labels = None
 depends_on = None
 

@@ -5,7 +5,7 @@ and the key its event pages are ordered by; the table's own `id` (one sequence f
 tenant's jobs, which told a tenant how busy the service is) is no longer shown. Existing
 events are numbered in the order the API showed them (`at`, then `id`).
 
-Revision ID: 0006
+Revision ID: 0004
 Revises: 0003
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0006'
+revision = '0004'
 down_revision = '0003'
 branch_labels = None
 depends_on = None
