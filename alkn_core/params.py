@@ -36,7 +36,8 @@ NEGATION_DEFAULTS: dict[str, Any] = {
     # Out of reach at alpha_max: the forget fine-tune again with lr x3, x9, ... this often.
     "escalations": 2,
     # After negation: steps of KL(pre-task model || now) on retain (+ general) answer tokens
-    # with a hinge holding the forget items under the target (alkn_core/repair.py). 0 = off.
+    # with a hinge holding the forget items under the target (alkn_core/repair.py). 0 = off;
+    # repair_lr None = 0.1 x the forget fine-tune's lr.
     "repair_steps": 30, "repair_lr": None, "repair_forget_weight": 1.0,
     "repair_sets": "retain",
 }

@@ -8,7 +8,7 @@ distributions on repair items (retain items, + the general sets with `repair_set
 forget item's answer probability at or below the forget target:
 
     loss = KL(p_before || p_now) over the repair items' answer tokens
-           + repair_forget_weight * mean_i relu(log p_now(a_i|q_i) - log target)
+           + repair_forget_weight * relu(log mean_i p_now(a_i|q_i) - log target)
 
 `Teacher` records p_before once, before the forget fine-tune (forward passes only, no second
 model copy): the top `TOP_K` log-probabilities of every answer token plus the remaining mass
@@ -87,10 +87,11 @@ class Teacher:
 
 
 def forget_hinge(model: torch.nn.Module, batch: Batch, log_target: float) -> torch.Tensor:
-    """Mean over items of relu(log p(a|q) - log_target), p(a|q) = exp(mean token log p)."""
+    """relu(log mean_i p(a_i|q_i) - log_target), p(a|q) = exp(mean token log p): only the
+    batch's mean (what the target is about) is held down, not every item further."""
     logp, mask = token_logprobs(model, batch)
     item = logp.sum(1) / mask.sum(1).clamp(min=1)
-    return F.relu(item - log_target).mean()
+    return F.relu(torch.logsumexp(item, 0) - math.log(item.numel()) - log_target)
 
 
 def repair(model: torch.nn.Module, teacher: Teacher, forget: Sequence[Batch], target: float,
