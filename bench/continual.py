@@ -59,6 +59,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--eval-batch-size", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--render", action="store_true",
+                    help="only rewrite OUT/results.md and the plots from OUT/results.json")
     ap.add_argument("--resume", action="store_true",
                     help="reuse the finished runs in OUT/results.json made with the same "
                          "data, models and sizes (a long sweep can be stopped and extended)")
@@ -259,7 +261,7 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
         lines.append(f"| {r['method']} | {r['setting'] or 'default'} | "
                      f"{_fmt(s.get('mean_forget_probability'))} | "
                      f"{_fmt(s.get('forget_quality'), 'e')} | {_fmt(s.get('model_utility'))} |")
-    lines += ["", *selectivity_lines(res)]
+    lines += ["", *selectivity_lines(res), *per_task_lines(res)]
     lines += ["", "## Utility at matched forgetting (every forget set at the never-seen level; "
               f"without one, mean forget prob <= {MATCH_FRACTION:.0%} of the target's = "
               f"{_fmt(res['matched']['threshold'])})", "",
@@ -382,6 +384,25 @@ def selectivity_lines(res: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def per_task_lines(res: dict[str, Any]) -> list[str]:
+    """Every run, every task: this task's forget set / never seen, the worst of the forgotten
+    sets, retain, each general set and model utility (fractions of the target's)."""
+    runs = [r for r in res["runs"] if r["tasks"]]
+    if not runs:
+        return []
+    keys = list(runs[0]["tasks"][0]["summary"].get("ratios") or {})
+    head = ["run", "task", *[k.replace("forget_vs_never_seen_", "forget/never seen: ")
+                             .replace("general:", "") for k in keys]]
+    lines = ["## Per task (fractions of the target model's)", "",
+             "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for r in runs:
+        for t in r["tasks"]:
+            q = t["summary"].get("ratios") or {}
+            lines.append("| " + " | ".join([r["label"], str(t["task"]),
+                                            *[_fmt(q.get(k), ".3f") for k in keys]]) + " |")
+    return [*lines, ""]
+
+
 def _yes(x: bool | None) -> str:
     return "n/a" if x is None else "yes" if x else "no"
 
@@ -440,6 +461,12 @@ def matched(res: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        res = json.loads((Path(args.out) / "results.json").read_text())
+        res["matched"] = matched(res)
+        write_markdown(res, Path(args.out) / "results.md")
+        write_plots(res, Path(args.out))
+        return 0
     import torch
 
     from alkn_core import unlearn
