@@ -46,6 +46,9 @@ RETAIN_REFERENCE = "retain_probe_reference"
 # Out of reach, the most-forgetting model is kept only if it lowered the forget probability
 # by at least this fraction; else nothing could be forgotten (CalibrationError).
 MIN_FORGET_DROP = 0.01
+# After repair, forget items below this fraction of the target: part of the negation is
+# given back (`repair_relax`).
+RELAX_BELOW = 0.75
 # Repair rounds of `repair_steps` steps at most, while the floor is not met.
 REPAIR_ROUNDS = 3
 
@@ -230,41 +233,73 @@ def calibration_stats(probe: NegationProbe, attempt: Attempt, attempts: list[Att
 
 def repair_and_guard(probe: NegationProbe, teacher: Teacher, model: torch.nn.Module,
                      tau: TaskVector, alpha: float, guard: float, lr: float) -> dict[str, Any]:
-    """Repair rounds (until the floor is met, at most REPAIR_ROUNDS), then the forget guard:
-    forget above `guard` after repair -> negate tau further from the repaired model; if
-    that cannot bring it back, the repair is undone (forgetting wins)."""
+    """Repair rounds (at most REPAIR_ROUNDS, until the floor is met), each followed by the
+    forget guard: forget above `guard` -> negate tau further from the repaired model (if that
+    cannot bring it back, the repair is undone: forgetting wins, and the rounds stop); forget
+    far under it -> give back part of the negation (`repair_relax`)."""
     ctx, p = probe.ctx, probe.ctx.params
     negated = snapshot(model)
     floor = p["utility_floor"] * (probe.retain_reference or 0.0)
     rounds: list[dict[str, Any]] = []
-    forget = retain = None
+    out: dict[str, Any] = {"rounds": rounds, "guard": guard, "undone": False}
     for r in range(REPAIR_ROUNDS):
         info = repair(model, teacher, probe.forget, guard, p, lr,
                       report=lambda i, n, r=r: ctx.report("repairing", r * n + i,
                                                           REPAIR_ROUNDS * n))
         forget, retain = probe.measure(model)
-        rounds.append({**info, "forget_prob": forget, "retain_probe": retain})
-        if retain is None or retain >= floor or forget > guard:
+        info.update(forget_prob=forget, retain_probe=retain, extra_alpha=0.0,
+                    relaxed_alpha=None)
+        rounds.append(info)
+        if forget > guard:
+            repaired = snapshot(model)
+            try:
+                extra = probe.search(model, repaired, tau, guard, 0.25 * max(alpha, 0.1),
+                                     forget)
+                tau.apply_to(model, repaired, scale=-extra.alpha)
+                info["extra_alpha"] = extra.alpha
+            except CalibrationError:
+                for name, q in model.named_parameters():  # back to the negated model
+                    if name in negated:
+                        q.data.copy_(negated[name])
+                out["undone"] = True
+                break
+            finally:
+                del repaired
+        elif p["repair_relax"] and forget < RELAX_BELOW * guard:
+            info["relaxed_alpha"] = relax(probe, model, tau, alpha, guard)
+        _, retain = probe.measure(model)
+        if retain is None or retain >= floor:
             break
-    out: dict[str, Any] = {"rounds": rounds, "guard": guard, "extra_alpha": 0.0,
-                           "undone": False}
-    assert forget is not None
-    if forget > guard:
-        repaired = snapshot(model)
-        try:
-            extra = probe.search(model, repaired, tau, guard, 0.25 * max(alpha, 0.1), forget)
-            tau.apply_to(model, repaired, scale=-extra.alpha)
-            out["extra_alpha"] = extra.alpha
-        except CalibrationError:
-            for name, q in model.named_parameters():  # back to the negated model
-                if name in negated:
-                    q.data.copy_(negated[name])
-            out["undone"] = True
-        del repaired
     del negated
     model.eval()
     out["forget_prob"], out["retain_probe"] = probe.measure(model)
     return out
+
+
+def relax(probe: NegationProbe, model: torch.nn.Module, tau: TaskVector, alpha: float,
+          guard: float) -> float:
+    """The repair left the forget items far under the target: give back part of the
+    negation, theta_r + (alpha - a) x tau with the smallest a in (0, alpha] that still
+    keeps them at or under it (the same search, forward passes only); returns a."""
+    ctx, p = probe.ctx, probe.ctx.params
+    repaired = snapshot(model)
+    t = time.perf_counter()
+
+    def evaluate(a: float) -> tuple[float, float | None]:
+        tau.apply_to(model, repaired, scale=alpha - a)
+        ctx.report("negating", 0, 1)
+        return probe.measure(model)
+
+    try:
+        found = search_alpha(evaluate, guard, alpha_max=alpha, max_evals=p["calibration_evals"],
+                             start=0.5 * alpha)
+        tau.apply_to(model, repaired, scale=alpha - found.alpha)
+        return found.alpha
+    except CalibrationError:
+        tau.apply_to(model, repaired, scale=0.0)  # the repaired model as it was
+        return alpha
+    finally:
+        probe.search_seconds += time.perf_counter() - t
 
 
 def floor_stats(probe: NegationProbe, retain_probe: float | None) -> dict[str, Any]:

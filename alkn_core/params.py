@@ -40,6 +40,8 @@ NEGATION_DEFAULTS: dict[str, Any] = {
     # repair_lr None = 0.1 x the forget fine-tune's lr.
     "repair_steps": 30, "repair_lr": None, "repair_forget_weight": 1.0,
     "repair_sets": "retain",
+    # After repair, forget items far under the target: give back part of the negation.
+    "repair_relax": True,
 }
 
 ALKN_DEFAULTS: dict[str, Any] = {
