@@ -282,6 +282,8 @@ def relax(probe: NegationProbe, model: torch.nn.Module, tau: TaskVector, alpha: 
     negation, theta_r + (alpha - a) x tau with the smallest a in (0, alpha] that still
     keeps them at or under it (the same search, forward passes only); returns a."""
     ctx, p = probe.ctx, probe.ctx.params
+    if not (alpha > 0 and guard > 0):  # nothing negated, or nothing to aim at
+        return alpha
     repaired = snapshot(model)
     t = time.perf_counter()
 
