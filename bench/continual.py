@@ -67,22 +67,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def _value(text: str) -> float | str:
+def _value(text: str) -> float | str | bool:
+    if text.strip() in ("true", "false"):
+        return text.strip() == "true"
     try:
         return float(text)
     except ValueError:
         return text.strip()
 
 
-def parse_sweep(spec: str) -> dict[str, list[dict[str, float | str]]]:
+def parse_sweep(spec: str) -> dict[str, list[dict[str, float | str | bool]]]:
     """Settings to run per method. Parts are `;`-separated, each `method:key=v1,v2`, with
     `&` joining keys into a grid: 'alkn:alpha=0.5,1;alkn:mask_rule=retain_safe&alpha=1' ->
     {"alkn": [{"alpha": 0.5}, {"alpha": 1.0}, {"mask_rule": "retain_safe", "alpha": 1.0}]}.
     Values that are not numbers stay strings."""
-    out: dict[str, list[dict[str, float | str]]] = {}
+    out: dict[str, list[dict[str, float | str | bool]]] = {}
     for part in filter(None, (p.strip() for p in spec.split(";"))):
         method, _, rest = part.partition(":")
-        grid: list[dict[str, float | str]] = [{}]
+        grid: list[dict[str, float | str | bool]] = [{}]
         for term in rest.split("&"):
             key, _, values = term.partition("=")
             options = [_value(v) for v in values.split(",") if v.strip()]
@@ -93,7 +95,7 @@ def parse_sweep(spec: str) -> dict[str, list[dict[str, float | str]]]:
     return out
 
 
-def setting_label(setting: dict[str, float | str]) -> str:
+def setting_label(setting: dict[str, float | str | bool]) -> str:
     return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                     for k, v in setting.items())
 
