@@ -49,7 +49,8 @@ MIN_FORGET_DROP = 0.01
 # After repair, forget items below this fraction of the target: part of the negation is
 # given back (`repair_relax`).
 RELAX_BELOW = 0.75
-# Repair rounds of `repair_steps` steps at most, while the floor is not met.
+# Repair rounds of `repair_steps` steps at most, while the floor is not met (progress is
+# reported as the "negating" stage: the API's stages stay as they are).
 REPAIR_ROUNDS = 3
 
 
@@ -244,7 +245,7 @@ def repair_and_guard(probe: NegationProbe, teacher: Teacher, model: torch.nn.Mod
     out: dict[str, Any] = {"rounds": rounds, "guard": guard, "undone": False}
     for r in range(REPAIR_ROUNDS):
         info = repair(model, teacher, probe.forget, guard, p, lr,
-                      report=lambda i, n, r=r: ctx.report("repairing", r * n + i,
+                      report=lambda i, n, r=r: ctx.report("negating", r * n + i,
                                                           REPAIR_ROUNDS * n))
         forget, retain = probe.measure(model)
         info.update(forget_prob=forget, retain_probe=retain, extra_alpha=0.0,
