@@ -35,6 +35,15 @@ NEGATION_DEFAULTS: dict[str, Any] = {
     "alpha": 1.0, "coef_decay": 1.0, "lr_decay": 1.0,
     "target_forget_prob": None, "target_forget_ratio": 0.1, "alpha_max": 4.0,
     "calibration_evals": 8,
+    # Out of reach at alpha_max: the forget fine-tune again with lr x3, x9, ... this often.
+    "escalations": 2,
+    # After negation: steps of KL(pre-task model || now) on retain (+ general) answer tokens
+    # with a hinge holding the forget items under the target (alkn_core/repair.py). 0 = off;
+    # repair_lr None = 0.1 x the forget fine-tune's lr.
+    "repair_steps": 30, "repair_lr": None, "repair_forget_weight": 1.0,
+    "repair_sets": "retain",
+    # After repair, forget items far under the target: give back part of the negation.
+    "repair_relax": True,
 }
 
 ALKN_DEFAULTS: dict[str, Any] = {
@@ -77,19 +86,21 @@ NEEDS_RETAIN = frozenset({"alkn", "grad_diff", "npo_gd"})
 CHOICES: dict[str, tuple[str, ...]] = {
     "mask_rule": ("reference", "retain_safe"),
     "retain_gradient_sets": ("retain", "retain+eval"),
+    "repair_sets": ("retain", "retain+eval"),
 }
 
 # Parameters that must be > 0 (the rest of the numbers must be >= 0).
 POSITIVE = {"lr", "epochs", "batch_size", "grad_accum", "max_length", "alpha", "coef_decay",
             "lr_decay", "init_prob_k", "threshold_update_step", "beta", "max_grad_norm",
-            "target_forget_prob", "target_forget_ratio", "alpha_max", "calibration_evals"}
+            "target_forget_prob", "target_forget_ratio", "alpha_max", "calibration_evals",
+            "repair_lr"}
 # Parameters in [0, 1].
 FRACTIONS = {"warmup_ratio", "unmask_ratio", "low_lr_ratio", "trim_ratio",
              "target_forget_prob", "target_forget_ratio", "utility_floor"}
 # Numbers that may also be the string "auto" (their default may be either).
 AUTO_OR_NUMBER = {"alpha"}
 # Numbers that may be null (= not set; the default is None).
-OPTIONAL_NUMBERS = {"target_forget_prob"}
+OPTIONAL_NUMBERS = {"target_forget_prob", "repair_lr"}
 # Upper bounds of the other numbers (FRACTIONS stop at 1): far past any useful value, but a
 # request can no longer hold its lineage's worker for ever (epochs=1e9) or ask for what no
 # accelerator holds (batch_size=1e6). Every number has one (tests/test_param_bounds.py).
@@ -99,7 +110,8 @@ MAXIMA: dict[str, float] = {
     "alpha": 100.0, "coef_decay": 100.0, "lr_decay": 100.0, "alpha_max": 100.0,
     "calibration_evals": 100, "mask_p_k": 100.0, "init_prob_k": 100.0,
     "threshold_update_step": 1_000_000, "beta": 100.0, "forget_weight": 1000.0,
-    "retain_weight": 1000.0,
+    "retain_weight": 1000.0, "escalations": 10, "repair_steps": 10_000, "repair_lr": 1.0,
+    "repair_forget_weight": 1000.0,
 }
 MAX_TEMPLATE_CHARS = 4096
 

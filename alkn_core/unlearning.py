@@ -9,24 +9,35 @@ from typing import Any
 
 import torch
 
-from .calibration import AlphaSearch, CalibrationError, forget_target, search_alpha
-from .data import Example, collate, encode_item, encode_items, pad_id, validate_items
-from .losses import mean_batch_probability
+from .calibration import CalibrationError
+from .data import encode_items, pad_id, validate_items
 from .methods import TaskContext, get_method
+from .methods.base import Method
+from .negation import (
+    HOLDOUT_REFERENCE,
+    MIN_FORGET_DROP,
+    RETAIN_REFERENCE,
+    NegationProbe,
+    calibrate,
+    calibration_stats,
+    floor_stats,
+    repair_and_guard,
+)
 from .params import AUTO, method_params, resolve_params  # noqa: F401  (re-exported)
 from .runtime import place
 from .state import UnlearnState
 from .task_vector import TaskVector, snapshot
-from .train import train_loop
+from .train import LoopResult, train_loop
 
 Progress = Callable[[str, int, int], None]
 Items = Sequence[dict[str, Any]]
-Batches = list[dict[str, torch.Tensor]]
 
-# alpha "auto": the fixed sample of the retain set measured beside the forget items at every
-# evaluated alpha (its utility cost), and the most holdout items measured for the target.
-RETAIN_PROBE_ITEMS = 16
-HOLDOUT_PROBE_ITEMS = 64
+# Out of reach at alpha_max: the forget fine-tune is run again with lr x this (x this^2, ...),
+# `escalations` times at most.
+ESCALATION_LR_FACTOR = 3.0
+# repair_lr unset: this fraction of the forget fine-tune's lr (the lr probe's choice for the
+# model size): measured best of 1, 0.33, 0.1 and 0.033 on the test fixture (README).
+REPAIR_LR_FRACTION = 0.1
 
 
 @dataclass
@@ -60,15 +71,23 @@ def unlearn(
     """Remove `forget` from `model` (in place) and return it with the state for the next task.
 
     `eval_sets` (the model's general-knowledge sets) are used only by
-    `retain_gradient_sets="retain+eval"`. `holdout` (items of the model's distribution it
-    never saw) sets the forget target of `alpha="auto"`, the default of `alkn`
-    (`task_vector` defaults to alpha 1): the negation strength is then the smallest alpha in
-    (0, `alpha_max`] that brings the forget items' mean answer probability down to
-    `target_forget_prob` if given, else to the holdout items' probability measured before
-    the lineage's first calibrated task (kept in the state: `HOLDOUT_REFERENCE`), else to
-    `target_forget_ratio` x the forget items' own. `CalibrationError`
-    (the model left as it was) when no alpha reaches it; `stats["calibration"]` holds the
-    target and the curve. A number keeps the fixed alpha (x `coef_decay`^task).
+    `retain_gradient_sets="retain+eval"` and `repair_sets="retain+eval"`. `holdout` (items of
+    the model's distribution it never saw) sets the forget target of `alpha="auto"`, the
+    default of `alkn` (`task_vector` defaults to alpha 1): the negation strength is then the
+    smallest alpha in (0, `alpha_max`] that brings the forget items' mean answer probability
+    down to `target_forget_prob` if given, else to the holdout items' probability measured
+    before the lineage's first calibrated task (kept in the state: `HOLDOUT_REFERENCE`), else
+    to `target_forget_ratio` x the forget items' own. A number keeps the fixed alpha
+    (x `coef_decay`^task).
+
+    Out of reach at `alpha_max`, the forget fine-tune runs again with a larger lr
+    (`escalations` times at most); still out of reach, the most-forgetting model found is
+    returned with `stats["target_met"] = False` (and `stats["calibration"]`'s target, reached
+    `forget_prob` and `attempts`). `CalibrationError` (the model left as it was) only when
+    nothing could be forgotten at all. Then, with `repair_steps` > 0, the repair towards the
+    pre-task model with its forget guard (negation.py, `stats["repair"]`), and
+    `stats["floor"]`: the retain probe against `utility_floor` x its first measurement on the
+    lineage (`met`).
     """
     cls = get_method(method)
     p = resolve_params(cls.defaults, dict(params or {}))
@@ -100,31 +119,60 @@ def unlearn(
     )
     impl = cls(ctx)
     ctx.report("probing", 0, 1)
-    probe = (_NegationProbe(ctx, validate_items(holdout, "holdout") if holdout else [])
-             if cls.negates and p["alpha"] == AUTO else None)
+    auto = cls.negates and p["alpha"] == AUTO
+    probe = (NegationProbe(ctx, validate_items(holdout, "holdout") if holdout else [], auto)
+             if cls.negates else None)
+    teacher = probe.teacher() if probe is not None and p["repair_steps"] > 0 else None
     impl.prepare()
     base = snapshot(model) if cls.negates else None
     times["probing"] = time.perf_counter() - t0
 
     lr = impl.lr()
-    loop = train_loop(model, ctx.forget, impl.loss, p, ctx.pad,
-                      retain=ctx.retain if cls.trains_on_retain else None, lr=lr,
-                      lr_scale=impl.lr_scale(), grad_hook=impl.grad_hook, progress=progress)
+    loop = _train(impl, lr)
     times["training"] = loop.seconds
     new_state = impl.finish()
 
     stats: dict[str, Any] = {"method": method, "steps": loop.steps, "lr": lr,
                              "final_loss": loop.losses[-1] if loop.losses else None}
     if base is not None:
+        assert probe is not None
         t1 = time.perf_counter()
-        tau = TaskVector.between(base, model)
-        if probe is None:
+        tau: TaskVector | None = TaskVector.between(base, model)
+        assert tau is not None
+        target_met: bool | None = None
+        if not auto:
             ctx.report("negating", 0, 1)
             alpha = p["alpha"] * p["coef_decay"] ** ctx.task_index
         else:
-            search = probe.search(model, base, tau)
-            alpha = search.alpha
-            stats["calibration"] = probe.stats(search, loop.seconds)
+            attempts = [calibrate(probe, model, base, tau, lr, new_state)]
+            while attempts[-1].search is None and len(attempts) <= p["escalations"]:
+                # Out of reach: the forget fine-tune again from theta_t (the failed search
+                # left the model there), a larger lr each time; the most-forgetting one wins.
+                best = min(attempts, key=lambda a: a.forget_prob)
+                for a in attempts:
+                    if a is not best:
+                        a.tau = None
+                tau = None
+                lr_a = lr * ESCALATION_LR_FACTOR ** len(attempts)
+                impl = cls(ctx)
+                impl.prepare()
+                more = _train(impl, lr_a)
+                times["training"] += more.seconds
+                stats["steps"] += more.steps
+                tau = TaskVector.between(base, model)
+                attempts.append(calibrate(probe, model, base, tau, lr_a, impl.finish()))
+            chosen = (attempts[-1] if attempts[-1].search is not None
+                      else min(attempts, key=lambda a: a.forget_prob))
+            stats["calibration"] = calib = calibration_stats(probe, chosen, attempts,
+                                                             times["training"])
+            if chosen.search is None and not (
+                    chosen.forget_prob <= (1 - MIN_FORGET_DROP) * probe.forget_before):
+                # Nothing could be forgotten at all: the model stays as it was.
+                raise CalibrationError(calib["target"], chosen.curve, p["alpha_max"],
+                                       p["calibration_evals"])
+            assert chosen.tau is not None and calib["alpha"] is not None
+            tau, new_state, alpha = chosen.tau, chosen.state, float(calib["alpha"])
+            target_met = chosen.search is not None
             times["calibration"] = probe.probe_seconds + probe.search_seconds
             if new_state is not None:  # the next task's search starts from this alpha
                 new_state.info["calibrated_alpha"] = alpha
@@ -132,8 +180,27 @@ def unlearn(
                     new_state.info[HOLDOUT_REFERENCE] = probe.holdout_prob
         tau.apply_to(model, base, scale=-alpha)
         stats.update(alpha=alpha, task_vector_norm=tau.norm())
-        del tau, base
+        del base
         ctx.report("negating", 1, 1)
+        if new_state is not None and probe.retain_reference is not None:
+            new_state.info[RETAIN_REFERENCE] = probe.retain_reference
+        if teacher is not None:
+            t2 = time.perf_counter()
+            guard = (probe.target if target_met and probe.target is not None
+                     else probe.measure(model)[0])
+            stats["repair"] = repair_and_guard(probe, teacher, model, tau, alpha, guard,
+                                               p["repair_lr"] or REPAIR_LR_FRACTION * lr)
+            retain_probe = stats["repair"]["retain_probe"]
+            if "calibration" in stats:  # what the published model forgets, after repair
+                stats["calibration"]["forget_prob_negated"] = stats["calibration"]["forget_prob"]
+                stats["calibration"]["forget_prob"] = stats["repair"]["forget_prob"]
+            times["repair"] = time.perf_counter() - t2
+        else:
+            retain_probe = probe.measure(model)[1]
+        del tau
+        stats["floor"] = floor_stats(probe, retain_probe)
+        if target_met is not None:
+            stats["target_met"] = target_met
         times["negating"] = time.perf_counter() - t1
     stats.update(ctx.stats)
     stats["task_index"] = ctx.task_index
@@ -142,114 +209,9 @@ def unlearn(
     return UnlearnResult(model=model, state=new_state, stats=stats)
 
 
-# The holdout probability of the lineage's first calibrated task, kept in the state: the
-# "never seen" level is that of the model before any unlearning. Measured again on each
-# model, it falls as unlearning wears the model down, and each task would then chase a
-# lower target on a weaker model (README, "Calibrated negation").
-HOLDOUT_REFERENCE = "holdout_reference"
-
-
-class _NegationProbe:
-    """What `alpha="auto"` measures: the forget items and a fixed retain probe, tokenised and
-    collated once, at theta_t before training (and the holdout items, for the target), then
-    at theta_t - alpha * tau for each alpha the search tries (forward passes only)."""
-
-    def __init__(self, ctx: TaskContext, holdout: list[dict[str, Any]]) -> None:
-        t = time.perf_counter()
-        self.ctx, p = ctx, ctx.params
-        self.forget = self._batches(ctx.forget)
-        retain = list(ctx.retain or [])
-        pick = torch.randperm(len(retain), generator=torch.Generator().manual_seed(
-            p["seed"] + 2)).tolist()[:RETAIN_PROBE_ITEMS]
-        self.retain = self._batches([retain[i] for i in sorted(pick)]) if retain else None
-        self.forget_before, self.retain_before = self.measure(ctx.model)
-        self.holdout_prob: float | None = None
-        self.holdout_items = 0
-        self.holdout_carried = False
-        if holdout and p["target_forget_prob"] is None:
-            carried = ctx.state.info.get(HOLDOUT_REFERENCE) if ctx.state is not None else None
-            if isinstance(carried, int | float) and not isinstance(carried, bool):
-                self.holdout_prob, self.holdout_carried = float(carried), True
-            else:
-                self._measure_holdout(holdout)
-        self.target, self.source = forget_target(
-            self.forget_before, explicit=p["target_forget_prob"],
-            holdout_prob=self.holdout_prob, ratio=p["target_forget_ratio"])
-        self.probe_seconds = time.perf_counter() - t  # before training: the target's cost
-        self.search_seconds = 0.0
-
-    def _batches(self, examples: Sequence[Example]) -> Batches:
-        # Length-sorted: little padding; the mean does not depend on the order.
-        ordered = sorted(examples, key=lambda e: len(e.input_ids))
-        bs = self.ctx.params["batch_size"]
-        return [collate(ordered[i : i + bs], self.ctx.pad, self.ctx.device)
-                for i in range(0, len(ordered), bs)]
-
-    def _measure_holdout(self, items: list[dict[str, Any]]) -> None:
-        p = self.ctx.params
-        examples = []
-        for item in items:  # as evaluation does, an item that does not fit is left out
-            try:
-                examples.append(encode_item(item, self.ctx.tokenizer, template=p["qa_template"],
-                                            chat_template=p["chat_template"],
-                                            max_length=p["max_length"]))
-            except ValueError:
-                continue
-        if len(examples) > HOLDOUT_PROBE_ITEMS:  # a fixed sample bounds the cost
-            pick = torch.randperm(len(examples), generator=torch.Generator().manual_seed(
-                p["seed"] + 3)).tolist()[:HOLDOUT_PROBE_ITEMS]
-            examples = [examples[i] for i in sorted(pick)]
-        if examples:
-            self.holdout_prob = mean_batch_probability(self.ctx.model, self._batches(examples))
-            self.holdout_items = len(examples)
-
-    def measure(self, model: torch.nn.Module) -> tuple[float, float | None]:
-        forget = mean_batch_probability(model, self.forget)
-        retain = mean_batch_probability(model, self.retain) if self.retain else None
-        return forget, retain
-
-    def search(self, model: torch.nn.Module, base: dict[str, torch.Tensor], tau: TaskVector
-               ) -> AlphaSearch:
-        ctx, p = self.ctx, self.ctx.params
-        t = time.perf_counter()
-        budget = p["calibration_evals"]
-        ctx.report("negating", 0, budget)
-
-        def evaluate(alpha: float) -> tuple[float, float | None]:
-            tau.apply_to(model, base, scale=-alpha)
-            out = self.measure(model)
-            calls.append(alpha)
-            ctx.report("negating", len(calls), budget)
-            return out
-
-        calls: list[float] = []
-        prev = ctx.state.info.get("calibrated_alpha") if ctx.state is not None else None
-        try:
-            return search_alpha(evaluate, self.target, alpha_max=p["alpha_max"],
-                                max_evals=budget, forget_at_zero=self.forget_before,
-                                start=prev if isinstance(prev, int | float) else None)
-        except CalibrationError:
-            tau.apply_to(model, base, scale=0.0)  # nothing of this task stays in the model
-            model.eval()
-            raise
-        finally:
-            self.search_seconds = time.perf_counter() - t
-
-    def stats(self, search: AlphaSearch, training_seconds: float) -> dict[str, Any]:
-        return {
-            "alpha": search.alpha, "target": search.target, "target_source": self.source,
-            "forget_prob": search.forget_prob, "forget_prob_before": self.forget_before,
-            "retain_probe_before": self.retain_before, "holdout_prob": self.holdout_prob,
-            "holdout_items": self.holdout_items,
-            # measured at this task, or carried from the lineage's first calibrated task
-            "holdout_carried": self.holdout_carried,
-            "retain_probe_items": sum(len(b["input_ids"]) for b in self.retain or []),
-            "curve": search.sorted_curve(), "evaluations": search.evaluations,
-            "budget": self.ctx.params["calibration_evals"],
-            "alpha_max": self.ctx.params["alpha_max"],
-            "within_tolerance": search.within_tolerance,
-            "search_seconds": self.search_seconds, "probe_seconds": self.probe_seconds,
-            # The search's cost (forward passes at the tried alphas) next to training's.
-            "search_vs_training": (self.search_seconds / training_seconds
-                                   if training_seconds > 0 else None),
-        }
+def _train(impl: Method, lr: float) -> LoopResult:
+    ctx = impl.ctx
+    return train_loop(ctx.model, ctx.forget, impl.loss, ctx.params, ctx.pad,
+                      retain=ctx.retain if impl.trains_on_retain else None, lr=lr,
+                      lr_scale=impl.lr_scale(), grad_hook=impl.grad_hook,
+                      progress=ctx.progress)

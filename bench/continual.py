@@ -11,7 +11,16 @@ so methods are compared at matched forgetting.
         [--sweep "alkn:alpha=0.5,1;alkn:mask_rule=retain_safe&alpha=0.5,1;npo:lr=1e-3"]
         [--finetune-epochs 15]
 
-Writes OUT/results.json, OUT/results.md, OUT/utility_per_task.png and OUT/fq_vs_utility.png.
+Each method runs with the library's defaults (alkn: alpha "auto" with the holdout target,
+repair) over the tiny model's loop settings; --params / --sweep override them (a param the
+method does not take is an error). The evaluated retain people are never given to
+unlearning, and the general sets are split into an evaluated part and the part unlearning
+may use. Per task: each forget set against the never-seen level (the holdout items on the
+target model), retain ("people not requested"), each general set and model utility as
+fractions of the target model's.
+
+Writes OUT/results.json, OUT/results.md, OUT/utility_per_task.png, OUT/fq_vs_utility.png and
+OUT/front.png (forget level vs utility).
 """
 
 from __future__ import annotations
@@ -50,28 +59,32 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--eval-batch-size", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--render", action="store_true",
+                    help="only rewrite OUT/results.md and the plots from OUT/results.json")
     ap.add_argument("--resume", action="store_true",
                     help="reuse the finished runs in OUT/results.json made with the same "
                          "data, models and sizes (a long sweep can be stopped and extended)")
     return ap.parse_args(argv)
 
 
-def _value(text: str) -> float | str:
+def _value(text: str) -> float | str | bool:
+    if text.strip() in ("true", "false"):
+        return text.strip() == "true"
     try:
         return float(text)
     except ValueError:
         return text.strip()
 
 
-def parse_sweep(spec: str) -> dict[str, list[dict[str, float | str]]]:
+def parse_sweep(spec: str) -> dict[str, list[dict[str, float | str | bool]]]:
     """Settings to run per method. Parts are `;`-separated, each `method:key=v1,v2`, with
     `&` joining keys into a grid: 'alkn:alpha=0.5,1;alkn:mask_rule=retain_safe&alpha=1' ->
     {"alkn": [{"alpha": 0.5}, {"alpha": 1.0}, {"mask_rule": "retain_safe", "alpha": 1.0}]}.
     Values that are not numbers stay strings."""
-    out: dict[str, list[dict[str, float | str]]] = {}
+    out: dict[str, list[dict[str, float | str | bool]]] = {}
     for part in filter(None, (p.strip() for p in spec.split(";"))):
         method, _, rest = part.partition(":")
-        grid: list[dict[str, float | str]] = [{}]
+        grid: list[dict[str, float | str | bool]] = [{}]
         for term in rest.split("&"):
             key, _, values = term.partition("=")
             options = [_value(v) for v in values.split(",") if v.strip()]
@@ -82,21 +95,19 @@ def parse_sweep(spec: str) -> dict[str, list[dict[str, float | str]]]:
     return out
 
 
-def setting_label(setting: dict[str, float | str]) -> str:
+def setting_label(setting: dict[str, float | str | bool]) -> str:
     return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                     for k, v in setting.items())
 
 
 def default_params(method: str, epochs: int, seed: int) -> dict[str, Any]:
-    # lr per the README's lr probe on the tiny demo model.
+    """The loop settings of the tiny demo model (lr per the README's lr probe; the library's
+    lr default is for billion-parameter models); everything else is the library's default
+    (alkn: alpha "auto" with the holdout target, repair). A param the method does not take
+    is an error (unlearn's validation), never silently dropped."""
     lr = 2e-3 if method in ("alkn", "task_vector") else 1e-3
-    params = {"lr": lr, "epochs": epochs, "batch_size": 8, "grad_accum": 1,
-              "max_length": 128, "seed": seed}
-    if method in ("alkn", "task_vector"):
-        # Fixed: this benchmark compares settings (sweep alpha with --sweep); the service's
-        # default "auto" is compared with fixed alphas by bench/calibration.py.
-        params["alpha"] = 1.0
-    return params
+    return {"lr": lr, "epochs": epochs, "batch_size": 8, "grad_accum": 1,
+            "max_length": 128, "seed": seed}
 
 
 def split_tasks(forget: list[Record], n_tasks: int) -> list[list[Record]]:
@@ -190,6 +201,45 @@ def summarize(metrics: dict[str, Any], task_names: list[str],
             "model_utility": metrics.get("model_utility")}
 
 
+def _never_seen(model: Any, tokenizer: Any, holdout: list[Record] | None) -> float | None:
+    """The holdout items' mean answer probability on the target model: the "never seen"
+    level that alpha "auto" aims at (the forget sets should end at or below it)."""
+    from alkn_core.evaluate import answer_probabilities
+
+    if not holdout:
+        return None
+    probs = answer_probabilities(model, tokenizer, holdout, max_length=128)
+    return sum(probs) / len(probs)
+
+
+def ratios(m: dict[str, Any], tgt: dict[str, Any], seen: list[str],
+           never_seen: float | None) -> dict[str, Any]:
+    """After a task: each forgotten task's forget probability / the never-seen level (the
+    worst of them and this task's), and the retain set ("people not requested"), each general
+    set and model utility as fractions of the target model's."""
+
+    def frac(a: Any, b: Any) -> float | None:
+        return a / b if isinstance(a, int | float) and isinstance(b, int | float) and b else None
+
+    forget = [frac(m[n].get("probability"), never_seen) for n in seen]
+    known = [f for f in forget if f is not None]
+    general = [k for k in tgt if k not in (*seen, "retain", "model_utility",
+                                           "model_utility_skipped") and not k.startswith("task")]
+    return {
+        "forget_vs_never_seen_this_task": forget[-1] if forget else None,
+        "forget_vs_never_seen_worst": max(known) if known else None,
+        "retain": frac(m["retain"].get("probability"), tgt["retain"].get("probability")),
+        **{f"general:{k}": frac(m[k].get("probability"), tgt[k].get("probability"))
+           for k in general},
+        "model_utility": frac(m.get("model_utility"), tgt.get("model_utility")),
+    }
+
+
+def _short(r: dict[str, Any]) -> str:
+    return " ".join(f"{k.replace('forget_vs_never_seen', 'fvn')}={_fmt(v, '.3f')}"
+                    for k, v in r.items())
+
+
 def _fmt(x: Any, spec: str = ".4f") -> str:
     if x is None:
         return "n/a"
@@ -213,8 +263,10 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
         lines.append(f"| {r['method']} | {r['setting'] or 'default'} | "
                      f"{_fmt(s.get('mean_forget_probability'))} | "
                      f"{_fmt(s.get('forget_quality'), 'e')} | {_fmt(s.get('model_utility'))} |")
-    lines += ["", f"## Utility at matched forgetting (mean forget prob <= "
-              f"{MATCH_FRACTION:.0%} of the target's = {_fmt(res['matched']['threshold'])})", "",
+    lines += ["", *selectivity_lines(res), *per_task_lines(res)]
+    lines += ["", "## Utility at matched forgetting (every forget set at the never-seen level; "
+              f"without one, mean forget prob <= {MATCH_FRACTION:.0%} of the target's = "
+              f"{_fmt(res['matched']['threshold'])})", "",
               "| method | best model utility | setting |", "|---|---|---|"]
     for method, m in res["matched"]["per_method"].items():
         lines.append(f"| {method} | {_fmt(m['model_utility'])} | {m['setting'] or 'n/a'} |")
@@ -278,10 +330,120 @@ def write_plots(res: dict[str, Any], out: Path) -> list[Path]:
     fig.tight_layout()
     fig.savefig(p2, dpi=100)
     plt.close(fig)
-    return [p1, p2]
+    return [p1, p2, write_front(res, out / "front.png")]
+
+
+# What issue 13 asks after the last task, as fractions of the target model's.
+GOALS = {"retain": 0.85, "model_utility": 0.85, "general": 0.9}
+NEVER_SEEN_TOL = 1.05  # a forget set within 5% above the never-seen level counts as there
+
+
+def forgets_enough(run: dict[str, Any]) -> bool | None:
+    """Every task's forget set at (or below) the never-seen level, right after its task and
+    after the last one; None without a never-seen level."""
+    rs = [t["summary"].get("ratios") or {} for t in run["tasks"]]
+    own = [r.get("forget_vs_never_seen_this_task") for r in rs]
+    last = rs[-1].get("forget_vs_never_seen_worst") if rs else None
+    if not rs or last is None or any(x is None for x in own):
+        return None
+    return max([*own, last]) <= NEVER_SEEN_TOL
+
+
+def keeps_enough(run: dict[str, Any]) -> bool | None:
+    r = run["tasks"][-1]["summary"].get("ratios") if run["tasks"] else None
+    if not r or r.get("retain") is None or r.get("model_utility") is None:
+        return None
+    general = [v for k, v in r.items() if k.startswith("general:")]
+    return (r["retain"] >= GOALS["retain"] and r["model_utility"] >= GOALS["model_utility"]
+            and all(v is not None and v >= GOALS["general"] for v in general))
+
+
+def selectivity_lines(res: dict[str, Any]) -> list[str]:
+    """Per run after the last task: forget level vs never seen, what was kept, the verdict."""
+    T = res["config"]["tasks"]
+    runs = [r for r in res["runs"] if r["tasks"]]
+    if not runs:
+        return []
+    names = [k for k in (runs[0]["tasks"][-1]["summary"].get("ratios") or {})
+             if k.startswith("general:")]
+    head = ["method", "setting", "worst forget / never seen (own task)",
+            f"all forget / never seen (after task {T})", "retain (people not requested)",
+            *[n.split(":", 1)[1] for n in names], "model utility", "forgets enough",
+            "keeps enough"]
+    lines = [f"## Selectivity after task {T} (fractions of the target model's; never-seen "
+             f"level {_fmt(res.get('never_seen'))})", "",
+             "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for r in runs:
+        rs = [t["summary"].get("ratios") or {} for t in r["tasks"]]
+        own = [x for x in (q.get("forget_vs_never_seen_this_task") for q in rs) if x is not None]
+        last = rs[-1]
+        cells = [r["method"], r["setting"] or "default", _fmt(max(own) if own else None, ".3f"),
+                 _fmt(last.get("forget_vs_never_seen_worst"), ".3f"),
+                 _fmt(last.get("retain"), ".3f"), *[_fmt(last.get(n), ".3f") for n in names],
+                 _fmt(last.get("model_utility"), ".3f"), _yes(forgets_enough(r)),
+                 _yes(keeps_enough(r))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def per_task_lines(res: dict[str, Any]) -> list[str]:
+    """Every run, every task: this task's forget set / never seen, the worst of the forgotten
+    sets, retain, each general set and model utility (fractions of the target's)."""
+    runs = [r for r in res["runs"] if r["tasks"]]
+    if not runs:
+        return []
+    keys = list(runs[0]["tasks"][0]["summary"].get("ratios") or {})
+    head = ["run", "task", *[k.replace("forget_vs_never_seen_", "forget/never seen: ")
+                             .replace("general:", "") for k in keys]]
+    lines = ["## Per task (fractions of the target model's)", "",
+             "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for r in runs:
+        for t in r["tasks"]:
+            q = t["summary"].get("ratios") or {}
+            lines.append("| " + " | ".join([r["label"], str(t["task"]),
+                                            *[_fmt(q.get(k), ".3f") for k in keys]]) + " |")
+    return [*lines, ""]
+
+
+def _yes(x: bool | None) -> str:
+    return "n/a" if x is None else "yes" if x else "no"
+
+
+def write_front(res: dict[str, Any], path: Path) -> Path:
+    """Forget level (worst forget set / never seen, after the last task) vs model utility
+    (fraction of the target's): the front every run sits on."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    markers = "osD^vP*X"
+    methods = list(dict.fromkeys(r["method"] for r in res["runs"]))
+    for i, r in enumerate(res["runs"]):
+        last = r["tasks"][-1]["summary"].get("ratios") if r["tasks"] else None
+        if not last or last.get("forget_vs_never_seen_worst") is None:
+            continue
+        ax.scatter([last["forget_vs_never_seen_worst"]], [last.get("model_utility") or 0.0],
+                   marker=markers[methods.index(r["method"]) % len(markers)],
+                   color=plt.get_cmap("tab20").colors[i % 20], label=r["label"])
+    ax.axvline(1.0, color="grey", linestyle=":", label="never-seen level")
+    ax.axhline(GOALS["model_utility"], color="grey", linestyle="--", label="0.85 x target")
+    ax.set_xscale("log")
+    ax.set_xlabel("worst forget set / never-seen level after the last task (lower: forgets more)")
+    ax.set_ylabel("model utility / target model's")
+    ax.set_title(f"Forgetting vs utility after task {res['config']['tasks']}")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def matched(res: dict[str, Any]) -> dict[str, Any]:
+    """Per method, the run with the most model utility among those that forget enough (at
+    the never-seen level; without one, mean forget probability <= MATCH_FRACTION x the
+    target's)."""
     target_p = res["target"]["summary"]["mean_forget_probability"]
     threshold = None if target_p is None else MATCH_FRACTION * target_p
     per: dict[str, Any] = {}
@@ -289,7 +451,10 @@ def matched(res: dict[str, Any]) -> dict[str, Any]:
         best = per.setdefault(r["method"], {"model_utility": None, "setting": None})
         s = r["tasks"][-1]["summary"] if r["tasks"] else {}
         p, mu = s.get("mean_forget_probability"), s.get("model_utility")
-        if threshold is None or p is None or mu is None or p > threshold:
+        enough = forgets_enough(r) if res.get("never_seen") is not None else None
+        if enough is None:
+            enough = threshold is not None and p is not None and p <= threshold
+        if not enough or mu is None:
             continue
         if best["model_utility"] is None or mu > best["model_utility"]:
             best.update(model_utility=mu, setting=r["setting"] or "default")
@@ -298,6 +463,12 @@ def matched(res: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        res = json.loads((Path(args.out) / "results.json").read_text())
+        res["matched"] = matched(res)
+        write_markdown(res, Path(args.out) / "results.md")
+        write_plots(res, Path(args.out))
+        return 0
     import torch
 
     from alkn_core import unlearn
@@ -340,8 +511,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         retain_eval = _cap(data.retain90, args.max_items or 200, rng)
         notes.append("no retain_perturbed: retain set is a sample of retain90 (no truth ratio)")
-    retain_train = _cap(data.retain90, args.max_items, rng)
-    general = {k: _cap(v, args.max_items, rng) for k, v in data.general_sets().items()}
+    # "People not requested": the evaluated retain people are never given to unlearning (its
+    # retain items come from the other retain people), and the general sets are split into
+    # an evaluated part and a part unlearning may use (eval_sets): no item is both.
+    evaluated_people = {r.get("person") for r in retain_eval if r.get("person") is not None}
+    retain_train = _cap([r for r in data.retain90 if r.get("person") not in evaluated_people],
+                        args.max_items, rng)
+    general, general_train = {}, {}
+    for name, items in data.general_sets().items():
+        general[name] = _cap(items, args.max_items, rng)
+        seen = {r["question"] for r in general[name]}
+        general_train[name] = [r for r in items if r["question"] not in seen]
+    general_train = {k: v for k, v in general_train.items() if v}
     holdout = _cap(data.holdout10, args.max_items, rng) or None
     eval_kw = {"forget_names": task_names, "retain_names": ["retain"], "holdout": holdout,
                "batch_size": args.eval_batch_size, "max_new_tokens": args.max_new_tokens}
@@ -357,7 +538,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    if ref[n].get("privacy_auc") is not None}
     kw = {"retain_model_trs": retain_trs, "retain_model_aucs": retain_aucs}
     tgt = evaluate(target, tok, task_names, **kw)
-    print(f"reference evaluations {time.perf_counter() - t0:.1f}s", flush=True)
+    never_seen = _never_seen(target, tok, holdout)
+    print(f"reference evaluations {time.perf_counter() - t0:.1f}s; never-seen level "
+          f"{_fmt(never_seen)}", flush=True)
 
     res: dict[str, Any] = {
         "config": {**vars(args), "methods": methods, "sweep": sweep,
@@ -366,6 +549,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "notes": notes,
         "retain_model": {"metrics": ref},
         "target": {"metrics": tgt, "summary": summarize(tgt, task_names, retain_trs)},
+        "never_seen": never_seen,
         "runs": [],
     }
 
@@ -388,19 +572,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             for i, forget_items in enumerate(tasks):
                 t1 = time.perf_counter()
                 r = unlearn(model, tok, forget_items, retain_train, method=method,
-                            params=params, state=state, eval_sets=general)
+                            params=params, state=state, eval_sets=general_train or None,
+                            holdout=holdout)
                 model, state = r.model, r.state
                 t2 = time.perf_counter()
                 seen = task_names[: i + 1]
                 m = evaluate(model, tok, seen, **kw)
                 t3 = time.perf_counter()
                 s = summarize(m, seen, retain_trs)
+                s["ratios"] = ratios(m, tgt, seen, never_seen)
                 run["tasks"].append({"task": i + 1, "stats": r.stats, "metrics": m,
                                      "summary": s, "seconds": {"unlearn": t2 - t1,
                                                                "evaluate": t3 - t2}})
                 print(f"[{label}] task {i + 1}/{len(tasks)} unlearn {t2 - t1:.1f}s "
                       f"eval {t3 - t2:.1f}s forget_p {_fmt(s['mean_forget_probability'])} "
-                      f"fq {_fmt(s['forget_quality'], 'e')} mu {_fmt(s['model_utility'])}",
+                      f"fq {_fmt(s['forget_quality'], 'e')} mu {_fmt(s['model_utility'])} "
+                      f"ratios {_short(s['ratios'])}",
                       flush=True)
             del model, state
             _dump(res, out)  # partial results survive an interrupted long run
@@ -410,7 +597,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _dump(res, out)
     write_markdown(res, out / "results.md")
     write_plots(res, out)
-    print(f"wrote {out / 'results.json'}, results.md and 2 plots", flush=True)
+    print(f"wrote {out / 'results.json'}, results.md and 3 plots", flush=True)
     return 0
 
 

@@ -292,15 +292,36 @@ def test_auto_alpha_reaches_its_target_on_a_tiny_model(trained: torch.nn.Module,
     assert r3.stats["calibration"]["target_source"] == "explicit"
 
 
-def test_unreachable_target_raises_and_leaves_the_model(trained: torch.nn.Module,
-                                                        tiny_world: TinyWorld) -> None:
+def test_unreachable_target_returns_the_most_forgetting_model(trained: torch.nn.Module,
+                                                               tiny_world: TinyWorld) -> None:
+    """Out of reach at alpha_max: escalated fine-tunes, then the best model found, flagged."""
+    people = tiny_world.people
+    forget = tiny_world.of(people[0])[:8]
+    params = {"lr": 1e-3, "epochs": 1, "batch_size": 8, "grad_accum": 1, "alpha": "auto",
+              "alpha_max": 0.02, "calibration_evals": 3, "repair_steps": 0}
+    model = copy.deepcopy(trained)
+    before = _prob(model, tiny_world, forget)
+    r = unlearn(model, tiny_world.tokenizer, forget, tiny_world.of(*people[4:]),
+                params=params, method="task_vector")
+    c = r.stats["calibration"]
+    assert r.stats["target_met"] is False and c["target_met"] is False
+    assert [a["lr"] for a in c["attempts"]] == pytest.approx([1e-3, 3e-3, 9e-3])
+    assert not any(a["target_met"] for a in c["attempts"])
+    after = _prob(model, tiny_world, forget)
+    assert c["target"] < after < 0.99 * before and after == pytest.approx(c["forget_prob"])
+    assert 0 < c["alpha"] <= 0.02
+
+
+def test_nothing_forgettable_raises_and_leaves_the_model(trained: torch.nn.Module,
+                                                         tiny_world: TinyWorld) -> None:
     people = tiny_world.people
     model = copy.deepcopy(trained)
     with pytest.raises(CalibrationError, match="best alpha tried") as info:
         unlearn(model, tiny_world.tokenizer, tiny_world.of(people[0])[:8],
                 tiny_world.of(*people[4:]),
-                params={"lr": 1e-3, "epochs": 1, "batch_size": 8, "grad_accum": 1,
-                        "alpha": "auto", "alpha_max": 0.02, "calibration_evals": 3},
+                params={"lr": 1e-9, "epochs": 1, "batch_size": 8, "grad_accum": 1,
+                        "alpha": "auto", "alpha_max": 0.02, "calibration_evals": 3,
+                        "escalations": 0},
                 method="task_vector")
     assert info.value.best_alpha is not None and info.value.best_alpha <= 0.02
     for a, b in zip(model.parameters(), trained.parameters(), strict=True):
@@ -334,8 +355,10 @@ def test_worker_reports_the_curve_and_fails_unreachable_targets(
     defaults = {**PARAMS, "alpha": "auto", "target_forget_ratio": 0.5}
     model_id = register(url, store, worker_world, default_params=defaults)
     person = worker_world.items[worker_world.people[0]]
-    bad = submit(url, model_id, person[:6], params={"alpha_max": 0.01,
-                                                    "calibration_evals": 2})
+    # Nothing can be forgotten (a near-zero lr, no escalation): the only failure left.
+    bad = submit(url, model_id, person[:6], params={"alpha_max": 0.01, "lr": 1e-9,
+                                                    "calibration_evals": 2,
+                                                    "escalations": 0})
     good = submit(url, model_id, person[6:12])
     assert run_lineage_once(settings, model_id, "w-1", store=store) == 2
 

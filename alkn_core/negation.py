@@ -1,0 +1,313 @@
+"""What the negating methods (alkn, task_vector) do after the forget fine-tune.
+
+theta = theta_t - alpha * tau, alpha fixed or calibrated (`alpha="auto"`, calibration.py);
+then, with `repair_steps` > 0, a repair (repair.py) towards the pre-task model on repair
+items with a forget guard (the forget items are measured again after it; if they came back
+above the target, tau is negated further from the repaired model, else the repair is undone);
+then the utility floor's check on a fixed retain probe.
+
+`NegationProbe` measures, before training: the forget items, a fixed retain probe (its
+probability on the lineage's first model is the floor's reference, carried in the state like
+the holdout level) and the holdout items (the target), and records the repair teacher.
+`Negation.finish` applies the chosen negation to the model and returns the stats.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .calibration import AlphaSearch, CalibrationError, CurvePoint, forget_target, search_alpha
+from .data import Example, collate, encode_item
+from .losses import mean_batch_probability
+from .methods import TaskContext
+from .repair import REPAIR_ITEMS, Teacher, repair
+from .task_vector import TaskVector, snapshot
+
+Batches = list[dict[str, torch.Tensor]]
+
+# alpha "auto": the fixed sample of the retain set measured beside the forget items at every
+# evaluated alpha (its utility cost, and the floor's probe), and the most holdout items
+# measured for the target.
+RETAIN_PROBE_ITEMS = 16
+HOLDOUT_PROBE_ITEMS = 64
+
+# The holdout probability of the lineage's first calibrated task, kept in the state: the
+# "never seen" level is that of the model before any unlearning. Measured again on each
+# model, it falls as unlearning wears the model down, and each task would then chase a
+# lower target on a weaker model (README, "Calibrated negation").
+HOLDOUT_REFERENCE = "holdout_reference"
+# The retain probe's probability on the lineage's first model: the utility floor's 1.0.
+RETAIN_REFERENCE = "retain_probe_reference"
+# Out of reach, the most-forgetting model is kept only if it lowered the forget probability
+# by at least this fraction; else nothing could be forgotten (CalibrationError).
+MIN_FORGET_DROP = 0.01
+# After repair, forget items below this fraction of the target: part of the negation is
+# given back (`repair_relax`).
+RELAX_BELOW = 0.75
+# Repair rounds of `repair_steps` steps at most, while the floor is not met (progress is
+# reported as the "negating" stage: the API's stages stay as they are).
+REPAIR_ROUNDS = 3
+
+
+class NegationProbe:
+    """The fixed measurements of one task: forget items, a retain probe, the target."""
+
+    def __init__(self, ctx: TaskContext, holdout: list[dict[str, Any]], auto: bool) -> None:
+        t = time.perf_counter()
+        self.ctx, p = ctx, ctx.params
+        self.forget = self._batches(ctx.forget)
+        retain = list(ctx.retain or [])
+        pick = torch.randperm(len(retain), generator=torch.Generator().manual_seed(
+            p["seed"] + 2)).tolist()[:RETAIN_PROBE_ITEMS]
+        self.retain_pick = set(pick)
+        self.retain = self._batches([retain[i] for i in sorted(pick)]) if retain else None
+        self.forget_before, self.retain_before = self.measure(ctx.model)
+        self.holdout_prob: float | None = None
+        self.holdout_items = 0
+        self.holdout_carried = False
+        self.target: float | None = None
+        self.source = "fixed alpha"
+        if auto:
+            if holdout and p["target_forget_prob"] is None:
+                carried = self._carried(HOLDOUT_REFERENCE)
+                if carried is not None:
+                    self.holdout_prob, self.holdout_carried = carried, True
+                else:
+                    self._measure_holdout(holdout)
+            self.target, self.source = forget_target(
+                self.forget_before, explicit=p["target_forget_prob"],
+                holdout_prob=self.holdout_prob, ratio=p["target_forget_ratio"])
+        carried = self._carried(RETAIN_REFERENCE)
+        self.retain_reference = carried if carried is not None else self.retain_before
+        self.probe_seconds = time.perf_counter() - t  # before training: the target's cost
+        self.search_seconds = 0.0
+
+    def _carried(self, key: str) -> float | None:
+        value = self.ctx.state.info.get(key) if self.ctx.state is not None else None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        return None
+
+    def _batches(self, examples: Sequence[Example]) -> Batches:
+        # Length-sorted: little padding; the mean does not depend on the order.
+        ordered = sorted(examples, key=lambda e: len(e.input_ids))
+        bs = self.ctx.params["batch_size"]
+        return [collate(ordered[i : i + bs], self.ctx.pad, self.ctx.device)
+                for i in range(0, len(ordered), bs)]
+
+    def _measure_holdout(self, items: list[dict[str, Any]]) -> None:
+        p = self.ctx.params
+        examples = []
+        for item in items:  # as evaluation does, an item that does not fit is left out
+            try:
+                examples.append(encode_item(item, self.ctx.tokenizer, template=p["qa_template"],
+                                            chat_template=p["chat_template"],
+                                            max_length=p["max_length"]))
+            except ValueError:
+                continue
+        if len(examples) > HOLDOUT_PROBE_ITEMS:  # a fixed sample bounds the cost
+            pick = torch.randperm(len(examples), generator=torch.Generator().manual_seed(
+                p["seed"] + 3)).tolist()[:HOLDOUT_PROBE_ITEMS]
+            examples = [examples[i] for i in sorted(pick)]
+        if examples:
+            self.holdout_prob = mean_batch_probability(self.ctx.model, self._batches(examples))
+            self.holdout_items = len(examples)
+
+    def measure(self, model: torch.nn.Module) -> tuple[float, float | None]:
+        forget = mean_batch_probability(model, self.forget)
+        retain = mean_batch_probability(model, self.retain) if self.retain else None
+        return forget, retain
+
+    def teacher(self) -> Teacher | None:
+        """The repair items' pre-task distributions (retain items outside the probe, + the
+        general sets with repair_sets="retain+eval"); None without any."""
+        ctx, p = self.ctx, self.ctx.params
+        pool = [e for i, e in enumerate(ctx.retain or []) if i not in self.retain_pick]
+        if p["repair_sets"] == "retain+eval":
+            pool += ctx.general or []
+        if not pool:
+            return None
+        if len(pool) > REPAIR_ITEMS:
+            pick = torch.randperm(len(pool), generator=torch.Generator().manual_seed(
+                p["seed"] + 4)).tolist()[:REPAIR_ITEMS]
+            pool = [pool[i] for i in sorted(pick)]
+        return Teacher.record(ctx.model, pool, ctx.pad, p["batch_size"], ctx.device)
+
+    def search(self, model: torch.nn.Module, base: dict[str, torch.Tensor], tau: TaskVector,
+               target: float, start: float | None, forget_at_zero: float) -> AlphaSearch:
+        """The smallest alpha with forget <= target on base - alpha * tau; on
+        CalibrationError the model is left at base."""
+        ctx, p = self.ctx, self.ctx.params
+        t = time.perf_counter()
+        budget = p["calibration_evals"]
+        ctx.report("negating", 0, budget)
+        calls: list[float] = []
+
+        def evaluate(alpha: float) -> tuple[float, float | None]:
+            tau.apply_to(model, base, scale=-alpha)
+            out = self.measure(model)
+            calls.append(alpha)
+            ctx.report("negating", len(calls), budget)
+            return out
+
+        try:
+            return search_alpha(evaluate, target, alpha_max=p["alpha_max"], max_evals=budget,
+                                forget_at_zero=forget_at_zero, start=start)
+        except CalibrationError:
+            tau.apply_to(model, base, scale=0.0)  # nothing of this task stays in the model
+            model.eval()
+            raise
+        finally:
+            self.search_seconds += time.perf_counter() - t
+
+
+@dataclass
+class Attempt:
+    """One forget fine-tune and where its negation got (escalation keeps the best)."""
+
+    lr: float
+    tau: TaskVector | None  # dropped once another attempt forgets more
+    state: Any
+    search: AlphaSearch | None  # None: the target was out of reach
+    best: CurvePoint | None  # the most-forgetting point tried when out of reach
+    curve: list[CurvePoint]
+
+    @property
+    def forget_prob(self) -> float:
+        if self.search is not None:
+            return self.search.forget_prob
+        return self.best.forget_prob if self.best is not None else float("inf")
+
+    def summary(self) -> dict[str, Any]:
+        return {"lr": self.lr, "target_met": self.search is not None,
+                "forget_prob": self.forget_prob,
+                "alpha": self.search.alpha if self.search else (
+                    self.best.alpha if self.best else None)}
+
+
+def calibrate(probe: NegationProbe, model: torch.nn.Module, base: dict[str, torch.Tensor],
+              tau: TaskVector, lr: float, state: Any) -> Attempt:
+    """Search alpha for one fine-tune; out of reach, note its most-forgetting point."""
+    assert probe.target is not None
+    prev = probe._carried("calibrated_alpha")
+    try:
+        search = probe.search(model, base, tau, probe.target, prev, probe.forget_before)
+        return Attempt(lr, tau, state, search, None, search.curve)
+    except CalibrationError as exc:
+        best = min(exc.curve, key=lambda c: c.forget_prob) if exc.curve else None
+        return Attempt(lr, tau, state, None, best, exc.curve)
+
+
+def calibration_stats(probe: NegationProbe, attempt: Attempt, attempts: list[Attempt],
+                      training_seconds: float) -> dict[str, Any]:
+    p = probe.ctx.params
+    assert probe.target is not None
+    search = attempt.search
+    curve = search.curve if search else attempt.curve
+    return {
+        "alpha": search.alpha if search else (attempt.best.alpha if attempt.best else None),
+        "target": probe.target, "target_source": probe.source,
+        "target_met": search is not None,
+        "forget_prob": attempt.forget_prob, "forget_prob_before": probe.forget_before,
+        "retain_probe_before": probe.retain_before, "holdout_prob": probe.holdout_prob,
+        "holdout_items": probe.holdout_items,
+        # measured at this task, or carried from the lineage's first calibrated task
+        "holdout_carried": probe.holdout_carried,
+        "retain_probe_items": sum(len(b["input_ids"]) for b in probe.retain or []),
+        "curve": [c.as_list() for c in sorted(curve, key=lambda c: c.alpha)],
+        "evaluations": sum(len(a.curve) for a in attempts), "budget": p["calibration_evals"],
+        "alpha_max": p["alpha_max"],
+        "within_tolerance": search.within_tolerance if search else False,
+        # every forget fine-tune tried (the first, then the escalations), in order
+        "attempts": [a.summary() for a in attempts],
+        "search_seconds": probe.search_seconds, "probe_seconds": probe.probe_seconds,
+        # The search's cost (forward passes at the tried alphas) next to training's.
+        "search_vs_training": (probe.search_seconds / training_seconds
+                               if training_seconds > 0 else None),
+    }
+
+
+def repair_and_guard(probe: NegationProbe, teacher: Teacher, model: torch.nn.Module,
+                     tau: TaskVector, alpha: float, guard: float, lr: float) -> dict[str, Any]:
+    """Repair rounds (at most REPAIR_ROUNDS, until the floor is met), each followed by the
+    forget guard: forget above `guard` -> negate tau further from the repaired model (if that
+    cannot bring it back, the repair is undone: forgetting wins, and the rounds stop); forget
+    far under it -> give back part of the negation (`repair_relax`)."""
+    ctx, p = probe.ctx, probe.ctx.params
+    negated = snapshot(model)
+    floor = p["utility_floor"] * (probe.retain_reference or 0.0)
+    rounds: list[dict[str, Any]] = []
+    out: dict[str, Any] = {"rounds": rounds, "guard": guard, "undone": False}
+    for r in range(REPAIR_ROUNDS):
+        info = repair(model, teacher, probe.forget, guard, p, lr,
+                      report=lambda i, n, r=r: ctx.report("negating", r * n + i,
+                                                          REPAIR_ROUNDS * n))
+        forget, retain = probe.measure(model)
+        info.update(forget_prob=forget, retain_probe=retain, extra_alpha=0.0,
+                    relaxed_alpha=None)
+        rounds.append(info)
+        if forget > guard:
+            repaired = snapshot(model)
+            try:
+                extra = probe.search(model, repaired, tau, guard, 0.25 * max(alpha, 0.1),
+                                     forget)
+                tau.apply_to(model, repaired, scale=-extra.alpha)
+                info["extra_alpha"] = extra.alpha
+            except CalibrationError:
+                for name, q in model.named_parameters():  # back to the negated model
+                    if name in negated:
+                        q.data.copy_(negated[name])
+                out["undone"] = True
+                break
+            finally:
+                del repaired
+        elif p["repair_relax"] and forget < RELAX_BELOW * guard:
+            info["relaxed_alpha"] = relax(probe, model, tau, alpha, guard)
+        _, retain = probe.measure(model)
+        if retain is None or retain >= floor:
+            break
+    del negated
+    model.eval()
+    out["forget_prob"], out["retain_probe"] = probe.measure(model)
+    return out
+
+
+def relax(probe: NegationProbe, model: torch.nn.Module, tau: TaskVector, alpha: float,
+          guard: float) -> float:
+    """The repair left the forget items far under the target: give back part of the
+    negation, theta_r + (alpha - a) x tau with the smallest a in (0, alpha] that still
+    keeps them at or under it (the same search, forward passes only); returns a."""
+    ctx, p = probe.ctx, probe.ctx.params
+    if not (alpha > 0 and guard > 0):  # nothing negated, or nothing to aim at
+        return alpha
+    repaired = snapshot(model)
+    t = time.perf_counter()
+
+    def evaluate(a: float) -> tuple[float, float | None]:
+        tau.apply_to(model, repaired, scale=alpha - a)
+        ctx.report("negating", 0, 1)
+        return probe.measure(model)
+
+    try:
+        found = search_alpha(evaluate, guard, alpha_max=alpha, max_evals=p["calibration_evals"],
+                             start=0.5 * alpha)
+        tau.apply_to(model, repaired, scale=alpha - found.alpha)
+        return found.alpha
+    except CalibrationError:
+        tau.apply_to(model, repaired, scale=0.0)  # the repaired model as it was
+        return alpha
+    finally:
+        probe.search_seconds += time.perf_counter() - t
+
+
+def floor_stats(probe: NegationProbe, retain_probe: float | None) -> dict[str, Any]:
+    """The retain probe against utility_floor x the lineage's first measurement."""
+    ref, frac = probe.retain_reference, probe.ctx.params["utility_floor"]
+    ratio = retain_probe / ref if retain_probe is not None and ref else None
+    return {"utility_floor": frac, "retain_probe_reference": ref, "retain_probe": retain_probe,
+            "retain_ratio": ratio, "met": None if ratio is None else ratio >= frac}
