@@ -460,9 +460,17 @@ def _calibration_event(url: str, spec: JobSpec, calibration: dict[str, Any]) -> 
     """The alpha search's target and curve [[alpha, forget_prob, retain_prob], ...] as an
     event of the negating stage (also in the job's metrics["unlearning"] on success)."""
     data = {k: calibration.get(k) for k in ("alpha", "target", "target_source", "curve",
-                                            "evaluations", "best_alpha", "best_forget_prob")
+                                            "evaluations", "best_alpha", "best_forget_prob",
+                                            "target_met", "attempts")
             if k in calibration}
-    if "alpha" in data:
+    if "alpha" in data and data.get("target_met") is False:
+        # The escalated fine-tunes could not reach the target either: the most-forgetting
+        # model is published, and the quality block says the target was missed.
+        message = (f"forget target {data['target']:.4g} ({data['target_source']}) not "
+                   f"reached: alpha {data['alpha']:.4g} left the forget probability at "
+                   f"{calibration['forget_prob']:.4g} after "
+                   f"{len(calibration.get('attempts') or []) or 1} fine-tune(s)")
+    elif "alpha" in data:
         message = (f"alpha {data['alpha']:.4g} chosen: forget probability "
                    f"{calibration['forget_prob']:.4g} <= target {data['target']:.4g} "
                    f"({data['target_source']}) after {data['evaluations']} evaluations")
