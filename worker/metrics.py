@@ -80,8 +80,36 @@ def track_job(job_id: str, run: Callable[..., T], *args: Any) -> T:
         JOB_ID.reset(token)
 
 
+# A job runs in a forked child (worker/job_process.py). Outside multiprocess mode what the
+# child counts dies with it, and in it the parent would count it twice if both recorded: so
+# the child defers its observations and returns them, and the parent replays them.
+_deferred: list[tuple[str, Any]] | None = None
+
+
+def defer() -> None:
+    """From now on (in this process: the job's child) observations are kept for `deferred`."""
+    global _deferred
+    _deferred = []
+
+
+def deferred() -> list[tuple[str, Any]]:
+    """The observations kept since `defer`, to send to the parent (plain, picklable data)."""
+    return list(_deferred or [])
+
+
+def replay(records: Iterable[tuple[str, Any]]) -> None:
+    """Record, in this process, what a job's child deferred."""
+    recorders: dict[str, Callable[[Any], None]] = {
+        "stages": observe_stages, "quality": count_quality_gate_failures}
+    for kind, value in records:
+        recorders[kind](value)
+
+
 def observe_stages(timings: Mapping[str, float]) -> None:
     """A finished job's seconds per stage ("total" is alkn_job_duration_seconds)."""
+    if _deferred is not None:
+        _deferred.append(("stages", dict(timings)))
+        return
     m = _metrics()
     for stage, seconds in timings.items():
         if stage != "total" and isinstance(seconds, int | float):
@@ -90,6 +118,9 @@ def observe_stages(timings: Mapping[str, float]) -> None:
 
 def count_quality_gate_failures(reasons: Iterable[str]) -> None:
     """A published version that did not pass the quality gate, once per reason."""
+    if _deferred is not None:
+        _deferred.append(("quality", list(reasons)))
+        return
     m = _metrics()
     for reason in reasons:
         m.quality_failed.labels(reason).inc()

@@ -39,6 +39,7 @@ from registry.model_files import InvalidModelFiles, check_model_dir
 from registry.settings import Settings
 from registry.store import LocalStore, S3Store, open_store
 
+from . import metrics as worker_metrics
 from .evaluation import evaluate
 from .job_process import model_modules, run_in_child, warm_imports
 from .metrics import observe_stages, track_job
@@ -507,17 +508,20 @@ def run_job_bounded(settings: Settings, store: Store, spec: JobSpec, owner: str,
     "db_lost" or "lost" (the child ended without an outcome: run it again)."""
     url = settings.resolved_database_url
 
-    def job() -> tuple[str, list[str]]:
+    def job() -> tuple[str, list[str], list[tuple[str, Any]]]:
+        worker_metrics.defer()  # counted by the parent, which outlives this process
         # The child's own keeper: its renewals are the job's heartbeat in silent stages.
         with LeaseKeeper(url, spec.model_id, owner, settings.lease_seconds) as own:
-            return run_job(settings, store, spec, owner, own), model_modules()
+            status = run_job(settings, store, spec, owner, own)
+        return status, model_modules(), worker_metrics.deferred()
 
     limit = settings.job_time_limit
     warm_imports()
     result = run_in_child(job, time_limit=limit, abandon=keeper.lost.is_set, db_url=url)
     if result.outcome == "finished":
-        status, modules = result.value
+        status, modules, observed = result.value
         warm_imports(modules)  # the next job on this architecture starts warm
+        worker_metrics.replay(observed)
         return str(status)
     if result.outcome == "abandoned":
         log.warning("job %s: lineage lease lost after %.1f s; its process was stopped and "
