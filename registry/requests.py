@@ -57,8 +57,13 @@ class QueueFull(RegistryError):
 def check_queue_room(session: Session, tenant_id: str, limit: int) -> None:
     """QueueFull when one more request would take the tenant's unfinished (queued or
     running) requests past `limit`. The tenant row is locked first, so concurrent
-    submissions of one tenant (on any of its models) are counted one after the other."""
-    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+    submissions of one tenant (on any of its models) are counted one after the other.
+
+    FOR NO KEY UPDATE, not FOR UPDATE: a worker holding a model's lock inserts rows that
+    reference the tenant (a foreign-key check takes FOR KEY SHARE on its row); FOR UPDATE
+    here would block that while we wait for the same model's lock: a deadlock."""
+    session.execute(select(Tenant.id).where(Tenant.id == tenant_id)
+                    .with_for_update(key_share=True))
     unfinished = session.scalar(select(func.count()).select_from(ForgetRequest).where(
         ForgetRequest.tenant_id == tenant_id, ForgetRequest.status.not_in(FINISHED)))
     if (unfinished or 0) >= limit:
