@@ -262,6 +262,9 @@ def repair_and_guard(probe: NegationProbe, teacher: Teacher, model: torch.nn.Mod
     negated = snapshot(model)
     floor = p["utility_floor"] * (probe.retain_reference or 0.0)
     rounds: list[dict[str, Any]] = []
+    # The negation still in the model: relax gives back at most this much, over all rounds
+    # (each round giving back the task's whole alpha again would add tau back beyond it).
+    negation = alpha
     out: dict[str, Any] = {"rounds": rounds, "guard": guard, "undone": False,
                            # the repair's target: the lineage's first model, carried
                            "teacher_carried": probe.teacher_carried,
@@ -282,6 +285,7 @@ def repair_and_guard(probe: NegationProbe, teacher: Teacher, model: torch.nn.Mod
                                      forget)
                 tau.apply_to(model, repaired, scale=-extra.alpha)
                 info["extra_alpha"] = extra.alpha
+                negation += extra.alpha
             except CalibrationError:
                 for name, q in model.named_parameters():  # back to the negated model
                     if name in negated:
@@ -291,7 +295,7 @@ def repair_and_guard(probe: NegationProbe, teacher: Teacher, model: torch.nn.Mod
             finally:
                 del repaired
         elif p["repair_relax"] and forget < RELAX_BELOW * guard:
-            info["relaxed_alpha"] = relax(probe, model, tau, alpha, guard)
+            info["relaxed_alpha"] = negation = relax(probe, model, tau, negation, guard)
         _, retain = probe.measure(model)
         if retain is None or retain >= floor:
             break
