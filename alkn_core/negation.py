@@ -35,6 +35,9 @@ Batches = list[dict[str, torch.Tensor]]
 # measured for the target.
 RETAIN_PROBE_ITEMS = 16
 HOLDOUT_PROBE_ITEMS = 64
+# The earlier tasks' forget items the repair's hinge also holds under the target (a fixed
+# sample beyond): bounds the cost for a long lineage.
+EARLIER_FORGET_ITEMS = 64
 
 # The holdout probability of the lineage's first calibrated task, kept in the state: the
 # "never seen" level is that of the model before any unlearning. Measured again on each
@@ -57,10 +60,17 @@ REPAIR_ROUNDS = 3
 class NegationProbe:
     """The fixed measurements of one task: forget items, a retain probe, the target."""
 
-    def __init__(self, ctx: TaskContext, holdout: list[dict[str, Any]], auto: bool) -> None:
+    def __init__(self, ctx: TaskContext, holdout: list[dict[str, Any]], auto: bool,
+                 earlier: Sequence[Example] = ()) -> None:
         t = time.perf_counter()
         self.ctx, p = ctx, ctx.params
         self.forget = self._batches(ctx.forget)
+        earlier = list(earlier)
+        if len(earlier) > EARLIER_FORGET_ITEMS:
+            pick = torch.randperm(len(earlier), generator=torch.Generator().manual_seed(
+                p["seed"] + 5)).tolist()[:EARLIER_FORGET_ITEMS]
+            earlier = [earlier[i] for i in sorted(pick)]
+        self.earlier = self._batches(earlier)
         retain = list(ctx.retain or [])
         pick = torch.randperm(len(retain), generator=torch.Generator().manual_seed(
             p["seed"] + 2)).tolist()[:RETAIN_PROBE_ITEMS]
@@ -84,6 +94,7 @@ class NegationProbe:
                 holdout_prob=self.holdout_prob, ratio=p["target_forget_ratio"])
         carried = self._carried(RETAIN_REFERENCE)
         self.retain_reference = carried if carried is not None else self.retain_before
+        self.teacher_carried = False
         self.probe_seconds = time.perf_counter() - t  # before training: the target's cost
         self.search_seconds = 0.0
 
@@ -123,10 +134,19 @@ class NegationProbe:
         retain = mean_batch_probability(model, self.retain) if self.retain else None
         return forget, retain
 
+    def measure_earlier(self, model: torch.nn.Module) -> float | None:
+        return mean_batch_probability(model, self.earlier) if self.earlier else None
+
     def teacher(self) -> Teacher | None:
-        """The repair items' pre-task distributions (retain items outside the probe, + the
-        general sets with repair_sets="retain+eval"); None without any."""
+        """The repair items' distributions on the lineage's first model (carried in the
+        state; `repair_reference="first"`) or on the pre-task model (retain items outside
+        the probe, + the general sets with repair_sets="retain+eval"); None without any."""
         ctx, p = self.ctx, self.ctx.params
+        carried = ctx.state.teacher if ctx.state is not None else None
+        self.teacher_carried = bool(p["repair_reference"] == "first" and carried)
+        if self.teacher_carried:
+            assert carried is not None
+            return Teacher.from_tensors(carried, ctx.device)
         pool = [e for i, e in enumerate(ctx.retain or []) if i not in self.retain_pick]
         if p["repair_sets"] == "retain+eval":
             pool += ctx.general or []
@@ -242,9 +262,16 @@ def repair_and_guard(probe: NegationProbe, teacher: Teacher, model: torch.nn.Mod
     negated = snapshot(model)
     floor = p["utility_floor"] * (probe.retain_reference or 0.0)
     rounds: list[dict[str, Any]] = []
-    out: dict[str, Any] = {"rounds": rounds, "guard": guard, "undone": False}
+    # The negation still in the model: relax gives back at most this much, over all rounds
+    # (each round giving back the task's whole alpha again would add tau back beyond it).
+    negation = alpha
+    out: dict[str, Any] = {"rounds": rounds, "guard": guard, "undone": False,
+                           # the repair's target: the lineage's first model, carried
+                           "teacher_carried": probe.teacher_carried,
+                           "earlier_forget_items": sum(len(b["input_ids"])
+                                                       for b in probe.earlier)}
     for r in range(REPAIR_ROUNDS):
-        info = repair(model, teacher, probe.forget, guard, p, lr,
+        info = repair(model, teacher, [probe.forget, probe.earlier], guard, p, lr,
                       report=lambda i, n, r=r: ctx.report("negating", r * n + i,
                                                           REPAIR_ROUNDS * n))
         forget, retain = probe.measure(model)
@@ -258,6 +285,7 @@ def repair_and_guard(probe: NegationProbe, teacher: Teacher, model: torch.nn.Mod
                                      forget)
                 tau.apply_to(model, repaired, scale=-extra.alpha)
                 info["extra_alpha"] = extra.alpha
+                negation += extra.alpha
             except CalibrationError:
                 for name, q in model.named_parameters():  # back to the negated model
                     if name in negated:
@@ -267,13 +295,14 @@ def repair_and_guard(probe: NegationProbe, teacher: Teacher, model: torch.nn.Mod
             finally:
                 del repaired
         elif p["repair_relax"] and forget < RELAX_BELOW * guard:
-            info["relaxed_alpha"] = relax(probe, model, tau, alpha, guard)
+            info["relaxed_alpha"] = negation = relax(probe, model, tau, negation, guard)
         _, retain = probe.measure(model)
         if retain is None or retain >= floor:
             break
     del negated
     model.eval()
     out["forget_prob"], out["retain_probe"] = probe.measure(model)
+    out["earlier_forget_prob"] = probe.measure_earlier(model)
     return out
 
 

@@ -42,6 +42,9 @@ NEGATION_DEFAULTS: dict[str, Any] = {
     # repair_lr None = 0.1 x the forget fine-tune's lr.
     "repair_steps": 30, "repair_lr": None, "repair_forget_weight": 1.0,
     "repair_sets": "retain",
+    # The repair's target: the lineage's first model (its distributions on a fixed sample of
+    # repair items, carried in the state) or the model before this task.
+    "repair_reference": "first",
     # After repair, forget items far under the target: give back part of the negation.
     "repair_relax": True,
 }
@@ -87,6 +90,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "mask_rule": ("reference", "retain_safe"),
     "retain_gradient_sets": ("retain", "retain+eval"),
     "repair_sets": ("retain", "retain+eval"),
+    "repair_reference": ("first", "pre_task"),
 }
 
 # Parameters that must be > 0 (the rest of the numbers must be >= 0).

@@ -78,6 +78,23 @@ class Teacher:
         model.train(was_training)
         return cls(batches, idxs, logps)
 
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """Flat CPU tensors for the state file (UnlearnState.teacher)."""
+        out: dict[str, torch.Tensor] = {}
+        for i, (b, idx, logp) in enumerate(zip(self.batches, self.top_idx, self.top_logp,
+                                                strict=True)):
+            out.update({f"{i}.{k}": v.cpu() for k, v in b.items()})
+            out[f"{i}.top_idx"], out[f"{i}.top_logp"] = idx.cpu(), logp.cpu()
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], device: torch.device) -> Teacher:
+        n = len({k.split(".", 1)[0] for k in tensors})
+        batches = [{k: tensors[f"{i}.{k}"].to(device)
+                    for k in ("input_ids", "attention_mask", "labels")} for i in range(n)]
+        return cls(batches, [tensors[f"{i}.top_idx"].to(device) for i in range(n)],
+                   [tensors[f"{i}.top_logp"].to(device) for i in range(n)])
+
     def kl(self, model: torch.nn.Module, i: int) -> torch.Tensor:
         """Mean over answer tokens of KL(teacher || model) on batch i."""
         logp = F.log_softmax(_answer_logits(model, self.batches[i]), dim=-1)
@@ -94,10 +111,12 @@ def forget_hinge(model: torch.nn.Module, batch: Batch, log_target: float) -> tor
     return F.relu(torch.logsumexp(item, 0) - math.log(item.numel()) - log_target)
 
 
-def repair(model: torch.nn.Module, teacher: Teacher, forget: Sequence[Batch], target: float,
-           params: dict[str, Any], lr: float,
+def repair(model: torch.nn.Module, teacher: Teacher, forget: Sequence[Sequence[Batch]],
+           target: float, params: dict[str, Any], lr: float,
            report: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """`params["repair_steps"]` steps on the repair loss, in place; returns its statistics."""
+    """`params["repair_steps"]` steps on the repair loss, in place; returns its statistics.
+    `forget`: the sets the hinge holds under the target (this task's, the earlier tasks'),
+    one batch of each per step."""
     steps = params["repair_steps"]
     trainable = [q for q in model.parameters() if q.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
@@ -110,8 +129,9 @@ def repair(model: torch.nn.Module, teacher: Teacher, forget: Sequence[Batch], ta
         with autocast_for(model):
             kl = teacher.kl(model, step % len(teacher.batches))
             loss = kl
-            if weight > 0 and forget:
-                hinge = forget_hinge(model, forget[step % len(forget)], log_target)
+            sets = [f for f in forget if f]
+            if weight > 0 and sets:
+                hinge = sum(forget_hinge(model, f[step % len(f)], log_target) for f in sets)
                 loss = loss + weight * hinge
                 hinges.append(float(hinge.detach()))
         optimizer.zero_grad(set_to_none=True)

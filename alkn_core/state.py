@@ -21,6 +21,7 @@ from .masking import pack_mask, unpack_mask
 STATE_FORMAT = 1
 MASKS_FILE = "alkn_masks.safetensors"
 META_FILE = "alkn_state.json"
+TEACHER_FILE = "alkn_repair_teacher.safetensors"
 
 
 @dataclass
@@ -31,6 +32,9 @@ class UnlearnState:
     masks: dict[str, torch.Tensor] | None = None  # bool, same shapes as the parameters
     thresholds: dict[str, float] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    # The lineage's first model's answer distributions on a fixed sample of repair items
+    # (repair.Teacher.to_tensors; no forget text), the repair's target at every later task.
+    teacher: dict[str, torch.Tensor] | None = None
 
     def check_compatible(self, model: torch.nn.Module) -> None:
         """Refuse a state made for another architecture: names and shapes must match."""
@@ -52,10 +56,13 @@ class UnlearnState:
         directory.mkdir(parents=True, exist_ok=True)
         meta = {"format": STATE_FORMAT, "method": self.method, "task_index": self.task_index,
                 "shapes": self.shapes, "thresholds": self.thresholds, "info": self.info,
-                "has_masks": self.masks is not None}
+                "has_masks": self.masks is not None, "has_teacher": self.teacher is not None}
         if self.masks is not None:
             save_file({n: pack_mask(m) for n, m in self.masks.items()},
                       str(directory / MASKS_FILE), metadata={"format": str(STATE_FORMAT)})
+        if self.teacher is not None:
+            save_file({n: t.detach().cpu().contiguous() for n, t in self.teacher.items()},
+                      str(directory / TEACHER_FILE), metadata={"format": str(STATE_FORMAT)})
         # floats round-trip exactly through JSON (shortest repr); inf is written as Infinity
         (directory / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
 
@@ -74,9 +81,10 @@ class UnlearnState:
             if set(packed) != set(meta["shapes"]):
                 raise ValueError("unlearning state masks do not match its parameter list")
             masks = {n: unpack_mask(packed[n], tuple(meta["shapes"][n])) for n in packed}
+        teacher = load_file(str(directory / TEACHER_FILE)) if meta.get("has_teacher") else None
         return cls(method=meta["method"], task_index=meta["task_index"],
                    shapes={n: list(s) for n, s in meta["shapes"].items()}, masks=masks,
-                   thresholds=meta["thresholds"], info=meta.get("info", {}))
+                   thresholds=meta["thresholds"], info=meta.get("info", {}), teacher=teacher)
 
     def coverage(self) -> float:
         """Fraction of all parameters set in the cumulative mask."""

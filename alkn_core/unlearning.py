@@ -67,6 +67,7 @@ def unlearn(
     *,
     eval_sets: Mapping[str, Items] | Items | None = None,
     holdout: Items | None = None,
+    earlier_forget: Items | None = None,
 ) -> UnlearnResult:
     """Remove `forget` from `model` (in place) and return it with the state for the next task.
 
@@ -87,7 +88,8 @@ def unlearn(
     nothing could be forgotten at all. Then, with `repair_steps` > 0, the repair towards the
     pre-task model with its forget guard (negation.py, `stats["repair"]`), and
     `stats["floor"]`: the retain probe against `utility_floor` x its first measurement on the
-    lineage (`met`).
+    lineage (`met`). `earlier_forget` (the forget items of the lineage's earlier tasks):
+    the repair's hinge holds them under the target too, so no earlier request comes back.
     """
     cls = get_method(method)
     p = resolve_params(cls.defaults, dict(params or {}))
@@ -96,6 +98,7 @@ def unlearn(
         raise ValueError("forget must contain at least one item")
     retain = validate_items(retain, "retain") if retain else None
     general = validate_items(_general_items(eval_sets), "eval_sets")
+    earlier = validate_items(earlier_forget, "earlier_forget") if earlier_forget else []
     if cls.needs_retain(p) and not retain:
         raise ValueError(f"method {method!r} needs a retain set")
     if not cls.stateful:
@@ -120,7 +123,8 @@ def unlearn(
     impl = cls(ctx)
     ctx.report("probing", 0, 1)
     auto = cls.negates and p["alpha"] == AUTO
-    probe = (NegationProbe(ctx, validate_items(holdout, "holdout") if holdout else [], auto)
+    probe = (NegationProbe(ctx, validate_items(holdout, "holdout") if holdout else [], auto,
+                           encode_items(earlier, tokenizer, p, "earlier_forget"))
              if cls.negates else None)
     teacher = probe.teacher() if probe is not None and p["repair_steps"] > 0 else None
     impl.prepare()
@@ -184,6 +188,8 @@ def unlearn(
         ctx.report("negating", 1, 1)
         if new_state is not None and probe.retain_reference is not None:
             new_state.info[RETAIN_REFERENCE] = probe.retain_reference
+        if new_state is not None and teacher is not None and p["repair_reference"] == "first":
+            new_state.teacher = teacher.to_tensors()  # the next task repairs towards it too
         if teacher is not None:
             t2 = time.perf_counter()
             guard = (probe.target if target_met and probe.target is not None

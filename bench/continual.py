@@ -59,6 +59,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--eval-batch-size", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-earlier-forget", action="store_true",
+                    help="do not give unlearning the earlier tasks' forget items (ablation)")
     ap.add_argument("--render", action="store_true",
                     help="only rewrite OUT/results.md and the plots from OUT/results.json")
     ap.add_argument("--resume", action="store_true",
@@ -573,7 +575,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 t1 = time.perf_counter()
                 r = unlearn(model, tok, forget_items, retain_train, method=method,
                             params=params, state=state, eval_sets=general_train or None,
-                            holdout=holdout)
+                            holdout=holdout, earlier_forget=None if args.no_earlier_forget
+                            else [x for t in tasks[:i] for x in t] or None)
                 model, state = r.model, r.state
                 t2 = time.perf_counter()
                 seen = task_names[: i + 1]
@@ -604,7 +607,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 # Config keys that change what a finished run measured (not which runs are wanted).
 SAME_RUN_KEYS = ("data_dir", "target", "retain", "tasks", "epochs", "people", "max_items",
                  "params", "finetune_epochs", "tiny_size", "vocab_size", "max_new_tokens",
-                 "seed", "task_sizes", "task_people")
+                 "seed", "task_sizes", "task_people", "no_earlier_forget")
 
 
 def finished_runs(out: Path, config: dict[str, Any], n_tasks: int) -> dict[str, Any]:

@@ -81,3 +81,32 @@ def test_repair_params_are_validated() -> None:
             method_params("alkn", params)
     with pytest.raises(ValueError, match="unknown param.*'repair_steps'"):
         method_params("npo", {"repair_steps": 3})
+
+
+def test_second_task_repairs_towards_the_first_model_and_guards_the_first_person(
+        trained: torch.nn.Module, tiny_world: TinyWorld, tmp_path: Any) -> None:
+    """Task 2 (person 1) with the state saved and loaded: its repair's target is the first
+    model's distributions carried in the state, and person 0 (task 1, `earlier_forget`)
+    stays at or under the forget target (the hinge holds it too)."""
+    from alkn_core.state import UnlearnState
+
+    ppl, world = tiny_world.people, tiny_world
+    first, second, retain = world.of(ppl[0]), world.of(ppl[1]), world.of(*ppl[4:])
+    model = copy.deepcopy(trained)
+    r1 = unlearn(model, world.tokenizer, first, retain, params=LOOP)
+    assert r1.state is not None and r1.state.teacher
+    assert r1.stats["repair"]["teacher_carried"] is False
+    r1.state.save(tmp_path)
+    state = UnlearnState.load(tmp_path)
+    assert state.teacher is not None and set(state.teacher) == set(r1.state.teacher)
+    assert all(torch.equal(state.teacher[k], r1.state.teacher[k].cpu()) for k in state.teacher)
+    r2 = unlearn(model, world.tokenizer, second, retain, params=LOOP, state=state,
+                 earlier_forget=first)
+    rep = r2.stats["repair"]
+    assert rep["teacher_carried"] is True and rep["earlier_forget_items"] == len(first)
+    assert rep["earlier_forget_prob"] <= r2.stats["calibration"]["target"] * 1.05
+    assert r2.state is not None and r2.state.teacher is not None  # carried on
+    pre = method_params("alkn", {"repair_reference": "pre_task"})
+    assert pre["repair_reference"] == "pre_task"
+    with pytest.raises(ValueError, match="'repair_reference' must be one of"):
+        method_params("alkn", {"repair_reference": "last"})
