@@ -355,7 +355,10 @@ def run_job(settings: Settings, store: Store, spec: JobSpec, owner: str,
             result = unlearn(model, tokenizer, spec.forget_items, spec.retain_set or None,
                              method=spec.method, params=spec.params, state=state,
                              progress=report, eval_sets=spec.eval_sets or None,
-                             holdout=spec.holdout_set or None)
+                             holdout=spec.holdout_set or None,
+                             # guarded by the repair: no earlier person comes back
+                             earlier_forget=[i for items in spec.earlier_tasks.values()
+                                             for i in items] or None)
             model, state = result.model, result.state
             stats = dict(result.stats)
             if "calibration" in stats:
