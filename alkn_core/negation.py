@@ -25,7 +25,7 @@ from .calibration import AlphaSearch, CalibrationError, CurvePoint, forget_targe
 from .data import Example, collate, encode_item
 from .losses import mean_batch_probability
 from .methods import TaskContext
-from .repair import REPAIR_ITEMS, Teacher, repair
+from .repair import Teacher, repair
 from .task_vector import TaskVector, snapshot
 
 Batches = list[dict[str, torch.Tensor]]
@@ -35,9 +35,11 @@ Batches = list[dict[str, torch.Tensor]]
 # measured for the target.
 RETAIN_PROBE_ITEMS = 16
 HOLDOUT_PROBE_ITEMS = 64
-# The earlier tasks' forget items the repair's hinge also holds under the target (a fixed
-# sample beyond): bounds the cost for a long lineage.
-EARLIER_FORGET_ITEMS = 64
+# The earlier tasks' forget sets the repair's hinge also holds under the target, each on its
+# own: at most EARLIER_SETS sets (the most recent; older ones pooled into one) of at most
+# EARLIER_SET_ITEMS items each (a fixed sample beyond): bounds the cost for a long lineage.
+EARLIER_SETS = 16
+EARLIER_SET_ITEMS = 32
 
 # The holdout probability of the lineage's first calibrated task, kept in the state: the
 # "never seen" level is that of the model before any unlearning. Measured again on each
@@ -52,25 +54,22 @@ MIN_FORGET_DROP = 0.01
 # After repair, forget items below this fraction of the target: part of the negation is
 # given back (`repair_relax`).
 RELAX_BELOW = 0.75
-# Repair rounds of `repair_steps` steps at most, while the floor is not met (progress is
-# reported as the "negating" stage: the API's stages stay as they are).
-REPAIR_ROUNDS = 3
 
 
 class NegationProbe:
     """The fixed measurements of one task: forget items, a retain probe, the target."""
 
     def __init__(self, ctx: TaskContext, holdout: list[dict[str, Any]], auto: bool,
-                 earlier: Sequence[Example] = ()) -> None:
+                 earlier: Sequence[Sequence[Example]] = ()) -> None:
         t = time.perf_counter()
         self.ctx, p = ctx, ctx.params
         self.forget = self._batches(ctx.forget)
-        earlier = list(earlier)
-        if len(earlier) > EARLIER_FORGET_ITEMS:
-            pick = torch.randperm(len(earlier), generator=torch.Generator().manual_seed(
-                p["seed"] + 5)).tolist()[:EARLIER_FORGET_ITEMS]
-            earlier = [earlier[i] for i in sorted(pick)]
-        self.earlier = self._batches(earlier)
+        sets = [list(e) for e in earlier if e]
+        if len(sets) > EARLIER_SETS:  # the oldest pooled into one set
+            cut = len(sets) - EARLIER_SETS + 1
+            sets = [[x for e in sets[:cut] for x in e], *sets[cut:]]
+        self.earlier = [self._batches(self._sample(e, EARLIER_SET_ITEMS, 5 + i))
+                        for i, e in enumerate(sets)]
         retain = list(ctx.retain or [])
         pick = torch.randperm(len(retain), generator=torch.Generator().manual_seed(
             p["seed"] + 2)).tolist()[:RETAIN_PROBE_ITEMS]
@@ -134,8 +133,17 @@ class NegationProbe:
         retain = mean_batch_probability(model, self.retain) if self.retain else None
         return forget, retain
 
+    def _sample(self, examples: list[Example], n: int, salt: int) -> list[Example]:
+        """A fixed seeded sample of at most n examples, in their order."""
+        if len(examples) <= n:
+            return examples
+        pick = torch.randperm(len(examples), generator=torch.Generator().manual_seed(
+            self.ctx.params["seed"] + salt)).tolist()[:n]
+        return [examples[i] for i in sorted(pick)]
+
     def measure_earlier(self, model: torch.nn.Module) -> float | None:
-        return mean_batch_probability(model, self.earlier) if self.earlier else None
+        """The worst (highest) mean answer probability of the earlier forget sets."""
+        return max((mean_batch_probability(model, b) for b in self.earlier), default=None)
 
     def teacher(self) -> Teacher | None:
         """The repair items' distributions on the lineage's first model (carried in the
@@ -152,9 +160,9 @@ class NegationProbe:
             pool += ctx.general or []
         if not pool:
             return None
-        if len(pool) > REPAIR_ITEMS:
+        if len(pool) > p["repair_items"]:
             pick = torch.randperm(len(pool), generator=torch.Generator().manual_seed(
-                p["seed"] + 4)).tolist()[:REPAIR_ITEMS]
+                p["seed"] + 4)).tolist()[:p["repair_items"]]
             pool = [pool[i] for i in sorted(pick)]
         return Teacher.record(ctx.model, pool, ctx.pad, p["batch_size"], ctx.device)
 
@@ -254,13 +262,15 @@ def calibration_stats(probe: NegationProbe, attempt: Attempt, attempts: list[Att
 
 def repair_and_guard(probe: NegationProbe, teacher: Teacher, model: torch.nn.Module,
                      tau: TaskVector, alpha: float, guard: float, lr: float) -> dict[str, Any]:
-    """Repair rounds (at most REPAIR_ROUNDS, until the floor is met), each followed by the
-    forget guard: forget above `guard` -> negate tau further from the repaired model (if that
-    cannot bring it back, the repair is undone: forgetting wins, and the rounds stop); forget
-    far under it -> give back part of the negation (`repair_relax`)."""
+    """Repair rounds (at most `repair_rounds`, until the retain probe is back to
+    `repair_aim` of its reference, or to the floor if higher), each followed by the forget
+    guard: forget above `guard` -> negate tau further from the repaired model (if that cannot
+    bring it back, the repair is undone: forgetting wins, and the rounds stop); forget far
+    under it -> give back part of the negation (`repair_relax`)."""
     ctx, p = probe.ctx, probe.ctx.params
     negated = snapshot(model)
-    floor = p["utility_floor"] * (probe.retain_reference or 0.0)
+    aim = max(p["utility_floor"], p["repair_aim"]) * (probe.retain_reference or 0.0)
+    n_rounds = p["repair_rounds"]
     rounds: list[dict[str, Any]] = []
     # The negation still in the model: relax gives back at most this much, over all rounds
     # (each round giving back the task's whole alpha again would add tau back beyond it).
@@ -268,12 +278,13 @@ def repair_and_guard(probe: NegationProbe, teacher: Teacher, model: torch.nn.Mod
     out: dict[str, Any] = {"rounds": rounds, "guard": guard, "undone": False,
                            # the repair's target: the lineage's first model, carried
                            "teacher_carried": probe.teacher_carried,
-                           "earlier_forget_items": sum(len(b["input_ids"])
-                                                       for b in probe.earlier)}
-    for r in range(REPAIR_ROUNDS):
-        info = repair(model, teacher, [probe.forget, probe.earlier], guard, p, lr,
+                           "earlier_forget_items": sum(len(b["input_ids"]) for e in
+                                                       probe.earlier for b in e),
+                           "earlier_forget_sets": len(probe.earlier)}
+    for r in range(n_rounds):
+        info = repair(model, teacher, [probe.forget, *probe.earlier], guard, p, lr,
                       report=lambda i, n, r=r: ctx.report("negating", r * n + i,
-                                                          REPAIR_ROUNDS * n))
+                                                          n_rounds * n))
         forget, retain = probe.measure(model)
         info.update(forget_prob=forget, retain_probe=retain, extra_alpha=0.0,
                     relaxed_alpha=None)
@@ -297,7 +308,7 @@ def repair_and_guard(probe: NegationProbe, teacher: Teacher, model: torch.nn.Mod
         elif p["repair_relax"] and forget < RELAX_BELOW * guard:
             info["relaxed_alpha"] = negation = relax(probe, model, tau, negation, guard)
         _, retain = probe.measure(model)
-        if retain is None or retain >= floor:
+        if retain is None or retain >= aim:
             break
     del negated
     model.eval()

@@ -41,6 +41,14 @@ NEGATION_DEFAULTS: dict[str, Any] = {
     # with a hinge holding the forget items under the target (alkn_core/repair.py). 0 = off;
     # repair_lr None = 0.1 x the forget fine-tune's lr.
     "repair_steps": 30, "repair_lr": None, "repair_forget_weight": 1.0,
+    # Repair items at most (a seeded sample of the pool beyond): the teacher's memory and
+    # forward cost; more items, less of the repair that only fits the items it saw.
+    "repair_items": 128,
+    # Repair rounds at most (each: repair_steps, then the forget guard or relax); they stop
+    # once the retain probe is back to repair_aim x its lineage's first value (or the
+    # utility floor if higher). Stopping at the floor itself left each task's model just
+    # above it and the people no repair item stood for below it (docs/bench/selectivity_*).
+    "repair_rounds": 5, "repair_aim": 0.95,
     "repair_sets": "retain",
     # The repair's target: the lineage's first model (its distributions on a fixed sample of
     # repair items, carried in the state) or the model before this task.
@@ -97,10 +105,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
 POSITIVE = {"lr", "epochs", "batch_size", "grad_accum", "max_length", "alpha", "coef_decay",
             "lr_decay", "init_prob_k", "threshold_update_step", "beta", "max_grad_norm",
             "target_forget_prob", "target_forget_ratio", "alpha_max", "calibration_evals",
-            "repair_lr"}
+            "repair_lr", "repair_items", "repair_rounds"}
 # Parameters in [0, 1].
 FRACTIONS = {"warmup_ratio", "unmask_ratio", "low_lr_ratio", "trim_ratio",
-             "target_forget_prob", "target_forget_ratio", "utility_floor"}
+             "target_forget_prob", "target_forget_ratio", "utility_floor", "repair_aim"}
 # Numbers that may also be the string "auto" (their default may be either).
 AUTO_OR_NUMBER = {"alpha"}
 # Numbers that may be null (= not set; the default is None).
@@ -115,7 +123,7 @@ MAXIMA: dict[str, float] = {
     "calibration_evals": 100, "mask_p_k": 100.0, "init_prob_k": 100.0,
     "threshold_update_step": 1_000_000, "beta": 100.0, "forget_weight": 1000.0,
     "retain_weight": 1000.0, "escalations": 10, "repair_steps": 10_000, "repair_lr": 1.0,
-    "repair_forget_weight": 1000.0,
+    "repair_forget_weight": 1000.0, "repair_items": 100_000, "repair_rounds": 100,
 }
 MAX_TEMPLATE_CHARS = 4096
 

@@ -32,8 +32,9 @@ from .runtime import autocast_for
 
 Batch = dict[str, torch.Tensor]
 TOP_K = 64  # answer-token distribution kept per position (+ one bucket for the rest)
-# Repair items at most (a seeded sample beyond): bounds the teacher's memory and forward cost.
-REPAIR_ITEMS = 128
+# Earlier forget sets in the hinge per step at most (taken in turn beyond): bounds a step's
+# forward passes for a long lineage.
+HINGE_EARLIER_SETS = 4
 # The hinge aims this far below the target: the measured mean then lands at or under it.
 HINGE_MARGIN = 0.8
 
@@ -111,12 +112,22 @@ def forget_hinge(model: torch.nn.Module, batch: Batch, log_target: float) -> tor
     return F.relu(torch.logsumexp(item, 0) - math.log(item.numel()) - log_target)
 
 
+def _hinge_sets(forget: Sequence[Sequence[Batch]], step: int) -> list[Sequence[Batch]]:
+    """This step's sets: the first (this task's) and the earlier ones' turn."""
+    first, rest = [f for f in forget[:1] if f], [f for f in forget[1:] if f]
+    if len(rest) > HINGE_EARLIER_SETS:
+        start = step * HINGE_EARLIER_SETS
+        rest = [rest[(start + i) % len(rest)] for i in range(HINGE_EARLIER_SETS)]
+    return first + rest
+
+
 def repair(model: torch.nn.Module, teacher: Teacher, forget: Sequence[Sequence[Batch]],
            target: float, params: dict[str, Any], lr: float,
            report: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """`params["repair_steps"]` steps on the repair loss, in place; returns its statistics.
-    `forget`: the sets the hinge holds under the target (this task's, the earlier tasks'),
-    one batch of each per step."""
+    `forget`: the sets the hinge holds under the target, each on its own (this task's first,
+    then the earlier tasks'): one batch of this task's and of at most HINGE_EARLIER_SETS
+    earlier sets (in turn) per step."""
     steps = params["repair_steps"]
     trainable = [q for q in model.parameters() if q.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
@@ -129,7 +140,7 @@ def repair(model: torch.nn.Module, teacher: Teacher, forget: Sequence[Sequence[B
         with autocast_for(model):
             kl = teacher.kl(model, step % len(teacher.batches))
             loss = kl
-            sets = [f for f in forget if f]
+            sets = _hinge_sets(forget, step)
             if weight > 0 and sets:
                 hinge = sum(forget_hinge(model, f[step % len(f)], log_target) for f in sets)
                 loss = loss + weight * hinge

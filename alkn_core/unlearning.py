@@ -55,6 +55,17 @@ def _general_items(eval_sets: Mapping[str, Items] | Items | None) -> list[dict[s
     return list(eval_sets)
 
 
+def _sets(earlier: Items | Sequence[Items] | None) -> list[Items]:
+    """`earlier_forget` as a list of sets: a list of items is one set."""
+    if not earlier:
+        return []
+    if isinstance(earlier, Sequence) and all(isinstance(x, Mapping) for x in earlier):
+        return [earlier]  # type: ignore[list-item]
+    if not all(isinstance(x, Sequence) and not isinstance(x, str | bytes) for x in earlier):
+        raise ValueError("earlier_forget must be a list of items or a list of lists of items")
+    return list(earlier)  # type: ignore[arg-type]
+
+
 def unlearn(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -67,7 +78,7 @@ def unlearn(
     *,
     eval_sets: Mapping[str, Items] | Items | None = None,
     holdout: Items | None = None,
-    earlier_forget: Items | None = None,
+    earlier_forget: Items | Sequence[Items] | None = None,
 ) -> UnlearnResult:
     """Remove `forget` from `model` (in place) and return it with the state for the next task.
 
@@ -88,8 +99,10 @@ def unlearn(
     nothing could be forgotten at all. Then, with `repair_steps` > 0, the repair towards the
     pre-task model with its forget guard (negation.py, `stats["repair"]`), and
     `stats["floor"]`: the retain probe against `utility_floor` x its first measurement on the
-    lineage (`met`). `earlier_forget` (the forget items of the lineage's earlier tasks):
-    the repair's hinge holds them under the target too, so no earlier request comes back.
+    lineage (`met`). `earlier_forget` (the forget items of the lineage's earlier tasks: one
+    list of items, or one list per earlier task): the repair's hinge holds each set's mean
+    under the target too, so no earlier request comes back (a pooled mean hid one person
+    coming back behind the others forgotten deeper, docs/bench/selectivity_ablation.md).
     """
     cls = get_method(method)
     p = resolve_params(cls.defaults, dict(params or {}))
@@ -98,7 +111,7 @@ def unlearn(
         raise ValueError("forget must contain at least one item")
     retain = validate_items(retain, "retain") if retain else None
     general = validate_items(_general_items(eval_sets), "eval_sets")
-    earlier = validate_items(earlier_forget, "earlier_forget") if earlier_forget else []
+    earlier = [validate_items(items, "earlier_forget") for items in _sets(earlier_forget)]
     if cls.needs_retain(p) and not retain:
         raise ValueError(f"method {method!r} needs a retain set")
     if not cls.stateful:
@@ -124,7 +137,8 @@ def unlearn(
     ctx.report("probing", 0, 1)
     auto = cls.negates and p["alpha"] == AUTO
     probe = (NegationProbe(ctx, validate_items(holdout, "holdout") if holdout else [], auto,
-                           encode_items(earlier, tokenizer, p, "earlier_forget"))
+                           [encode_items(items, tokenizer, p, "earlier_forget")
+                            for items in earlier if items])
              if cls.negates else None)
     teacher = probe.teacher() if probe is not None and p["repair_steps"] > 0 else None
     impl.prepare()

@@ -51,6 +51,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--epochs", type=int, default=5, help="unlearning epochs per task")
     ap.add_argument("--people", type=int, help="use only the first N forget people")
     ap.add_argument("--max-items", type=int, help="cap on items per task and per eval set")
+    ap.add_argument("--retain-items", type=int, default=128,
+                    help="retain items given to unlearning (people never evaluated; a "
+                         "registered model's retain set is of this order)")
+    ap.add_argument("--task-people", choices=("forget10", "retain90"), default="forget10",
+                    help="whose facts the tasks forget: forget10's people, or as many of "
+                         "retain90's as there are tasks (a split held out from tuning; "
+                         "those people are then neither evaluated as retain nor repaired on)")
     ap.add_argument("--params", default="{}", help='JSON {"method": {param: value}}')
     ap.add_argument("--sweep", default="", help='"method:key=v1,v2;method:key=v&key2=w1,w2" (grid)')
     ap.add_argument("--finetune-epochs", type=int, default=15)
@@ -124,6 +131,17 @@ def split_tasks(forget: list[Record], n_tasks: int) -> list[list[Record]]:
     if len(forget) < n_tasks:
         raise ValueError(f"{len(forget)} forget items cannot make {n_tasks} tasks")
     return _chunks(forget, n_tasks)
+
+
+def held_out_people(items: list[Record], exclude: set[Any], n: int,
+                    rng: random.Random) -> list[Record]:
+    """The items of `n` people of `items` drawn with `rng`, none of them in `exclude`."""
+    people = sorted({r["person"] for r in items
+                     if r.get("person") is not None and r["person"] not in exclude})
+    if len(people) < n:
+        raise ValueError(f"{len(people)} people left for {n} tasks")
+    pick = set(rng.sample(people, n))
+    return [r for r in items if r.get("person") in pick]
 
 
 def _chunks(xs: list[Any], n: int) -> list[list[Any]]:
@@ -498,6 +516,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # Tasks and evaluation sets.
     forget = list(data.forget10)
+    if data.retain_perturbed:
+        retain_eval = _cap(data.retain_perturbed, args.max_items, rng)
+    else:
+        retain_eval = _cap(data.retain90, args.max_items or 200, rng)
+        notes.append("no retain_perturbed: retain set is a sample of retain90 (no truth ratio)")
+    evaluated_people = {r.get("person") for r in retain_eval if r.get("person") is not None}
+    if args.task_people == "retain90":
+        forget = held_out_people(data.retain90, evaluated_people, args.tasks,
+                                 random.Random(args.seed + 1))
+        notes.append("tasks: people of retain90 held out from the defaults' tuning (the retain "
+                     "model learnt them: forget quality is not meaningful here)")
     if args.people:
         people = list(dict.fromkeys(r.get("person") for r in forget))[: args.people]
         forget = [r for r in forget if r.get("person") in people]
@@ -508,17 +537,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         notes.append("no forget10_perturbed: forget sets evaluated without truth ratios")
     task_eval = {n: [perturbed.get(r["question"], r) for r in t]
                  for n, t in zip(task_names, tasks, strict=True)}
-    if data.retain_perturbed:
-        retain_eval = _cap(data.retain_perturbed, args.max_items, rng)
-    else:
-        retain_eval = _cap(data.retain90, args.max_items or 200, rng)
-        notes.append("no retain_perturbed: retain set is a sample of retain90 (no truth ratio)")
     # "People not requested": the evaluated retain people are never given to unlearning (its
     # retain items come from the other retain people), and the general sets are split into
     # an evaluated part and a part unlearning may use (eval_sets): no item is both.
-    evaluated_people = {r.get("person") for r in retain_eval if r.get("person") is not None}
-    retain_train = _cap([r for r in data.retain90 if r.get("person") not in evaluated_people],
-                        args.max_items, rng)
+    task_people = {r.get("person") for t in tasks for r in t}
+    retain_train = _cap([r for r in data.retain90
+                         if r.get("person") not in evaluated_people | task_people],
+                        args.retain_items, random.Random(args.seed + 2))
     general, general_train = {}, {}
     for name, items in data.general_sets().items():
         general[name] = _cap(items, args.max_items, rng)
@@ -576,7 +601,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 r = unlearn(model, tok, forget_items, retain_train, method=method,
                             params=params, state=state, eval_sets=general_train or None,
                             holdout=holdout, earlier_forget=None if args.no_earlier_forget
-                            else [x for t in tasks[:i] for x in t] or None)
+                            else tasks[:i] or None)
                 model, state = r.model, r.state
                 t2 = time.perf_counter()
                 seen = task_names[: i + 1]
@@ -606,6 +631,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # Config keys that change what a finished run measured (not which runs are wanted).
 SAME_RUN_KEYS = ("data_dir", "target", "retain", "tasks", "epochs", "people", "max_items",
+                 "retain_items", "task_people",
                  "params", "finetune_epochs", "tiny_size", "vocab_size", "max_new_tokens",
                  "seed", "task_sizes", "task_people", "no_earlier_forget")
 

@@ -65,6 +65,8 @@ def test_repair_params_are_validated() -> None:
     assert method_params("task_vector", {"repair_lr": 1e-4})["repair_lr"] == 1e-4
     assert method_params("alkn", {"repair_lr": None})["repair_lr"] is None
     assert method_params("alkn", {"repair_steps": 0})["repair_steps"] == 0
+    assert (p["repair_items"], p["repair_rounds"], p["repair_aim"]) == (128, 5, 0.95)
+    assert method_params("task_vector", {"repair_items": 512.0})["repair_items"] == 512
     bad = [
         ({"repair_steps": -1}, "'repair_steps' must be >= 0"),
         ({"repair_steps": 2.5}, "'repair_steps' must be an integer"),
@@ -75,6 +77,11 @@ def test_repair_params_are_validated() -> None:
         ({"repair_sets": "all"}, "'repair_sets' must be one of"),
         ({"escalations": 11}, "'escalations' must be <= 10"),
         ({"repair_relax": 1}, "'repair_relax' must be a boolean"),
+        ({"repair_items": 0}, "'repair_items' must be > 0"),
+        ({"repair_items": 100_001}, "'repair_items' must be <= 100000"),
+        ({"repair_rounds": 1.5}, "'repair_rounds' must be an integer"),
+        ({"repair_rounds": 101}, "'repair_rounds' must be <= 100"),
+        ({"repair_aim": 1.5}, "'repair_aim' must be <= 1"),
     ]
     for params, message in bad:
         with pytest.raises(ValueError, match=message):
@@ -110,3 +117,34 @@ def test_second_task_repairs_towards_the_first_model_and_guards_the_first_person
     assert pre["repair_reference"] == "pre_task"
     with pytest.raises(ValueError, match="'repair_reference' must be one of"):
         method_params("alkn", {"repair_reference": "last"})
+
+
+def test_earlier_forget_sets_are_each_held_on_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One person coming back must not hide behind the others forgotten deeper: the earlier
+    tasks' sets are measured and hinged one by one (a pooled mean let task 2's person come
+    back to 1.12x the never-seen level on the held-out split while the pool stayed at 0.48x)."""
+    from alkn_core import negation
+    from alkn_core.repair import HINGE_EARLIER_SETS, _hinge_sets
+    from alkn_core.unlearning import _sets
+
+    a, b = [{"question": "q1", "answer": "a1"}], [{"question": "q2", "answer": "a2"}]
+    assert _sets(None) == [] and _sets(a) == [a] and _sets([a, b]) == [a, b]
+    with pytest.raises(ValueError, match="earlier_forget must be a list of items"):
+        _sets(["not an item"])  # type: ignore[list-item]
+    # The probe reports the worst set, not the pool's mean.
+    s1: list[Any] = [{}]
+    s2: list[Any] = [{}]
+    levels = {id(s1): 0.01, id(s2): 0.04}
+    monkeypatch.setattr(negation, "mean_batch_probability",
+                        lambda _m, batches: levels[id(batches)])
+    probe = object.__new__(negation.NegationProbe)
+    probe.earlier = [s1, s2]
+    assert probe.measure_earlier(None) == 0.04  # type: ignore[arg-type]
+    # Every earlier set gets its turn in the hinge; this task's set is in every step.
+    this, earlier = ["t"], [[f"e{i}"] for i in range(HINGE_EARLIER_SETS * 2 + 1)]
+    seen: set[str] = set()
+    for step in range(3):
+        sets = _hinge_sets([this, *earlier], step)
+        assert sets[0] is this and len(sets) == 1 + HINGE_EARLIER_SETS
+        seen.update(s[0] for s in sets[1:])
+    assert seen == {e[0] for e in earlier}

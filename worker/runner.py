@@ -356,9 +356,10 @@ def run_job(settings: Settings, store: Store, spec: JobSpec, owner: str,
                              method=spec.method, params=spec.params, state=state,
                              progress=report, eval_sets=spec.eval_sets or None,
                              holdout=spec.holdout_set or None,
-                             # guarded by the repair: no earlier person comes back
-                             earlier_forget=[i for items in spec.earlier_tasks.values()
-                                             for i in items] or None)
+                             # guarded by the repair, each task's set on its own: no
+                             # earlier request comes back
+                             earlier_forget=[items for _, items in
+                                             sorted(spec.earlier_tasks.items())] or None)
             model, state = result.model, result.state
             stats = dict(result.stats)
             if "calibration" in stats:
