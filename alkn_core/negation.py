@@ -48,6 +48,9 @@ EARLIER_SET_ITEMS = 32
 HOLDOUT_REFERENCE = "holdout_reference"
 # The retain probe's probability on the lineage's first model: the utility floor's 1.0.
 RETAIN_REFERENCE = "retain_probe_reference"
+# The same for a fixed sample of the general sets (`eval_sets`), when the caller gives them:
+# the repair's rounds aim at both (the people no item stood for and general knowledge).
+GENERAL_REFERENCE = "general_probe_reference"
 # Out of reach, the most-forgetting model is kept only if it lowered the forget probability
 # by at least this fraction; else nothing could be forgotten (CalibrationError).
 MIN_FORGET_DROP = 0.01
@@ -75,6 +78,11 @@ class NegationProbe:
             p["seed"] + 2)).tolist()[:RETAIN_PROBE_ITEMS]
         self.retain_pick = set(pick)
         self.retain = self._batches([retain[i] for i in sorted(pick)]) if retain else None
+        general = list(ctx.general or [])
+        pick = torch.randperm(len(general), generator=torch.Generator().manual_seed(
+            p["seed"] + 6)).tolist()[:RETAIN_PROBE_ITEMS]
+        self.general_pick = set(pick)
+        self.general = self._batches([general[i] for i in sorted(pick)]) if general else None
         self.forget_before, self.retain_before = self.measure(ctx.model)
         self.holdout_prob: float | None = None
         self.holdout_items = 0
@@ -93,6 +101,9 @@ class NegationProbe:
                 holdout_prob=self.holdout_prob, ratio=p["target_forget_ratio"])
         carried = self._carried(RETAIN_REFERENCE)
         self.retain_reference = carried if carried is not None else self.retain_before
+        carried = self._carried(GENERAL_REFERENCE)
+        self.general_reference = (carried if carried is not None
+                                  else self.measure_general(ctx.model))
         self.teacher_carried = False
         self.probe_seconds = time.perf_counter() - t  # before training: the target's cost
         self.search_seconds = 0.0
@@ -141,6 +152,17 @@ class NegationProbe:
             self.ctx.params["seed"] + salt)).tolist()[:n]
         return [examples[i] for i in sorted(pick)]
 
+    def measure_general(self, model: torch.nn.Module) -> float | None:
+        return mean_batch_probability(model, self.general) if self.general else None
+
+    def back_to(self, model: torch.nn.Module, fraction: float) -> bool:
+        """The retain probe and the general probe (if any) at or above `fraction` of their
+        references."""
+        retain = self.measure(model)[1]
+        general = self.measure_general(model)
+        return ((retain is None or retain >= fraction * (self.retain_reference or 0.0))
+                and (general is None or general >= fraction * (self.general_reference or 0.0)))
+
     def measure_earlier(self, model: torch.nn.Module) -> float | None:
         """The worst (highest) mean answer probability of the earlier forget sets."""
         return max((mean_batch_probability(model, b) for b in self.earlier), default=None)
@@ -157,7 +179,7 @@ class NegationProbe:
             return Teacher.from_tensors(carried, ctx.device)
         pool = [e for i, e in enumerate(ctx.retain or []) if i not in self.retain_pick]
         if p["repair_sets"] == "retain+eval":
-            pool += ctx.general or []
+            pool += [e for i, e in enumerate(ctx.general or []) if i not in self.general_pick]
         if not pool:
             return None
         if len(pool) > p["repair_items"]:
@@ -262,14 +284,14 @@ def calibration_stats(probe: NegationProbe, attempt: Attempt, attempts: list[Att
 
 def repair_and_guard(probe: NegationProbe, teacher: Teacher, model: torch.nn.Module,
                      tau: TaskVector, alpha: float, guard: float, lr: float) -> dict[str, Any]:
-    """Repair rounds (at most `repair_rounds`, until the retain probe is back to
-    `repair_aim` of its reference, or to the floor if higher), each followed by the forget
-    guard: forget above `guard` -> negate tau further from the repaired model (if that cannot
-    bring it back, the repair is undone: forgetting wins, and the rounds stop); forget far
-    under it -> give back part of the negation (`repair_relax`)."""
+    """Repair rounds (at most `repair_rounds`, until the retain probe and the general probe
+    are back to `repair_aim` of their references, or to the floor if higher), each followed
+    by the forget guard: forget above `guard` -> negate tau further from the repaired model
+    (if that cannot bring it back, the repair is undone: forgetting wins, and the rounds
+    stop); forget far under it -> give back part of the negation (`repair_relax`)."""
     ctx, p = probe.ctx, probe.ctx.params
     negated = snapshot(model)
-    aim = max(p["utility_floor"], p["repair_aim"]) * (probe.retain_reference or 0.0)
+    aim = max(p["utility_floor"], p["repair_aim"])
     n_rounds = p["repair_rounds"]
     rounds: list[dict[str, Any]] = []
     # The negation still in the model: relax gives back at most this much, over all rounds
@@ -286,7 +308,8 @@ def repair_and_guard(probe: NegationProbe, teacher: Teacher, model: torch.nn.Mod
                       report=lambda i, n, r=r: ctx.report("negating", r * n + i,
                                                           n_rounds * n))
         forget, retain = probe.measure(model)
-        info.update(forget_prob=forget, retain_probe=retain, extra_alpha=0.0,
+        info.update(forget_prob=forget, retain_probe=retain,
+                    general_probe=probe.measure_general(model), extra_alpha=0.0,
                     relaxed_alpha=None)
         rounds.append(info)
         if forget > guard:
@@ -307,12 +330,13 @@ def repair_and_guard(probe: NegationProbe, teacher: Teacher, model: torch.nn.Mod
                 del repaired
         elif p["repair_relax"] and forget < RELAX_BELOW * guard:
             info["relaxed_alpha"] = negation = relax(probe, model, tau, negation, guard)
-        _, retain = probe.measure(model)
-        if retain is None or retain >= aim:
+        if probe.back_to(model, aim):
             break
     del negated
     model.eval()
     out["forget_prob"], out["retain_probe"] = probe.measure(model)
+    out["general_probe"] = probe.measure_general(model)
+    out["general_probe_reference"] = probe.general_reference
     out["earlier_forget_prob"] = probe.measure_earlier(model)
     return out
 

@@ -110,7 +110,7 @@ POSITIVE = {"lr", "epochs", "batch_size", "grad_accum", "max_length", "alpha", "
 FRACTIONS = {"warmup_ratio", "unmask_ratio", "low_lr_ratio", "trim_ratio",
              "target_forget_prob", "target_forget_ratio", "utility_floor", "repair_aim"}
 # Numbers that may also be the string "auto" (their default may be either).
-AUTO_OR_NUMBER = {"alpha"}
+AUTO_OR_NUMBER = {"alpha", "lr"}
 # Numbers that may be null (= not set; the default is None).
 OPTIONAL_NUMBERS = {"target_forget_prob", "repair_lr"}
 # Upper bounds of the other numbers (FRACTIONS stop at 1): far past any useful value, but a

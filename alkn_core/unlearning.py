@@ -10,10 +10,12 @@ from typing import Any
 import torch
 
 from .calibration import CalibrationError
-from .data import encode_items, pad_id, validate_items
+from .data import collate, encode_items, pad_id, validate_items
+from .lr_probe import probe_lr
 from .methods import TaskContext, get_method
 from .methods.base import Method
 from .negation import (
+    GENERAL_REFERENCE,
     HOLDOUT_REFERENCE,
     MIN_FORGET_DROP,
     RETAIN_REFERENCE,
@@ -35,6 +37,8 @@ Items = Sequence[dict[str, Any]]
 # Out of reach at alpha_max: the forget fine-tune is run again with lr x this (x this^2, ...),
 # `escalations` times at most.
 ESCALATION_LR_FACTOR = 3.0
+# lr "auto": the lr the probe chose on the lineage's first task, kept in the state.
+PROBED_LR = "probed_lr"
 # repair_lr unset: this fraction of the forget fine-tune's lr (the lr probe's choice for the
 # model size): measured best of 1, 0.33, 0.1 and 0.033 on the test fixture (README).
 REPAIR_LR_FRACTION = 0.1
@@ -133,6 +137,7 @@ def unlearn(
         general=encode_items(general, tokenizer, p, "eval_sets") if general else None,
         state=state, progress=progress,
     )
+    lr_probe = _resolve_lr(ctx) if p["lr"] == AUTO else None
     impl = cls(ctx)
     ctx.report("probing", 0, 1)
     auto = cls.negates and p["alpha"] == AUTO
@@ -152,6 +157,10 @@ def unlearn(
 
     stats: dict[str, Any] = {"method": method, "steps": loop.steps, "lr": lr,
                              "final_loss": loop.losses[-1] if loop.losses else None}
+    if lr_probe is not None:
+        stats["lr_probe"] = lr_probe
+        if new_state is not None:  # the lineage's next tasks start from it (x lr_decay)
+            new_state.info[PROBED_LR] = lr_probe["lr"]
     if base is not None:
         assert probe is not None
         t1 = time.perf_counter()
@@ -202,6 +211,8 @@ def unlearn(
         ctx.report("negating", 1, 1)
         if new_state is not None and probe.retain_reference is not None:
             new_state.info[RETAIN_REFERENCE] = probe.retain_reference
+        if new_state is not None and probe.general_reference is not None:
+            new_state.info[GENERAL_REFERENCE] = probe.general_reference
         if new_state is not None and teacher is not None and p["repair_reference"] == "first":
             new_state.teacher = teacher.to_tensors()  # the next task repairs towards it too
         if teacher is not None:
@@ -227,6 +238,24 @@ def unlearn(
     stats["seconds"] = times
     model.eval()
     return UnlearnResult(model=model, state=new_state, stats=stats)
+
+
+def _resolve_lr(ctx: TaskContext) -> dict[str, Any]:
+    """`lr="auto"`: the lineage's probed lr (carried in the state), else the probe's
+    (lr_probe.py) on this task's forget items; sets ctx.params["lr"], returns the record."""
+    p = ctx.params
+    t = time.perf_counter()
+    carried = ctx.state.info.get(PROBED_LR) if ctx.state is not None else None
+    if isinstance(carried, int | float) and not isinstance(carried, bool) and carried > 0:
+        p["lr"] = float(carried)
+        return {"lr": p["lr"], "carried": True, "seconds": time.perf_counter() - t}
+    ordered = sorted(ctx.forget, key=lambda e: len(e.input_ids))  # little padding
+    bs = p["batch_size"]
+    batches = [collate(ordered[i : i + bs], ctx.pad, ctx.device)
+               for i in range(0, len(ordered), bs)]
+    ctx.report("probing", 0, 1)
+    p["lr"], record = probe_lr(ctx.model, batches, p["max_grad_norm"])
+    return {**record, "carried": False, "seconds": time.perf_counter() - t}
 
 
 def _train(impl: Method, lr: float) -> LoopResult:

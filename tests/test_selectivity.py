@@ -148,3 +148,39 @@ def test_earlier_forget_sets_are_each_held_on_their_own(monkeypatch: pytest.Monk
         assert sets[0] is this and len(sets) == 1 + HINGE_EARLIER_SETS
         seen.update(s[0] for s in sets[1:])
     assert seen == {e[0] for e in earlier}
+
+
+def test_repair_rounds_aim_at_general_knowledge_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With general sets given (eval_sets), a round that brought the people back but not
+    general knowledge is not the last: both probes must be back to the aim."""
+    from alkn_core import negation
+
+    probe = object.__new__(negation.NegationProbe)
+    probe.retain_reference, probe.general_reference = 0.8, 0.5
+    levels = {"retain": 0.79, "general": 0.30}
+    monkeypatch.setattr(probe, "measure", lambda _m: (0.01, levels["retain"]))
+    monkeypatch.setattr(probe, "measure_general", lambda _m: levels["general"])
+    assert not probe.back_to(None, 0.95)  # type: ignore[arg-type]
+    levels["general"] = 0.49
+    assert probe.back_to(None, 0.95)  # type: ignore[arg-type]
+    levels["retain"] = 0.70
+    assert not probe.back_to(None, 0.95)  # type: ignore[arg-type]
+    monkeypatch.setattr(probe, "measure_general", lambda _m: None)  # no general sets given
+    levels["retain"] = 0.78
+    assert probe.back_to(None, 0.95)  # type: ignore[arg-type]
+
+
+def test_general_probe_is_measured_and_carried(trained: torch.nn.Module,
+                                               tiny_world: TinyWorld) -> None:
+    from alkn_core.negation import GENERAL_REFERENCE
+
+    ppl, world = tiny_world.people, tiny_world
+    general = world.of(ppl[3])  # stands for a general set: never forgotten, never retain
+    model = copy.deepcopy(trained)
+    r = unlearn(model, world.tokenizer, world.of(ppl[0]), world.of(*ppl[4:]),
+                params={**LOOP, "repair_rounds": 1}, eval_sets={"general": general})
+    rep = r.stats["repair"]
+    assert 0 < rep["general_probe_reference"] <= 1 and rep["general_probe"] is not None
+    assert rep["rounds"][0]["general_probe"] is not None
+    assert r.state is not None
+    assert r.state.info[GENERAL_REFERENCE] == pytest.approx(rep["general_probe_reference"])
