@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 import psycopg
@@ -22,6 +23,9 @@ APPLICATION_NAME = "alkn-change-feed"  # how its connection shows in pg_stat_act
 # How long one wait for notifications lasts; between waits the connection is probed, so a
 # dead server is noticed within about this time even when nothing changes.
 POLL_S = 2.0
+# A wait is cut into slices this long, so that stop() ends it at once (an app's shutdown took
+# up to POLL_S, and the tests start and stop many apps).
+STOP_CHECK_S = 0.1
 RETRY_S = (0.5, 1.0, 2.0, 5.0)
 
 
@@ -58,8 +62,7 @@ class ChangeFeed:
                     self._on_live(True)
                     failures = 0
                     while not self._stop.is_set():
-                        for note in conn.notifies(timeout=POLL_S):
-                            self._on_change(note.payload)
+                        self._listen(conn, time.monotonic() + POLL_S)
                         conn.execute("SELECT 1")  # raises if the server went away
             except Exception as e:  # noqa: BLE001 - any failure means: not listening
                 if not self._stop.is_set():
@@ -68,3 +71,9 @@ class ChangeFeed:
             self._on_live(False)
             self._stop.wait(RETRY_S[min(failures, len(RETRY_S) - 1)])
             failures += 1
+
+    def _listen(self, conn: psycopg.Connection, until: float) -> None:
+        """Hand over notifications until `until` (monotonic) or stop()."""
+        while not self._stop.is_set() and (left := until - time.monotonic()) > 0:
+            for note in conn.notifies(timeout=min(STOP_CHECK_S, left)):
+                self._on_change(note.payload)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,13 @@ import torch
 from alkn_core.demo_corpus import generate_corpus
 from alkn_core.demo_model import build_tokenizer, corpus_texts, tiny_llama_config
 from alkn_core.train import finetune
+
+# Model work on one thread, here and in every process the tests start (they inherit the
+# environment): the models are tiny (hidden 64-128), so a second thread buys nothing, and on
+# two cores shared with a worker, a server or anything else, OpenMP's threads spin at every
+# barrier (an alkn job took 18 s on two threads, 1.8 s on one, with another process busy).
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 
 @dataclass

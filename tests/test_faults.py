@@ -124,15 +124,6 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture()
-def one_thread() -> Iterator[None]:
-    """In-process model work on one thread: two threads on two shared cores spin (OpenMP)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # --------------------------------------------------------------------------------------------
 # The stack
 # --------------------------------------------------------------------------------------------
@@ -470,7 +461,7 @@ class FullDiskStore(LocalStore):
 
 
 def test_artifact_store_failure_without_a_mount_fails_the_job_cleanly(
-        pg_url: str, tmp_path: Path, tiny_model_dir: Path, one_thread: None) -> None:
+        pg_url: str, tmp_path: Path, tiny_model_dir: Path) -> None:
     """The full store again, where no tmpfs can be mounted: in process, on a FullDiskStore
     over the same root as the healthy store."""
     from worker import runner
@@ -587,7 +578,7 @@ def _world(model_dir: Path) -> World:
 
 
 def test_a_hung_job_is_requeued_after_the_heartbeat_timeout(
-        own_db: str, tmp_path: Path, tiny_model_dir: Path, one_thread: None,
+        own_db: str, tmp_path: Path, tiny_model_dir: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     from worker import runner
     from worker.dispatcher import Dispatcher

@@ -67,7 +67,9 @@ def test_a_job_over_the_time_limit_is_stopped_and_the_worker_runs_the_next_linea
     world = _world(tiny_model_dir)
     slow_model, next_model = register(own_db, store, world, FAST), register(own_db, store,
                                                                              world, FAST)
-    slow = submit(own_db, slow_model, texts("slow", 40),
+    # 100 epochs of 400 items: 10,000 steps, several times the limit (40 items made 1,000
+    # steps, done in 8 s on a busy 2-core machine: the job succeeded under the limit).
+    slow = submit(own_db, slow_model, texts("slow", 400),
                   params={"epochs": 100, "batch_size": 4}, outbox=True)
     after = submit(own_db, next_model, texts("next", 6), outbox=True)
     log = tmp_path / "worker.log"
