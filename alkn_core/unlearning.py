@@ -159,8 +159,6 @@ def unlearn(
                              "final_loss": loop.losses[-1] if loop.losses else None}
     if lr_probe is not None:
         stats["lr_probe"] = lr_probe
-        if new_state is not None:  # the lineage's next tasks start from it (x lr_decay)
-            new_state.info[PROBED_LR] = lr_probe["lr"]
     if base is not None:
         assert probe is not None
         t1 = time.perf_counter()
@@ -209,6 +207,9 @@ def unlearn(
         stats.update(alpha=alpha, task_vector_norm=tau.norm())
         del base
         ctx.report("negating", 1, 1)
+        if new_state is not None and lr_probe is not None:
+            # the lineage's next tasks start from it (x lr_decay), escalated or not
+            new_state.info[PROBED_LR] = lr_probe["lr"]
         if new_state is not None and probe.retain_reference is not None:
             new_state.info[RETAIN_REFERENCE] = probe.retain_reference
         if new_state is not None and probe.general_reference is not None:

@@ -6,6 +6,7 @@ The tiny fixture model (tests/conftest.py); relative numbers only.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import pytest
@@ -37,14 +38,19 @@ def test_the_probe_picks_the_edge_of_stability_and_leaves_the_model_as_it_was(
     assert all(q.grad is None for q in model.parameters())
     lrs, losses = [c[0] for c in rec["curve"]], [c[1] for c in rec["curve"]]
     assert lrs == sorted(CANDIDATES)[: len(lrs)]
-    # every candidate up to the chosen one fits the items better; the next one does not
-    i = lrs.index(lr)
-    assert all(x < rec["loss_before"] for x in losses[: i + 1])
-    assert i == len(lrs) - 1 or not losses[i + 1] < rec["loss_before"]
+    # every candidate up to the last improving one (a) fits the items better, the next one
+    # (b) does not, and the choice lies between them: sqrt(a * b)
+    improving = [x < rec["loss_before"] for x in losses]
+    assert improving[:-1] == [True] * (len(lrs) - 1) and improving[-1] is False
+    assert lr == pytest.approx(math.sqrt(lrs[-2] * lrs[-1])) and rec["lr"] == lr
     # a fine-tune of a few steps is stable far above the library's 2e-5 on a tiny model
     assert lr > 2e-5
     with pytest.raises(ValueError, match="at least one forget batch"):
         probe_lr(model, [], 1.0)
+    # every candidate improving: the largest one
+    top, rec = probe_lr(model, _batches(tiny_world, tiny_world.of(tiny_world.people[0])), 1.0,
+                        candidates=(1e-6, 1e-5), steps=2)
+    assert top == 1e-5 and len(rec["curve"]) == 2
 
 
 def test_lr_auto_forgets_where_the_fixed_default_cannot_and_is_carried(
@@ -64,7 +70,8 @@ def test_lr_auto_forgets_where_the_fixed_default_cannot_and_is_carried(
     assert probe["carried"] is False and auto.stats["lr"] == probe["lr"] > 2e-5
     assert auto.state is not None and auto.state.info[PROBED_LR] == probe["lr"]
     second = unlearn(model, world.tokenizer, world.of(ppl[1]), retain,
-                     params={**params, "lr": "auto"}, state=auto.state)
+                     params={**params, "lr": "auto", "escalations": 1}, state=auto.state)
+    assert second.state is not None and second.state.info[PROBED_LR] == probe["lr"]
     assert second.stats["lr_probe"] == {"lr": probe["lr"], "carried": True,
                                         "seconds": second.stats["lr_probe"]["seconds"]}
 
