@@ -82,10 +82,11 @@ LOSS_WEIGHT_DEFAULTS: dict[str, Any] = {"forget_weight": 1.0, "retain_weight": 1
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     # alpha "auto": forget exactly enough (bench/calibration.py: it reached its target on
     # every task and kept more utility than the best fixed alpha, with either target).
-    # lr "auto": a short probe on the model picks it (lr_probe.py): one number cannot fit
-    # both a 3.7M- and a 7B-parameter model, and ALKN's target must be reachable on both.
+    # lr "auto" (a short probe on the model picks it, lr_probe.py) is not the default: on the
+    # selectivity benchmark it kept less of the general sets than the hand-tuned lr
+    # (docs/bench/selectivity_demo.md, selectivity_heldout.md).
     "alkn": {**LOOP_DEFAULTS, **QUALITY_DEFAULTS, **NEGATION_DEFAULTS, **ALKN_DEFAULTS,
-             "alpha": AUTO, "lr": AUTO},
+             "alpha": AUTO},
     "task_vector": {**LOOP_DEFAULTS, **QUALITY_DEFAULTS, **NEGATION_DEFAULTS},
     "grad_ascent": {**LOOP_DEFAULTS, **QUALITY_DEFAULTS},
     "grad_diff": {**LOOP_DEFAULTS, **QUALITY_DEFAULTS, **LOSS_WEIGHT_DEFAULTS},

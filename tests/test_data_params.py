@@ -74,8 +74,7 @@ def test_item_validation(items: Any, message: str) -> None:
 
 def test_params_defaults_and_validation() -> None:
     p = method_params("alkn", None)
-    assert (p["lr"], p["epochs"], p["batch_size"], p["grad_accum"]) == ("auto", 5, 16, 4)
-    assert method_params("task_vector", None)["lr"] == 2e-5
+    assert (p["lr"], p["epochs"], p["batch_size"], p["grad_accum"]) == (2e-5, 5, 16, 4)
     assert (p["unmask_ratio"], p["mask_p_k"], p["low_lr_ratio"], p["init_prob_k"]) == (
         0.8, 0.5, 0.1, 1.5)
     assert p["mask_rule"] == "retain_safe" and p["retain_gradient_sets"] == "retain"
