@@ -43,7 +43,7 @@ def _poll(client: httpx.Client, path: str, timeout: float = 300.0) -> dict[str, 
             return body
         if time.monotonic() > deadline:
             raise TimeoutError(f"{path} still {body['status']}: {body.get('progress')}")
-        time.sleep(0.5)
+        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
