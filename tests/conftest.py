@@ -47,7 +47,7 @@ def tokenizer(tiny_world: TinyWorld) -> Any:
 
 @pytest.fixture(scope="session")
 def trained(tiny_world: TinyWorld) -> torch.nn.Module:
-    """Train the fixture model on every person (about a minute on 2 cores)."""
+    """Train the fixture model on every person (a few seconds on one thread)."""
     from transformers import LlamaForCausalLM
 
     from alkn_core.demo_model import tiny_llama_config
