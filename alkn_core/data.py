@@ -143,6 +143,15 @@ def collate(examples: Sequence[Example], pad: int, device: torch.device | str = 
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def length_sorted_batches(examples: Sequence[Example], batch_size: int, pad: int,
+                          device: torch.device | str = "cpu") -> list[dict[str, torch.Tensor]]:
+    """Batches of `examples` sorted by length (little padding), for passes whose result
+    does not depend on the order (means, per-batch statistics)."""
+    ordered = sorted(examples, key=lambda e: len(e.input_ids))
+    return [collate(ordered[i : i + batch_size], pad, device)
+            for i in range(0, len(ordered), batch_size)]
+
+
 def batch_indices(n: int, batch_size: int, generator: torch.Generator | None) -> list[list[int]]:
     """Indices of one epoch in batches; shuffled when a generator is given."""
     order = torch.randperm(n, generator=generator).tolist() if generator else list(range(n))

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from .calibration import AlphaSearch, CalibrationError, CurvePoint, forget_target, search_alpha
-from .data import Example, collate, encode_item
+from .data import Example, encode_item, length_sorted_batches
 from .losses import mean_batch_probability
 from .methods import TaskContext
 from .repair import Teacher, repair
@@ -59,6 +59,14 @@ MIN_FORGET_DROP = 0.01
 RELAX_BELOW = 0.75
 
 
+def seeded_pick(n: int, k: int, seed: int) -> list[int]:
+    """A fixed sample of at most k of range(n) drawn with `seed`, in increasing order."""
+    if n <= k:
+        return list(range(n))
+    gen = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(n, generator=gen).tolist()[:k])
+
+
 class NegationProbe:
     """The fixed measurements of one task: forget items, a retain probe, the target."""
 
@@ -71,18 +79,10 @@ class NegationProbe:
         if len(sets) > EARLIER_SETS:  # the oldest pooled into one set
             cut = len(sets) - EARLIER_SETS + 1
             sets = [[x for e in sets[:cut] for x in e], *sets[cut:]]
-        self.earlier = [self._batches(self._sample(e, EARLIER_SET_ITEMS, 5 + i))
-                        for i, e in enumerate(sets)]
-        retain = list(ctx.retain or [])
-        pick = torch.randperm(len(retain), generator=torch.Generator().manual_seed(
-            p["seed"] + 2)).tolist()[:RETAIN_PROBE_ITEMS]
-        self.retain_pick = set(pick)
-        self.retain = self._batches([retain[i] for i in sorted(pick)]) if retain else None
-        general = list(ctx.general or [])
-        pick = torch.randperm(len(general), generator=torch.Generator().manual_seed(
-            p["seed"] + 6)).tolist()[:RETAIN_PROBE_ITEMS]
-        self.general_pick = set(pick)
-        self.general = self._batches([general[i] for i in sorted(pick)]) if general else None
+        self.earlier = [self._batches([e[j] for j in seeded_pick(
+            len(e), EARLIER_SET_ITEMS, p["seed"] + 5 + i)]) for i, e in enumerate(sets)]
+        self.retain_pick, self.retain = self._probe(ctx.retain, p["seed"] + 2)
+        self.general_pick, self.general = self._probe(ctx.general, p["seed"] + 6)
         self.forget_before, self.retain_before = self.measure(ctx.model)
         self.holdout_prob: float | None = None
         self.holdout_items = 0
@@ -115,11 +115,15 @@ class NegationProbe:
         return None
 
     def _batches(self, examples: Sequence[Example]) -> Batches:
-        # Length-sorted: little padding; the mean does not depend on the order.
-        ordered = sorted(examples, key=lambda e: len(e.input_ids))
-        bs = self.ctx.params["batch_size"]
-        return [collate(ordered[i : i + bs], self.ctx.pad, self.ctx.device)
-                for i in range(0, len(ordered), bs)]
+        return length_sorted_batches(examples, self.ctx.params["batch_size"], self.ctx.pad,
+                                     self.ctx.device)
+
+    def _probe(self, examples: Sequence[Example] | None, seed: int
+               ) -> tuple[set[int], Batches | None]:
+        """A fixed RETAIN_PROBE_ITEMS-item sample: its indices (kept out of the repair
+        items) and its batches (None without examples)."""
+        pick = seeded_pick(len(examples or []), RETAIN_PROBE_ITEMS, seed)
+        return set(pick), (self._batches([examples[i] for i in pick]) if examples else None)
 
     def _measure_holdout(self, items: list[dict[str, Any]]) -> None:
         p = self.ctx.params
@@ -131,10 +135,9 @@ class NegationProbe:
                                             max_length=p["max_length"]))
             except ValueError:
                 continue
-        if len(examples) > HOLDOUT_PROBE_ITEMS:  # a fixed sample bounds the cost
-            pick = torch.randperm(len(examples), generator=torch.Generator().manual_seed(
-                p["seed"] + 3)).tolist()[:HOLDOUT_PROBE_ITEMS]
-            examples = [examples[i] for i in sorted(pick)]
+        # a fixed sample bounds the cost
+        examples = [examples[i] for i in seeded_pick(len(examples), HOLDOUT_PROBE_ITEMS,
+                                                     p["seed"] + 3)]
         if examples:
             self.holdout_prob = mean_batch_probability(self.ctx.model, self._batches(examples))
             self.holdout_items = len(examples)
@@ -143,14 +146,6 @@ class NegationProbe:
         forget = mean_batch_probability(model, self.forget)
         retain = mean_batch_probability(model, self.retain) if self.retain else None
         return forget, retain
-
-    def _sample(self, examples: list[Example], n: int, salt: int) -> list[Example]:
-        """A fixed seeded sample of at most n examples, in their order."""
-        if len(examples) <= n:
-            return examples
-        pick = torch.randperm(len(examples), generator=torch.Generator().manual_seed(
-            self.ctx.params["seed"] + salt)).tolist()[:n]
-        return [examples[i] for i in sorted(pick)]
 
     def measure_general(self, model: torch.nn.Module) -> float | None:
         return mean_batch_probability(model, self.general) if self.general else None
@@ -182,10 +177,7 @@ class NegationProbe:
             pool += [e for i, e in enumerate(ctx.general or []) if i not in self.general_pick]
         if not pool:
             return None
-        if len(pool) > p["repair_items"]:
-            pick = torch.randperm(len(pool), generator=torch.Generator().manual_seed(
-                p["seed"] + 4)).tolist()[:p["repair_items"]]
-            pool = [pool[i] for i in sorted(pick)]
+        pool = [pool[i] for i in seeded_pick(len(pool), p["repair_items"], p["seed"] + 4)]
         return Teacher.record(ctx.model, pool, ctx.pad, p["batch_size"], ctx.device)
 
     def search(self, model: torch.nn.Module, base: dict[str, torch.Tensor], tau: TaskVector,

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .data import IGNORE, Example, collate
+from .data import IGNORE, Example, length_sorted_batches
 from .losses import token_logprobs
 from .runtime import autocast_for
 
@@ -67,13 +67,11 @@ class Teacher:
                batch_size: int, device: torch.device) -> Teacher:
         was_training = model.training
         model.eval()
-        batches, idxs, logps = [], [], []
-        ordered = sorted(examples, key=lambda e: len(e.input_ids))  # little padding
-        for start in range(0, len(ordered), batch_size):
-            batch = collate(ordered[start : start + batch_size], pad, device)
+        batches = length_sorted_batches(examples, batch_size, pad, device)
+        idxs, logps = [], []
+        for batch in batches:
             logp = F.log_softmax(_answer_logits(model, batch), dim=-1)
             idx = logp.topk(min(TOP_K, logp.size(-1)), dim=-1).indices
-            batches.append(batch)
             idxs.append(idx)
             logps.append(_bucketed(logp, idx))
         model.train(was_training)

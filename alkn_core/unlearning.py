@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from .calibration import CalibrationError
-from .data import collate, encode_items, pad_id, validate_items
+from .data import encode_items, length_sorted_batches, pad_id, validate_items
 from .lr_probe import probe_lr
 from .methods import TaskContext, get_method
 from .methods.base import Method
@@ -250,10 +250,7 @@ def _resolve_lr(ctx: TaskContext) -> dict[str, Any]:
     if isinstance(carried, int | float) and not isinstance(carried, bool) and carried > 0:
         p["lr"] = float(carried)
         return {"lr": p["lr"], "carried": True, "seconds": time.perf_counter() - t}
-    ordered = sorted(ctx.forget, key=lambda e: len(e.input_ids))  # little padding
-    bs = p["batch_size"]
-    batches = [collate(ordered[i : i + bs], ctx.pad, ctx.device)
-               for i in range(0, len(ordered), bs)]
+    batches = length_sorted_batches(ctx.forget, p["batch_size"], ctx.pad, ctx.device)
     ctx.report("probing", 0, 1)
     p["lr"], record = probe_lr(ctx.model, batches, p["max_grad_norm"])
     return {**record, "carried": False, "seconds": time.perf_counter() - t}
