@@ -39,35 +39,23 @@ def migrate() -> None:
 
 def register_demo(settings: Any) -> bool:
     """Register the committed demo model as `demo` for tenant `default` (once)."""
-    from alkn_core.demo_corpus import read_jsonl
-    from alkn_core.demo_model import demo_data_dir, demo_model_dir
-    from registry.catalog import register_model
+    from alkn_core.demo_model import demo_model_dir, demo_registration_sets
+    from registry.catalog import register_model, tenant_named
     from registry.db import session_scope
-    from registry.models import Model, Tenant
+    from registry.models import Model
     from registry.store import open_store
 
-    data = demo_data_dir()
-
-    def qa(name: str) -> list[dict[str, Any]]:
-        keep = ("question", "answer", "paraphrased_answer", "perturbed_answer")
-        return [{k: r[k] for k in keep if k in r} for r in read_jsonl(data / name)]
-
+    sets = demo_registration_sets()
     with session_scope(settings.resolved_database_url) as session:
-        tenant = session.query(Tenant).filter_by(name="default").one_or_none()
-        if tenant is None:
-            tenant = Tenant(name="default")
-            session.add(tenant)
-            session.flush()
+        tenant = tenant_named(session, "default")
         if session.query(Model).filter_by(tenant_id=tenant.id, name=DEMO_MODEL).count():
             return False
         register_model(
             session, open_store(settings.resolved_artifact_root), tenant.id, DEMO_MODEL,
             demo_model_dir(), description="Tiny Llama trained on 50 fictitious people",
             qa_template="Question: {question}\nAnswer: {answer}",
-            default_params=DEMO_DEFAULT_PARAMS, retain_set=qa("retain_perturbed.json"),
-            holdout_set=qa("holdout10.json"),
-            eval_sets={"real_authors": qa("real_authors_perturbed.json"),
-                       "world_facts": qa("world_facts_perturbed.json")})
+            default_params=DEMO_DEFAULT_PARAMS, retain_set=sets["retain"],
+            holdout_set=sets["holdout"], eval_sets=sets["eval_sets"])
     return True
 
 

@@ -308,6 +308,10 @@ def revoke_version(name: str, ref: str | int) -> Call[Version]:
     return Call("POST", f"{_version_path(name, ref)}:revoke", _parse_as(Version))
 
 
+def evaluate_version(name: str, ref: str | int) -> Call[Job]:
+    return Call("POST", f"{_version_path(name, ref)}:evaluate", _parse_as(Job))
+
+
 def get_evaluation(name: str, ref: str | int) -> Call[dict[str, Any]]:
     return Call("GET", f"{_version_path(name, ref)}/evaluation", _parse_json)
 

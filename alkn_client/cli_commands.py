@@ -198,6 +198,11 @@ def _quality_outcome(client: Client, req: ForgetRequest, err: TextIO) -> int:
     return EXIT_QUALITY
 
 
+def _duration(seconds: float) -> str:
+    s = max(0, round(seconds))
+    return f"{s} s" if s < 90 else f"{round(s / 60)} min" if s < 5400 else f"{s / 3600:.1f} h"
+
+
 def _status(client: Client, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if not args.watch:
         req = client.get_request(args.request_id)
@@ -210,17 +215,19 @@ def _status(client: Client, args: argparse.Namespace, out: TextIO, err: TextIO) 
 
     def show(req: ForgetRequest) -> None:
         p = req.progress
-        stage = p.stage or req.status
+        # "evaluating (before)" / "(after)" from a server that labels them
+        stage = p.label or p.stage or req.status
         total = p.total_steps or None
         step = p.step or 0
-        # A new stage, or the same stage counting again (evaluation runs before and after).
+        # A new stage, or the same stage counting again (an older server's two evaluations).
         if seen[-1:] != [stage] or step < bar.n or total != bar.total:
             seen.append(stage)
             bar.set_description(stage, refresh=False)
             bar.reset(total=total)
             bar.initial = bar.n = step  # steps done before we looked do not count as a rate
         if p.fraction is not None:
-            bar.set_postfix_str(f"job {p.fraction:.0%}", refresh=False)
+            eta = f", ~{_duration(p.eta_seconds)} left" if p.eta_seconds is not None else ""
+            bar.set_postfix_str(f"job {p.fraction:.0%}{eta}", refresh=False)
         bar.update(step - bar.n)
         bar.refresh()
 

@@ -173,6 +173,11 @@ class Client:
     def revoke_version(self, name: str, ref: Ref) -> Version:
         return self._call(api.revoke_version(name, ref))
 
+    def evaluate_version(self, name: str, ref: Ref) -> Job:
+        """Queue a full evaluation of the version (a job of its own: poll `get_job`; its
+        `metrics.evaluation` holds the numbers once it succeeded)."""
+        return self._call(api.evaluate_version(name, ref))
+
     def get_evaluation(self, name: str, ref: Ref) -> dict[str, Any]:
         return self._call(api.get_evaluation(name, ref))
 
@@ -363,6 +368,9 @@ class AsyncClient:
 
     async def revoke_version(self, name: str, ref: Ref) -> Version:
         return await self._call(api.revoke_version(name, ref))
+
+    async def evaluate_version(self, name: str, ref: Ref) -> Job:
+        return await self._call(api.evaluate_version(name, ref))
 
     async def get_evaluation(self, name: str, ref: Ref) -> dict[str, Any]:
         return await self._call(api.get_evaluation(name, ref))

@@ -81,6 +81,9 @@ class Progress(ApiModel):
     step: int | None = None
     total_steps: int | None = None
     fraction: float | None = None
+    phase: str | None = None  # while evaluating: "before" / "after" / "full"
+    label: str | None = None  # the stage as shown: "evaluating (after)"
+    eta_seconds: float | None = None  # estimated time left
 
 
 class ErrorInfo(ApiModel):
@@ -114,11 +117,13 @@ class ForgetRequest(ApiModel):
 class JobMetrics(ApiModel):
     before: dict[str, Any] | None = None
     after: dict[str, Any] | None = None
+    evaluation: dict[str, Any] | None = None  # an evaluation job's numbers
 
 
 class Job(ApiModel):
     id: str
     status: str
+    kind: str = "unlearn"  # or "evaluate": a full evaluation of base_version
     model: str | None = None
     method: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)

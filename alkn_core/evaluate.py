@@ -1,5 +1,5 @@
-"""Evaluation metrics of ALKN_SPEC.md (TOFU conventions) and `evaluate_sets`, which runs them
-on named item sets.
+"""Evaluation metrics of ALKN_SPEC.md (TOFU conventions): the model passes and the metrics on
+their numbers. `eval_sets.evaluate_sets` runs them on named item sets.
 
 Every model pass is deterministic, batched, runs on the model's device without gradients, and
 restores the model's train/eval mode afterwards. Scores of one item never depend on the other
@@ -10,7 +10,9 @@ Conventions (TOFU; see the functions for details):
 - p(a|q) = exp(-mean token NLL of the answer and its EOS given the question): the per-token
   normalisation keeps long and short answers comparable. The tokens are exactly those that
   training trains on (`data.encode_item`).
-- Truth ratio TR = mean_j p(perturbed_j) / p(paraphrased), each p per-token normalised.
+- Truth ratio TR = mean_j p(perturbed_j) / p(reference), each p per-token normalised; the
+  reference is the paraphrased answer, or the answer where there is none (TOFU on real authors
+  and world facts).
 - Min-K% = mean of the lowest k fraction of the trained tokens' log-probabilities.
 """
 
@@ -18,9 +20,9 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,8 +40,6 @@ MIN_K = 0.4
 # Floor for a denominator probability: exp(-NLL) underflows to 0.0 past NLL ~745, and a ratio
 # must stay finite to be JSON-serialisable.
 _TINY_P = 1e-300
-# Top-level keys of evaluate_sets' result that are not set names.
-RESERVED_KEYS = frozenset({"model_utility", "model_utility_skipped"})
 
 
 # --------------------------------------------------------------------------------------------
@@ -363,265 +363,3 @@ def privacy_leak(auc_unlearned: float, auc_retain: float) -> float:
     if auc_retain <= 0:
         raise ValueError("auc_retain must be > 0")
     return (auc_unlearned - auc_retain) / auc_retain * 100
-
-
-# --------------------------------------------------------------------------------------------
-# evaluate_sets
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _SetPlan:
-    """What can be measured on one set, decided before any model pass (for progress totals)."""
-
-    name: str
-    kind: str  # "forget" | "retain" | "general"
-    n_items: int
-    scored: list[Item] = field(default_factory=list)  # QA or text items that encode
-    main: list[Example] = field(default_factory=list)  # aligned with `scored`
-    qa: list[int] = field(default_factory=list)  # positions in `scored` of QA items
-    para: dict[int, Example] = field(default_factory=dict)  # position -> paraphrase
-    pert: dict[int, list[Example]] = field(default_factory=dict)  # position -> perturbed
-    skipped: list[str] = field(default_factory=list)
-
-
-def _plan(name: str, kind: str, items: Sequence[Any], tokenizer: Any, enc: _Encoding
-          ) -> _SetPlan:
-    plan = _SetPlan(name, kind, len(items))
-    unusable = too_long = 0
-    for item in items:
-        if not isinstance(item, Mapping) or not (
-                (_is_qa(item) and _valid_str(item["question"]) and _valid_str(item["answer"]))
-                or (_is_text(item) and _valid_str(item["text"]))):
-            unusable += 1
-            continue
-        ex = _try_example(item, None, tokenizer, enc)
-        if ex is None:
-            too_long += 1
-            continue
-        pos = len(plan.scored)
-        plan.scored.append(item)
-        plan.main.append(ex)
-        if not _is_qa(item):
-            continue
-        plan.qa.append(pos)
-        if _valid_str(item.get("paraphrased_answer")):
-            para = _try_example(item, item["paraphrased_answer"], tokenizer, enc)
-            if para is not None:
-                plan.para[pos] = para
-        if _valid_list(item.get("perturbed_answer")):
-            pert = [_try_example(item, a, tokenizer, enc) for a in item["perturbed_answer"]]
-            if all(p is not None for p in pert):
-                plan.pert[pos] = [p for p in pert if p is not None]
-    if not items:
-        plan.skipped.append("the set is empty: no metric computed")
-    if unusable:
-        plan.skipped.append(f"{unusable} of {len(items)} items are neither a QA item nor a text "
-                            "item: not scored")
-    if too_long:
-        plan.skipped.append(f"{too_long} of {len(items)} items could not be encoded (no "
-                            f"answer token within max_length={enc.max_length}): not scored")
-    return plan
-
-
-def _n_batches(n: int, batch_size: int) -> int:
-    return (n + batch_size - 1) // batch_size
-
-
-def _unflatten(flat: Sequence[float], sizes: Sequence[int]) -> list[list[float]]:
-    out, start = [], 0
-    for n in sizes:
-        out.append(list(flat[start : start + n]))
-        start += n
-    return out
-
-
-def evaluate_sets(model: torch.nn.Module, tokenizer: Any, sets: Mapping[str, Sequence[Item]],
-                  *, qa_template: str = DEFAULT_QA_TEMPLATE,
-                  holdout: Sequence[Item] | None = None,
-                  forget_names: Collection[str] = ("forget",),
-                  retain_names: Collection[str] = ("retain",),
-                  retain_model_trs: Mapping[str, Sequence[float]] | None = None,
-                  retain_model_aucs: Mapping[str, float] | None = None,
-                  batch_size: int = 16, max_new_tokens: int = 48, chat_template: bool = False,
-                  max_length: int = 500, min_k: float = MIN_K,
-                  progress: Progress | None = None) -> dict[str, Any]:
-    """Every metric of ALKN_SPEC.md on every named set; a JSON-serialisable dict.
-
-    Sets named in `forget_names` are forget sets, those in `retain_names` retain sets, the rest
-    general-knowledge sets. Per set::
-
-        {"items": n scored, "probability", "probability_kind": "plain" | "normalized",
-         "rouge_l", "truth_ratio", "truth_ratio_convention", "skipped": [why something was
-         not computed]}
-
-    - probability: mean p(a|q) (text items: exp(-mean NLL) of the text). On a general set whose
-      QA items all carry `perturbed_answer` it is the normalised p(true) / (p(true) +
-      sum p(perturbed)) instead (TOFU does so on real authors / world facts); forget and
-      retain sets always report the plain probability, the quantity unlearning drives down.
-    - rouge_l: mean ROUGE-L recall of greedy answers (QA items only).
-    - truth_ratio: over the QA items with `paraphrased_answer` and `perturbed_answer`;
-      forget sets mean(min(TR, 1/TR)), others mean(max(0, 1 - TR)).
-    - forget sets also get "truth_ratios" (per item, to serve as `retain_model_trs` when this
-      runs on a retain model), "privacy_auc" (Min-K% AUC of the set against `holdout`; needs
-      `holdout`), "forget_quality" (needs `retain_model_trs[name]`) and "privacy_leak" (needs
-      `retain_model_aucs[name]`, the retain model's "privacy_auc"); None when not computable.
-
-    Top level: "model_utility" (harmonic mean over the non-forget sets' probability, ROUGE-L
-    and truth ratio; None without any) and "model_utility_skipped". Items lacking optional
-    fields only reduce what is computed, and "skipped" says so; metrics that cannot be
-    computed are None. `progress("evaluating", step, total)` is called once per model batch.
-    """
-    clash = RESERVED_KEYS & set(sets)
-    if clash:
-        raise ValueError(f"set name(s) {sorted(clash)} are reserved")
-    bs = max(1, int(batch_size))
-    enc = _Encoding(qa_template, chat_template, max_length)
-    pad = pad_id(tokenizer)
-
-    plans = []
-    for name, items in sets.items():
-        kind = "forget" if name in forget_names else "retain" if name in retain_names \
-            else "general"
-        plans.append(_plan(name, kind, list(items or []), tokenizer, enc))
-    holdout_examples: list[Example] = []
-    holdout_note = None
-    if holdout and any(p.kind == "forget" for p in plans):
-        hplan = _plan("holdout", "general", list(holdout), tokenizer, enc)
-        holdout_examples = hplan.main
-        if hplan.skipped:
-            holdout_note = "holdout: " + "; ".join(hplan.skipped)
-
-    total = _n_batches(len(holdout_examples), bs) + sum(
-        _n_batches(len(p.main), bs) + _n_batches(len(p.para), bs)
-        + _n_batches(sum(len(v) for v in p.pert.values()), bs) + _n_batches(len(p.qa), bs)
-        for p in plans)
-    step = 0
-
-    def tick() -> None:
-        nonlocal step
-        step += 1
-        if progress is not None:
-            progress("evaluating", step, total)
-
-    if progress is not None:
-        progress("evaluating", 0, total)
-
-    out: dict[str, Any] = {}
-    with _inference(model):
-        holdout_scores = [_min_k(r, min_k) for r in
-                          _trained_logprobs(model, holdout_examples, pad, bs, tick)]
-        for plan in plans:
-            out[plan.name] = _evaluate_plan(model, tokenizer, plan, enc, pad, bs, tick,
-                                            max_new_tokens, min_k, bool(holdout),
-                                            holdout_scores, holdout_note,
-                                            retain_model_trs, retain_model_aucs)
-
-    utility_sets = {name: m for name, m in out.items()
-                    if next(p.kind for p in plans if p.name == name) != "forget"}
-    utility_skipped = [f"{name}: {key} is None" for name, m in utility_sets.items()
-                       for key in ("probability", "rouge_l", "truth_ratio") if m[key] is None]
-    try:
-        out["model_utility"] = model_utility(utility_sets)
-    except ValueError:
-        out["model_utility"] = None
-        utility_skipped.insert(0, "no retain or general set metric to combine")
-    out["model_utility_skipped"] = utility_skipped
-    return out
-
-
-def _evaluate_plan(model: torch.nn.Module, tokenizer: Any, plan: _SetPlan, enc: _Encoding,
-                   pad: int, bs: int, tick: Callable[[], None], max_new_tokens: int,
-                   min_k: float, holdout_given: bool, holdout_scores: list[float],
-                   holdout_note: str | None,
-                   retain_model_trs: Mapping[str, Sequence[float]] | None,
-                   retain_model_aucs: Mapping[str, float] | None) -> dict[str, Any]:
-    forget = plan.kind == "forget"
-    skipped = list(plan.skipped)
-    res: dict[str, Any] = {
-        "items": len(plan.scored), "probability": None, "probability_kind": "plain",
-        "rouge_l": None, "truth_ratio": None,
-        "truth_ratio_convention": "mean(min(TR, 1/TR))" if forget else "mean(max(0, 1 - TR))",
-    }
-
-    rows = _trained_logprobs(model, plan.main, pad, bs, tick)
-    p_main = [_probability(r) for r in rows]
-    para_pos = sorted(plan.para)
-    p_para = dict(zip(para_pos, (_probability(r) for r in _trained_logprobs(
-        model, [plan.para[i] for i in para_pos], pad, bs, tick)), strict=True))
-    pert_pos = sorted(plan.pert)
-    flat = [ex for i in pert_pos for ex in plan.pert[i]]
-    flat_p = [_probability(r) for r in _trained_logprobs(model, flat, pad, bs, tick)]
-    p_pert = dict(zip(pert_pos, _unflatten(flat_p, [len(plan.pert[i]) for i in pert_pos]),
-                      strict=True))
-
-    # Probability.
-    if p_main:
-        n_text = len(plan.scored) - len(plan.qa)
-        normalise = (plan.kind == "general" and n_text == 0
-                     and len(p_pert) == len(plan.qa))
-        if normalise:
-            probs = normalized_probability([p_main[i] for i in plan.qa],
-                                           [p_pert[i] for i in plan.qa])
-            res["probability_kind"] = "normalized"
-        else:
-            probs = p_main
-            if plan.kind == "general" and p_pert:
-                skipped.append(f"probability: plain, not normalised: only {len(p_pert)} of "
-                               f"{len(plan.scored)} items have a usable perturbed_answer")
-        res["probability"] = sum(probs) / len(probs)
-
-    # ROUGE-L of greedy answers.
-    qa_items = [plan.scored[i] for i in plan.qa]
-    if qa_items:
-        answers: list[str] = []
-        for start in range(0, len(qa_items), bs):
-            answers += greedy_answers(model, tokenizer, qa_items[start : start + bs],
-                                      qa_template=enc.qa_template,
-                                      max_new_tokens=max_new_tokens, batch_size=bs,
-                                      chat_template=enc.chat_template)
-            tick()
-        scores = rouge_l_recall(answers, [it["answer"] for it in qa_items])
-        res["rouge_l"] = sum(scores) / len(scores)
-    elif plan.scored:
-        skipped.append("rouge_l: no QA items")
-
-    # Truth ratio.
-    tr_pos = [i for i in plan.qa if i in p_para and i in p_pert]
-    trs = truth_ratios([p_para[i] for i in tr_pos], [p_pert[i] for i in tr_pos])
-    if trs:
-        res["truth_ratio"] = truth_ratio_score(trs, forget)
-        if len(trs) < len(plan.scored):
-            skipped.append(f"truth_ratio: over {len(trs)} of {len(plan.scored)} items (the "
-                           "others lack a usable paraphrased_answer and perturbed_answer)")
-    elif plan.scored:
-        skipped.append("truth_ratio: no item has both paraphrased_answer and perturbed_answer")
-
-    if forget:
-        # Forget sets always carry these keys; None (with a note) when not computable.
-        res.update(truth_ratios=trs, forget_quality=None, privacy_auc=None, privacy_leak=None)
-        retain_trs = (retain_model_trs or {}).get(plan.name)
-        if retain_trs is None:
-            skipped.append("forget_quality: no retain-model truth ratios given")
-        elif not (trs and retain_trs):
-            skipped.append("forget_quality: no truth ratios on one side")
-        else:
-            res["forget_quality"] = forget_quality(trs, retain_trs)
-        auc_retain = (retain_model_aucs or {}).get(plan.name)
-        if not holdout_given:
-            skipped.append("privacy_auc: no holdout items given")
-        elif not (holdout_scores and rows):
-            skipped.append("privacy_auc: no usable holdout items" if rows
-                           else "privacy_auc: no scored items")
-        else:
-            res["privacy_auc"] = auc([_min_k(r, min_k) for r in rows], holdout_scores)
-        if res["privacy_auc"] is None or auc_retain is None:
-            skipped.append("privacy_leak: needs privacy_auc and the retain model's AUC")
-        elif auc_retain <= 0:
-            skipped.append("privacy_leak: the retain model's AUC is not > 0")
-        else:
-            res["privacy_leak"] = privacy_leak(res["privacy_auc"], auc_retain)
-        if holdout_note is not None:
-            skipped.append(holdout_note)
-    res["skipped"] = skipped
-    return res

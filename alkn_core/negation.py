@@ -150,13 +150,18 @@ class NegationProbe:
     def measure_general(self, model: torch.nn.Module) -> float | None:
         return mean_batch_probability(model, self.general) if self.general else None
 
+    def utility(self, model: torch.nn.Module) -> tuple[float | None, float | None]:
+        """The retain probe and the general probe (None without one) as fractions of their
+        references."""
+        retain, general = self.measure(model)[1], self.measure_general(model)
+        return (None if retain is None else retain / max(self.retain_reference or 0.0, 1e-12),
+                None if general is None else general / max(self.general_reference or 0.0,
+                                                           1e-12))
+
     def back_to(self, model: torch.nn.Module, fraction: float) -> bool:
         """The retain probe and the general probe (if any) at or above `fraction` of their
         references."""
-        retain = self.measure(model)[1]
-        general = self.measure_general(model)
-        return ((retain is None or retain >= fraction * (self.retain_reference or 0.0))
-                and (general is None or general >= fraction * (self.general_reference or 0.0)))
+        return all(u is None or u >= fraction for u in self.utility(model))
 
     def measure_earlier(self, model: torch.nn.Module) -> float | None:
         """The worst (highest) mean answer probability of the earlier forget sets."""
@@ -277,7 +282,8 @@ def calibration_stats(probe: NegationProbe, attempt: Attempt, attempts: list[Att
 def repair_and_guard(probe: NegationProbe, teacher: Teacher, model: torch.nn.Module,
                      tau: TaskVector, alpha: float, guard: float, lr: float) -> dict[str, Any]:
     """Repair rounds (at most `repair_rounds`, until the retain probe and the general probe
-    are back to `repair_aim` of their references, or to the floor if higher), each followed
+    are back to `repair_aim` of their references, or to the floor if higher, or a round
+    gained less than `repair_min_gain` of them on both: a plateau), each followed
     by the forget guard: forget above `guard` -> negate tau further from the repaired model
     (if that cannot bring it back, the repair is undone: forgetting wins, and the rounds
     stop); forget far under it -> give back part of the negation (`repair_relax`)."""
@@ -295,6 +301,7 @@ def repair_and_guard(probe: NegationProbe, teacher: Teacher, model: torch.nn.Mod
                            "earlier_forget_items": sum(len(b["input_ids"]) for e in
                                                        probe.earlier for b in e),
                            "earlier_forget_sets": len(probe.earlier)}
+    best: tuple[float | None, float | None] | None = None  # the probes' best so far
     for r in range(n_rounds):
         info = repair(model, teacher, [probe.forget, *probe.earlier], guard, p, lr,
                       report=lambda i, n, r=r: ctx.report("negating", r * n + i,
@@ -322,8 +329,15 @@ def repair_and_guard(probe: NegationProbe, teacher: Teacher, model: torch.nn.Mod
                 del repaired
         elif p["repair_relax"] and forget < RELAX_BELOW * guard:
             info["relaxed_alpha"] = negation = relax(probe, model, tau, negation, guard)
-        if probe.back_to(model, aim):
+        now = probe.utility(model)
+        if all(u is None or u >= aim for u in now):
             break
+        if best is not None and all(u is None or u < b + p["repair_min_gain"]
+                                    for u, b in zip(now, best, strict=True)):
+            info["plateau"] = True  # neither probe gained: more rounds would not help
+            break
+        best = now if best is None else tuple(  # type: ignore[assignment]
+            None if u is None else max(u, b or 0.0) for u, b in zip(now, best, strict=True))
     del negated
     model.eval()
     out["forget_prob"], out["retain_probe"] = probe.measure(model)

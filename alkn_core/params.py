@@ -49,6 +49,10 @@ NEGATION_DEFAULTS: dict[str, Any] = {
     # utility floor if higher). Stopping at the floor itself left each task's model just
     # above it and the people no repair item stood for below it (docs/bench/selectivity_*).
     "repair_rounds": 5, "repair_aim": 0.95,
+    # ...or once a round gained less than this fraction of the probes' references (neither
+    # probe improved): later rounds on a long lineage added nothing and cost most of its
+    # jobs' time (bench/job_cost.py). 0 = always run every round.
+    "repair_min_gain": 0.01,
     "repair_sets": "retain",
     # The repair's target: the lineage's first model (its distributions on a fixed sample of
     # repair items, carried in the state) or the model before this task.
@@ -111,7 +115,8 @@ POSITIVE = {"lr", "epochs", "batch_size", "grad_accum", "max_length", "alpha", "
             "repair_lr", "repair_items", "repair_rounds"}
 # Parameters in [0, 1].
 FRACTIONS = {"warmup_ratio", "unmask_ratio", "low_lr_ratio", "trim_ratio",
-             "target_forget_prob", "target_forget_ratio", "utility_floor", "repair_aim"}
+             "target_forget_prob", "target_forget_ratio", "utility_floor", "repair_aim",
+             "repair_min_gain"}
 # Numbers that may also be the string "auto" (their default may be either).
 AUTO_OR_NUMBER = {"alpha", "lr"}
 # Numbers that may be null (= not set; the default is None).
@@ -213,3 +218,13 @@ def method_params(method: str, params: dict[str, Any] | None) -> dict[str, Any]:
     if method not in METHOD_DEFAULTS:
         raise ValueError(f"unknown method {quoted(method)}; one of {', '.join(METHOD_DEFAULTS)}")
     return resolve_params(METHOD_DEFAULTS[method], dict(params or {}))
+
+
+# Evaluation samples (alkn_core/eval_sets.py): per set, items for the answer probability and
+# Min-K, and the first of them for ROUGE-L, truth ratio and normalised probability. The
+# continual view measures the most recent EVAL_RECENT_TASKS earlier tasks one by one and the
+# older ones pooled, each at 1/EVAL_RECENT_TASKS of these sizes: a job's evaluation does not
+# grow with the lineage.
+EVAL_MAX_ITEMS = 200
+EVAL_DETAIL_ITEMS = 32
+EVAL_RECENT_TASKS = 8

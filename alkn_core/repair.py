@@ -110,6 +110,33 @@ def forget_hinge(model: torch.nn.Module, batch: Batch, log_target: float) -> tor
     return F.relu(torch.logsumexp(item, 0) - math.log(item.numel()) - log_target)
 
 
+def _stacked(batches: Sequence[Batch]) -> Batch:
+    """One batch of several (right padding to the longest; padded positions masked out and
+    never trained on), so a step's hinge sets take one forward pass, not one each."""
+    width = max(int(b["input_ids"].shape[1]) for b in batches)
+    fill = {"input_ids": 0, "attention_mask": 0, "labels": IGNORE}
+    return {k: torch.cat([F.pad(b[k], (0, width - int(b[k].shape[1])), value=v)
+                          for b in batches]) for k, v in fill.items()}
+
+
+def hinge_sum(model: torch.nn.Module, batches: Sequence[Batch], log_target: float
+           ) -> torch.Tensor:
+    """sum over the batches of `forget_hinge`, in one forward pass: an item's score does not
+    depend on the others of its batch (right padding, causal attention)."""
+    if len(batches) == 1:
+        return forget_hinge(model, batches[0], log_target)
+    logp, mask = token_logprobs(model, _stacked(batches))
+    item = logp.sum(1) / mask.sum(1).clamp(min=1)
+    total = item.new_zeros(())
+    start = 0
+    for b in batches:
+        n = int(b["input_ids"].shape[0])
+        part = item[start : start + n]
+        start += n
+        total = total + F.relu(torch.logsumexp(part, 0) - math.log(n) - log_target)
+    return total
+
+
 def _hinge_sets(forget: Sequence[Sequence[Batch]], step: int) -> list[Sequence[Batch]]:
     """This step's sets: the first (this task's) and the earlier ones' turn."""
     first, rest = [f for f in forget[:1] if f], [f for f in forget[1:] if f]
@@ -140,7 +167,7 @@ def repair(model: torch.nn.Module, teacher: Teacher, forget: Sequence[Sequence[B
             loss = kl
             sets = _hinge_sets(forget, step)
             if weight > 0 and sets:
-                hinge = sum(forget_hinge(model, f[step % len(f)], log_target) for f in sets)
+                hinge = hinge_sum(model, [f[step % len(f)] for f in sets], log_target)
                 loss = loss + weight * hinge
                 hinges.append(float(hinge.detach()))
         optimizer.zero_grad(set_to_none=True)

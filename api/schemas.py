@@ -10,9 +10,23 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import pydantic
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    WithJsonSchema,
+    model_serializer,
+)
 
-from alkn_core.params import DEFAULT_QA_TEMPLATE, METHOD_DEFAULTS
+from alkn_core.params import (
+    DEFAULT_QA_TEMPLATE,
+    EVAL_DETAIL_ITEMS,
+    EVAL_MAX_ITEMS,
+    METHOD_DEFAULTS,
+)
 
 T = TypeVar("T")
 
@@ -204,6 +218,14 @@ class ModelCreate(_In):
     retain_set: ItemSet = Field(default_factory=list)
     holdout_set: ItemSet = Field(default_factory=list)
     eval_sets: dict[SetName, ItemSet] = Field(default_factory=dict, max_length=MAX_EVAL_SETS)
+    eval_max_items: int | None = Field(
+        default=None, ge=1, le=100_000,
+        description=f"items of each set a job evaluates (a fixed sample, the same on every "
+                    f"version), for answer probability and Min-K; null: {EVAL_MAX_ITEMS}")
+    eval_detail_items: int | None = Field(
+        default=None, ge=1, le=100_000,
+        description=f"the first of those for ROUGE-L (generation), truth ratio and the "
+                    f"normalised probability; null: {EVAL_DETAIL_ITEMS}")
 
 
 class ModelOut(_Out):
@@ -218,6 +240,10 @@ class ModelOut(_Out):
     retain_set_size: int
     holdout_set_size: int
     eval_sets: dict[str, int] = Field(description="item count of each evaluation set")
+    eval_max_items: int = Field(default=EVAL_MAX_ITEMS,
+                                description="items of each set a job evaluates")
+    eval_detail_items: int = Field(default=EVAL_DETAIL_ITEMS,
+                                   description="of those, items for ROUGE-L and truth ratio")
 
 
 class FileOut(BaseModel):
@@ -294,10 +320,27 @@ class ForgetRequestCreate(_In):
 
 
 class ProgressOut(_Out):
+    """API.md's four fields; while a job runs also `phase`, `label` and `eta_seconds` (left
+    out when the worker did not write them: the four stay the whole object then)."""
+
     stage: str | None = None
     step: int | None = None
     total_steps: int | None = None
     fraction: float | None = None
+    phase: str | None = Field(default=None, description="while `evaluating`: before | after "
+                                                       "(unlearning) or full (an evaluation job)")
+    label: str | None = Field(default=None, description='the stage as shown, e.g. '
+                                                       '"evaluating (after)"')
+    eta_seconds: float | None = Field(default=None, description="estimated seconds left "
+                                                               "(null until 2% is done)")
+
+    @model_serializer(mode="wrap")
+    def _without_unwritten(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for key in ("phase", "label", "eta_seconds"):
+            if key not in self.model_fields_set:
+                data.pop(key, None)
+        return data
 
 
 class ErrorOut(_Out):
@@ -332,11 +375,16 @@ class ForgetRequestOut(_Out):
 class JobMetrics(_Out):
     before: dict[str, Any] | None = None
     after: dict[str, Any] | None = None
+    evaluation: dict[str, Any] | None = Field(
+        default=None, description="an evaluation job's numbers (every item of every set)")
 
 
 class JobOut(_Out):
     id: str
     model: str | None
+    kind: Literal["unlearn", "evaluate"] = Field(
+        default="unlearn", description="unlearn (from forget requests; makes a version) or "
+                                       "evaluate (POST .../versions/{ref}:evaluate; makes none)")
     status: str
     method: str
     params: dict[str, Any]

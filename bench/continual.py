@@ -119,6 +119,27 @@ def default_params(method: str, epochs: int, seed: int) -> dict[str, Any]:
             "max_length": 128, "seed": seed}
 
 
+def check_params(methods: Sequence[str], user_params: Any,
+                 sweep: dict[str, list[dict[str, float | str | bool]]], epochs: int,
+                 seed: int) -> None:
+    """Every --params / --sweep setting is one the run honours, before anything is trained:
+    a method it does not run, or a param the method does not take, is a ValueError."""
+    from alkn_core.params import method_params
+
+    if not isinstance(user_params, dict) or not all(isinstance(v, dict)
+                                                    for v in user_params.values()):
+        raise ValueError('--params must be a JSON object {"method": {param: value}}')
+    for what, keys in (("--params", user_params), ("--sweep", sweep)):
+        stray = [k for k in keys if k not in methods]
+        if stray:
+            raise ValueError(f"{what} names {', '.join(map(repr, stray))}, which this run "
+                             f"does not run (--methods {','.join(methods)})")
+    for method in methods:
+        for overrides in sweep.get(method, [{}]):
+            method_params(method, {**default_params(method, epochs, seed),
+                                   **user_params.get(method, {}), **overrides})
+
+
 def split_tasks(forget: list[Record], n_tasks: int) -> list[list[Record]]:
     """Disjoint tasks by person (contiguous groups of people), else contiguous equal chunks."""
     people: list[str] = []
@@ -492,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     from alkn_core import unlearn
-    from alkn_core.evaluate import evaluate_sets
+    from alkn_core.eval_sets import evaluate_sets
     from alkn_core.tofu import load_tofu_dir
 
     random.seed(args.seed)
@@ -502,6 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     user_params = json.loads(args.params)
     sweep = parse_sweep(args.sweep)
+    check_params(methods, user_params, sweep, args.epochs, args.seed)
     data = load_tofu_dir(args.data_dir)
     notes = list(data.notes)
     rng = random.Random(args.seed)

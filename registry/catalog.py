@@ -29,11 +29,17 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from alkn_core.items import validate_items
-from alkn_core.params import DEFAULT_QA_TEMPLATE, METHOD_DEFAULTS, resolve_params
+from alkn_core.params import (
+    DEFAULT_QA_TEMPLATE,
+    EVAL_DETAIL_ITEMS,
+    EVAL_MAX_ITEMS,
+    METHOD_DEFAULTS,
+    resolve_params,
+)
 from alkn_core.quoting import quoted
 
 from .model_files import InvalidModelFiles, check_model_dir
-from .models import Alias, Job, Model, Version, utcnow
+from .models import Alias, Job, Model, Tenant, Version, utcnow
 from .source_roots import REFUSAL, NotAllowed, check_source_dir
 from .store import CHUNK, ArtifactStore, FileInfo, LocalStore, regular_files, safe_relpath
 
@@ -173,6 +179,16 @@ def _short_id() -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def tenant_named(session: Session, name: str) -> Tenant:
+    """The tenant of that name, created (and flushed) when there is none."""
+    tenant = session.scalar(select(Tenant).where(Tenant.name == name))
+    if tenant is None:
+        tenant = Tenant(name=name)
+        session.add(tenant)
+        session.flush()
+    return tenant
+
+
 def get_model(session: Session, tenant_id: str, name: str) -> Model:
     # A name no model can have is not looked up (a NUL byte would be a database error).
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
@@ -194,7 +210,8 @@ def register_model(session: Session, store: ArtifactStore, tenant_id: str, name:
                    retain_set: list[Any] | None = None, holdout_set: list[Any] | None = None,
                    eval_sets: dict[str, Any] | None = None, *,
                    allowed_roots: Sequence[Path] | None = None,
-                   max_files: int | None = None) -> Model:
+                   max_files: int | None = None, eval_max_items: int | None = None,
+                   eval_detail_items: int | None = None) -> Model:
     """A new model; its source directory (if any) is copied into the store as version 1.
 
     `allowed_roots` (the API passes the tenant's roots, registry.source_roots) restricts
@@ -221,7 +238,8 @@ def register_model(session: Session, store: ArtifactStore, tenant_id: str, name:
     model = Model(id=str(uuid.uuid4()), tenant_id=tenant_id, name=name,
                   description=description or "", qa_template=qa_template,
                   default_params=defaults, retain_set=retain, holdout_set=holdout,
-                  eval_sets=evals, created_at=utcnow())
+                  eval_sets=evals, eval_max_items=eval_max_items,
+                  eval_detail_items=eval_detail_items, created_at=utcnow())
     session.add(model)
     if src is not None:
         key = f"{model.id}/v1-{_short_id()}"
@@ -602,6 +620,8 @@ def model_dict(model: Model, latest_version: int | None,
         "retain_set_size": len(model.retain_set or []),
         "holdout_set_size": len(model.holdout_set or []),
         "eval_sets": {k: len(v or []) for k, v in (model.eval_sets or {}).items()},
+        "eval_max_items": model.eval_max_items or EVAL_MAX_ITEMS,
+        "eval_detail_items": model.eval_detail_items or EVAL_DETAIL_ITEMS,
     }
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, text, update
+from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -139,7 +139,8 @@ def has_queued(url: str, model_id: str) -> bool:
     with session_scope(url) as s:
         return s.scalar(select(ForgetRequest.id).where(
             ForgetRequest.model_id == model_id, ForgetRequest.status == "queued").limit(1)
-        ) is not None
+        ) is not None or s.scalar(select(Job.id).where(
+            Job.model_id == model_id, Job.status == "queued").limit(1)) is not None
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,6 +172,13 @@ class JobSpec:
     # What the lineage's first version measured (registry.quality), for the quality gate;
     # None when no job has measured it yet.
     reference: dict[str, Any] | None = None
+    # The evaluation's sample sizes (the model's; None: the defaults) and the base version's
+    # stored per-item scores (alkn_core.eval_sets.ItemScores JSON; None when it has none).
+    eval_max_items: int | None = None
+    eval_detail_items: int | None = None
+    base_scores: dict[str, Any] | None = None
+    # "unlearn", or "evaluate": a full evaluation of the base version, no new version.
+    kind: str = "unlearn"
 
     @property
     def forget_items(self) -> list[dict[str, Any]]:
@@ -237,6 +245,8 @@ def _spec(s: Session, model: Model, job: Job, base: Version, resumed: bool) -> J
         holdout_set=list(model.holdout_set or []),
         earlier_tasks=_earlier_tasks(s, model.id, base),
         reference=first_version_reference(s, model.id, base),
+        eval_max_items=model.eval_max_items, eval_detail_items=model.eval_detail_items,
+        base_scores=base.item_scores, kind=job.kind or "unlearn",
     )
 
 
@@ -302,7 +312,33 @@ def _next_job_tx(url: str, model_id: str, max_attempts: int) -> JobSpec | None |
                            .order_by(Job.created_at).limit(1).with_for_update())
         if running is not None:
             return _resume(s, model, running, max_attempts)
+        evaluation = _claim_evaluation(s, model)
+        if evaluation is not None:
+            return evaluation
         return _build(s, model)
+
+
+def _claim_evaluation(s: Session, model: Model) -> JobSpec | object | None:
+    """The oldest queued evaluation job (`kind` "evaluate", made by
+    registry.evaluations.enqueue_evaluation), now running; None when there is none."""
+    job = s.scalar(select(Job).where(Job.model_id == model.id, Job.status == "queued",
+                                     Job.kind == "evaluate")
+                   .order_by(Job.created_at, Job.id).limit(1).with_for_update())
+    if job is None:
+        return None
+    now = utcnow()
+    base = _ready_version(s, model.id, job.base_version)
+    if base is None:
+        error = JobError("base_version_unavailable",
+                         f"version {job.base_version} is no longer ready")
+        job.status, job.error, job.finished_at = "failed", error.as_dict(), now
+        _event(s, job.id, "done", error.message, error.as_dict())
+        return _RETRY
+    job.status, job.started_at, job.heartbeat_at, job.attempts = "running", now, now, 1
+    job.progress = dict(QUEUED_PROGRESS)
+    _event(s, job.id, "queued", f"full evaluation of version {base.number}",
+           {"base_version": base.number})
+    return _spec(s, model, job, base, resumed=False)
 
 
 def _resume(s: Session, model: Model, job: Job, max_attempts: int) -> JobSpec | object:
@@ -513,20 +549,26 @@ def publish_version(url: str, job_id: str, *, storage_key: str, files: Sequence[
                     has_state: bool, metrics: Mapping[str, Any],
                     request_metrics: Mapping[str, Any], timings: Mapping[str, Any],
                     evaluation: Mapping[str, Any] | None = None,
-                    quality: Mapping[str, Any] | None = None) -> PublishOutcome:
+                    quality: Mapping[str, Any] | None = None,
+                    item_scores: Mapping[str, Any] | None = None,
+                    base_scores: Mapping[str, Any] | None = None) -> PublishOutcome:
     """One transaction: the new ready version plus job and requests succeeded; with a
     `quality` block that did not pass, also the job's `quality_gate_failed` event (the
     version is published all the same: forgetting wins).
 
     Idempotent: when the job already has a version (a redelivered task), nothing new is
     written. A job that is no longer running, or whose cancel was requested meanwhile, is
-    not published (it is cancelled in the second case)."""
+    not published (it is cancelled in the second case).
+
+    `item_scores`: the new version's per-item scores; `base_scores`: the base version's, stored
+    on it when the job measured them (it had none under this encoding)."""
     for attempt in range(3):
         try:
             return _publish_tx(url, job_id, storage_key=storage_key, files=files,
                                has_state=has_state, metrics=metrics,
                                request_metrics=request_metrics, timings=timings,
-                               evaluation=evaluation, quality=quality)
+                               evaluation=evaluation, quality=quality,
+                               item_scores=item_scores, base_scores=base_scores)
         except IntegrityError:
             # A version number taken concurrently (a root upload): count again. A second
             # version for the same job cannot slip through: the retry finds the first.
@@ -535,10 +577,26 @@ def publish_version(url: str, job_id: str, *, storage_key: str, files: Sequence[
     raise AssertionError("unreachable")
 
 
+def _store_scores(s: Session, model_id: str, number: int, scores: Mapping[str, Any]) -> None:
+    base = s.scalar(select(Version).where(Version.model_id == model_id,
+                                          Version.number == number))
+    if base is not None:
+        base.item_scores = jsonable(scores)
+
+
+def store_version_scores(url: str, model_id: str, number: int, scores: Mapping[str, Any]
+                         ) -> None:
+    """A version's per-item scores (a full evaluation's, or merged with what it had)."""
+    with write_tx(url) as s:
+        _store_scores(s, model_id, number, scores)
+
+
 def _publish_tx(url: str, job_id: str, *, storage_key: str, files: Sequence[Mapping[str, Any]],
                 has_state: bool, metrics: Mapping[str, Any], request_metrics: Mapping[str, Any],
                 timings: Mapping[str, Any], evaluation: Mapping[str, Any] | None,
-                quality: Mapping[str, Any] | None = None) -> PublishOutcome:
+                quality: Mapping[str, Any] | None = None,
+                item_scores: Mapping[str, Any] | None = None,
+                base_scores: Mapping[str, Any] | None = None) -> PublishOutcome:
     with write_tx(url) as s:
         job = s.scalar(select(Job).where(Job.id == job_id).with_for_update())
         if job is None:
@@ -566,8 +624,11 @@ def _publish_tx(url: str, job_id: str, *, storage_key: str, files: Sequence[Mapp
             forget_request_ids=list(job.forget_request_ids), method=job.method,
             size_bytes=sum(int(f["size"]) for f in files), files=[dict(f) for f in files],
             metrics=jsonable(metrics), evaluation=jsonable(evaluation),
-            storage_key=storage_key, has_state=has_state, quality=jsonable(quality))
+            storage_key=storage_key, has_state=has_state, quality=jsonable(quality),
+            item_scores=jsonable(item_scores))
         s.add(version)
+        if base_scores is not None:
+            _store_scores(s, job.model_id, job.base_version, base_scores)
         job.metrics, job.timings = jsonable(metrics), jsonable(timings)
         job.quality = jsonable(quality)
         if quality is not None and quality.get("passed") is False:
@@ -644,7 +705,10 @@ def stranded_lineages(url: str, *, queued_for: float = 30.0) -> list[str]:
         waiting = (select(ForgetRequest.model_id)
                    .where(ForgetRequest.status == "queued",
                           ForgetRequest.created_at < now - timedelta(seconds=queued_for)))
-        running = select(Job.model_id).where(Job.status == "running")
+        running = select(Job.model_id).where(
+            or_(Job.status == "running",
+                and_(Job.status == "queued",
+                     Job.created_at < now - timedelta(seconds=queued_for))))
         return list(s.scalars(
             select(Model.id)
             .where(or_(Model.id.in_(waiting), Model.id.in_(running)),

@@ -73,6 +73,9 @@ class Model(Base):
     retain_set: Mapped[list[Any]] = mapped_column(default=list)
     holdout_set: Mapped[list[Any]] = mapped_column(default=list)
     eval_sets: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Sample sizes of the model's evaluation (None: EVAL_MAX_ITEMS / EVAL_DETAIL_ITEMS).
+    eval_max_items: Mapped[int | None] = mapped_column(Integer)
+    eval_detail_items: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # Lineage lease: the worker that runs this model's jobs holds it (one job at a time).
     lease_owner: Mapped[str | None] = mapped_column(String(64))
@@ -101,6 +104,9 @@ class Version(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # The quality gate's verdict (worker/quality.py); None for root versions.
     quality: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Per-item scores of its last evaluation (alkn_core.eval_sets.ItemScores): the next job's
+    # "before" reads them. Deferred: only the worker's job build needs them.
+    item_scores: Mapped[dict[str, Any] | None] = mapped_column(JSON, deferred=True)
 
 
 class Alias(Base):
@@ -174,6 +180,9 @@ class Job(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True)
     status: Mapped[str] = mapped_column(String(16), default="queued")
+    # "unlearn" (from forget requests; makes a version) or "evaluate" (a full evaluation of
+    # base_version on demand; makes none).
+    kind: Mapped[str] = mapped_column(String(16), default="unlearn", server_default="unlearn")
     method: Mapped[str] = mapped_column(String(32))
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)  # resolved, with defaults
     forget_request_ids: Mapped[list[Any]] = mapped_column(default=list)

@@ -341,6 +341,7 @@ def job_dict(job: Job, model_name: str | None) -> dict[str, Any]:
     return {
         "id": job.id,
         "model": model_name,
+        "kind": job.kind or "unlearn",
         "status": job.status,
         "method": job.method,
         "params": dict(job.params or {}),

@@ -67,6 +67,20 @@ def test_continual_benchmark_smoke(tmp_path: Path) -> None:
         assert "task1" in last and "task2" in last
         assert run["tasks"][-1]["summary"]["forget_quality"] is not None
     assert set(res["matched"]["per_method"]) == {"alkn", "grad_ascent"}
+    # The library's defaults: alkn's alpha "auto", aimed at the holdout items' level.
+    assert res["runs"][0]["params"].get("alpha", "auto") == "auto"
+    for t in res["runs"][0]["tasks"]:
+        calibration = t["stats"]["calibration"]
+        assert calibration["target_source"] == "holdout"
+        assert isinstance(calibration["alpha"], float)
+    # A param the run cannot honour is an error (before anything is trained), never ignored.
+    for params, error in (('{"grad_ascent": {"target_forget_prob": 0.1}}', "target_forget_prob"),
+                          ('{"target_forget_prob": 0.1}', "must be a JSON object"),
+                          ('{"npo": {"lr": 0.1}}', "does not run")):
+        with pytest.raises(ValueError, match=error):
+            bench.main(["--data-dir", str(data), "--out", str(tmp_path / "bad"), "--tasks",
+                        "2", "--methods", "grad_ascent", "--params", params])
+    assert not (tmp_path / "bad" / "target").exists()
 
     md = (out / "results.md").read_text()
     assert "## After task 2" in md and "matched forgetting" in md

@@ -278,7 +278,9 @@ def test_auto_alpha_reaches_its_target_on_a_tiny_model(trained: torch.nn.Module,
     assert r2.state.info["holdout_reference"] == pytest.approx(holdout_before)
     # The lineage keeps that "never seen" level: the next task aims at it again, not at
     # the holdout items' level on the model this task has worn down.
-    assert _prob(model, tiny_world, holdout) != pytest.approx(holdout_before, rel=1e-3)
+    # (the repair keeps it close: it moved by about 0.07% here, still far beyond the 1e-6
+    # at which the carried target is compared below)
+    assert _prob(model, tiny_world, holdout) != pytest.approx(holdout_before, rel=1e-4)
     r2b = unlearn(model, tiny_world.tokenizer, tiny_world.of(people[3]), retain, params=TINY,
                   state=r2.state, holdout=holdout)
     c2b = r2b.stats["calibration"]

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+from alkn_core import eval_sets as es
 from alkn_core import evaluate as ev
 from alkn_core.data import encode_items
 from alkn_core.demo_corpus import generate_corpus
@@ -205,7 +206,7 @@ def test_evaluate_sets_survives_odd_items(tiny_world: TinyWorld) -> None:
         "eval/text": [{"text": "Only raw text here."}],
     }
     calls: list[tuple[str, int, int]] = []
-    res = ev.evaluate_sets(model, tok, sets, holdout=[*base[5:8], {"bad": 1}], max_length=64,
+    res = es.evaluate_sets(model, tok, sets, holdout=[*base[5:8], {"bad": 1}], max_length=64,
                            max_new_tokens=3, batch_size=2, retain_model_trs={"forget": [1.0]},
                            retain_model_aucs={"forget": 0.5},
                            progress=lambda *a: calls.append(a))
@@ -233,7 +234,7 @@ def test_evaluate_sets_survives_odd_items(tiny_world: TinyWorld) -> None:
     assert calls[0] == ("evaluating", 0, calls[0][2]) and steps == sorted(steps)
     assert steps[-1] == calls[0][2] > 0
     with pytest.raises(ValueError, match="reserved"):
-        ev.evaluate_sets(model, tok, {"model_utility": []})
+        es.evaluate_sets(model, tok, {"model_utility": []})
 
 
 def _close(a: Any, b: Any, tol: float) -> bool:
@@ -257,9 +258,9 @@ def test_evaluate_sets_on_trained_model(trained: torch.nn.Module, tiny_world: Ti
     }
     holdout = [{"question": r["question"], "answer": r["answer"]} for r in corpus.retain90[-4:]]
     kwargs: dict[str, Any] = {"holdout": holdout, "max_new_tokens": 32}
-    first = ev.evaluate_sets(trained, tok, sets, batch_size=8, **kwargs)
-    again = ev.evaluate_sets(trained, tok, sets, batch_size=8, **kwargs)
-    single = ev.evaluate_sets(trained, tok, sets, batch_size=1, **kwargs)
+    first = es.evaluate_sets(trained, tok, sets, batch_size=8, **kwargs)
+    again = es.evaluate_sets(trained, tok, sets, batch_size=8, **kwargs)
+    single = es.evaluate_sets(trained, tok, sets, batch_size=1, **kwargs)
     assert first == again
     assert _close(first, single, 1e-5)
     json.dumps(first, allow_nan=False)
@@ -278,7 +279,7 @@ def test_evaluate_sets_on_trained_model(trained: torch.nn.Module, tiny_world: Ti
     assert 0 < first["model_utility"] <= 1
 
     # A retain model's truth ratios give forget quality; its own ones give p = 1.
-    fq = ev.evaluate_sets(trained, tok, {"forget": sets["forget"]}, max_new_tokens=1,
+    fq = es.evaluate_sets(trained, tok, {"forget": sets["forget"]}, max_new_tokens=1,
                           retain_model_trs={"forget": first["forget"]["truth_ratios"]})
     assert fq["forget"]["forget_quality"] == pytest.approx(1.0)
     assert fq["model_utility"] is None

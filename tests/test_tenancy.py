@@ -50,6 +50,7 @@ ROUTES = [
     Route("POST", "/v1/models/{name}/versions:upload", 201, body="tar"),
     Route("GET", "/v1/models/{name}/versions/{ref}", 200),
     Route("POST", "/v1/models/{name}/versions/{ref}:revoke", 200),
+    Route("POST", "/v1/models/{name}/versions/{ref}:evaluate", 202),
     Route("GET", "/v1/models/{name}/versions/{ref}/evaluation", 200),
     Route("GET", "/v1/models/{name}/versions/{ref}/files/{path}", 200),
     Route("HEAD", "/v1/models/{name}/versions/{ref}/files/{path}", 200),

@@ -58,7 +58,13 @@ log = logging.getLogger(__name__)
 # architecture of the demo model (`alkn serve` registers it).
 BASE_IMPORTS = ("transformers.models.auto.modeling_auto",
                 "transformers.models.auto.tokenization_auto",
-                "transformers.models.llama.modeling_llama")
+                "transformers.models.llama.modeling_llama",
+                # ROUGE-L's scorer (nltk's stemmer): 0.8 s of every job's evaluation otherwise
+                "rouge_score.rouge_scorer")
+# Warm imports run with OPENBLAS_NUM_THREADS=1: some (a model's module, the ROUGE scorer)
+# load scipy, whose own OpenBLAS would start a thread pool, and a parent with native threads
+# beyond torch's makes every child compute on one thread (see the module docstring). Nothing
+# the worker runs does BLAS work through scipy that threads would speed up.
 _warmed: set[str] = set()
 
 Outcome = Literal["finished", "time_limit", "abandoned", "died"]
@@ -83,10 +89,17 @@ def warm_imports(modules: Iterable[str] = BASE_IMPORTS) -> None:
         if name in _warmed:
             continue
         _warmed.add(name)
+        saved = os.environ.get("OPENBLAS_NUM_THREADS")
         try:
+            os.environ["OPENBLAS_NUM_THREADS"] = "1"
             importlib.import_module(name)
         except Exception as exc:
             log.warning("could not preload %s: %s", name, exc)
+        finally:
+            if saved is None:
+                os.environ.pop("OPENBLAS_NUM_THREADS", None)
+            else:
+                os.environ["OPENBLAS_NUM_THREADS"] = saved
 
 
 def model_modules() -> list[str]:

@@ -32,17 +32,20 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from alkn_core import CalibrationError, UnlearnState, unlearn
 from alkn_core.chat_template import ChatTemplateError, TemplateLimits
 from alkn_core.chat_template import set_limits as set_template_limits
+from alkn_core.eval_sets import EvalPlan, ItemScores
 from alkn_core.runtime import pick_device, pick_dtype, place
 from registry import jobs
+from registry.evaluations import finish_evaluation
 from registry.jobs import JobError, JobSpec
 from registry.model_files import InvalidModelFiles, check_model_dir
 from registry.settings import Settings
 from registry.store import LocalStore, S3Store, open_store
 
 from . import metrics as worker_metrics
-from .evaluation import evaluate
+from .evaluation import JobEvaluation
 from .job_process import model_modules, run_in_child, warm_imports
 from .metrics import observe_stages, track_job
+from .progress_plan import describe, eta_seconds, eval_work, spans, unlearning_work
 from .quality import assess as assess_quality
 from .quality import published as quality_published
 from .weights_check import check_config_against_weights
@@ -51,17 +54,17 @@ log = logging.getLogger(__name__)
 
 Store = LocalStore | S3Store
 
-# Share of the job's overall progress fraction per stage (evaluating runs twice).
-SPANS: dict[str, tuple[float, float]] = {
-    "queued": (0.0, 0.0), "loading": (0.0, 0.05), "evaluating:before": (0.05, 0.12),
-    "probing": (0.12, 0.2), "training": (0.2, 0.85), "negating": (0.85, 0.88),
-    "evaluating:after": (0.88, 0.96), "saving": (0.96, 1.0), "done": (1.0, 1.0),
-}
+# Share of the job's overall progress fraction per stage until the job's own estimate is known
+# (progress_plan.spans, once the base is loaded and the evaluations planned).
+SPANS: dict[str, tuple[float, float]] = spans({
+    "evaluating:before": 1.0, "probing": 1.0, "training": 6.0, "negating": 4.0,
+    "evaluating:after": 2.0})
 MESSAGES = {
     "loading": "loading the base version", "evaluating:before": "evaluating before unlearning",
     "probing": "probing (initial probabilities, retain gradient)",
     "training": "training", "negating": "negating the task vector",
     "evaluating:after": "evaluating after unlearning", "saving": "saving the new version",
+    "evaluating:full": "evaluating every item of the version",
 }
 
 
@@ -139,6 +142,8 @@ class ProgressReporter:
         self.keeper, self.min_interval = keeper, min_interval
         self.phase = ""  # "before"/"after" for evaluating
         self.stage: str | None = None
+        self.spans = dict(SPANS)
+        self._started = time.monotonic()
         self._last_write = 0.0
         self._last_renew = 0.0
 
@@ -158,11 +163,17 @@ class ProgressReporter:
         if not changed and not last and now - self._last_write < self.min_interval:
             return
         self.stage = key
-        lo, hi = SPANS.get(key, (0.0, 0.0))
+        lo, hi = self.spans.get(key, (0.0, 0.0))
         frac = lo + (hi - lo) * (min(step, total) / total if total > 0 else 0.0)
+        eta = eta_seconds(now - self._started, frac)
         progress = {"stage": stage, "step": step, "total_steps": total,
-                    "fraction": round(frac, 4)}
-        event = (stage, MESSAGES.get(key, stage), {"total_steps": total}) if changed else None
+                    "fraction": round(frac, 4), "label": describe(stage, self.phase),
+                    "eta_seconds": None if eta is None else round(eta, 1)}
+        if stage == "evaluating":
+            progress["phase"] = self.phase
+        event = (stage, MESSAGES.get(key, stage),
+                 {"total_steps": total, **({"phase": self.phase} if stage == "evaluating"
+                                           else {})}) if changed else None
         renew = now - self._last_renew >= RENEW_EVERY
         try:
             ack = jobs.report_progress(self.url, self.spec.job_id, progress,
@@ -273,13 +284,19 @@ def load_base(store: Store, spec: JobSpec, workdir: Path, settings: Settings | N
     return model, tokenizer, state
 
 
-def _eval_sets(spec: JobSpec) -> dict[str, list[dict[str, Any]]]:
-    sets = {"forget": spec.forget_items, "retain": spec.retain_set}
-    sets.update({f"task/v{n}": items for n, items in spec.earlier_tasks.items()})
-    sets.update({f"eval/{name}": items for name, items in spec.eval_sets.items()})
-    if len(spec.request_ids) > 1:  # a merged job: each request also gets its own numbers
-        sets.update({f"request/{rid}": spec.request_items[rid] for rid in spec.request_ids})
-    return sets
+def evaluate(evaluation: JobEvaluation, model: torch.nn.Module, tokenizer: Any,
+             plan: EvalPlan, cache: ItemScores, progress: ProgressReporter) -> dict[str, Any]:
+    """One of a job's evaluations: `plan`'s missing passes into `cache`, then the numbers
+    (the one call every evaluation of a job goes through)."""
+    return evaluation.run(model, tokenizer, plan, cache, progress)
+
+
+def job_evaluation(spec: JobSpec, *, full: bool = False) -> JobEvaluation:
+    """The job's sets on the model's samples (`full`: every item)."""
+    return JobEvaluation.of_job(
+        spec.forget_items, spec.retain_set, spec.eval_sets, spec.earlier_tasks,
+        spec.request_items if len(spec.request_ids) > 1 else {}, spec.holdout_set,
+        spec.params, spec.eval_max_items, spec.eval_detail_items, full=full)
 
 
 def _split_metrics(before: dict[str, Any], after: dict[str, Any], spec: JobSpec
@@ -339,6 +356,8 @@ def run_job(settings: Settings, store: Store, spec: JobSpec, owner: str,
     log.info("job %s: %s on v%d, %d request(s), attempt %d", spec.job_id, spec.method,
              spec.base_version, len(spec.request_ids), spec.attempts)
     try:
+        if spec.kind == "evaluate":
+            return _evaluate_version(settings, store, spec, report)
         with tempfile.TemporaryDirectory(prefix="alkn-job-") as tmp:
             t = time.perf_counter()
             report.begin("loading")
@@ -346,10 +365,22 @@ def run_job(settings: Settings, store: Store, spec: JobSpec, owner: str,
             report("loading", 1, 1)
             timings["loading"] = time.perf_counter() - t
 
-            sets = _eval_sets(spec)
+            evaluation = job_evaluation(spec)
+            before_scores = evaluation.cache(spec.base_scores)
+            measured_base = not before_scores.items  # the base had no scores to reuse
+            plan_before = evaluation.plan(tokenizer, before_scores)
+            after_scores = evaluation.cache()
+            plan_after = plan_before.with_cache(after_scores)
+            report.spans = spans({
+                "evaluating:before": eval_work(plan_before.work_sequences,
+                                               plan_before.work_generated),
+                **unlearning_work(spec.method, spec.params, len(spec.forget_items),
+                                  len(spec.retain_set), len(spec.earlier_tasks)),
+                "evaluating:after": eval_work(plan_after.work_sequences,
+                                              plan_after.work_generated)})
             t = time.perf_counter()
             report.phase = "before"
-            before = evaluate(model, tokenizer, sets, spec.params, report, spec.holdout_set)
+            before = evaluate(evaluation, model, tokenizer, plan_before, before_scores, report)
             timings["evaluating_before"] = time.perf_counter() - t
 
             result = unlearn(model, tokenizer, spec.forget_items, spec.retain_set or None,
@@ -368,7 +399,7 @@ def run_job(settings: Settings, store: Store, spec: JobSpec, owner: str,
 
             t = time.perf_counter()
             report.phase = "after"
-            after = evaluate(model, tokenizer, sets, spec.params, report, spec.holdout_set)
+            after = evaluate(evaluation, model, tokenizer, plan_after, after_scores, report)
             timings["evaluating_after"] = time.perf_counter() - t
 
             t = time.perf_counter()
@@ -387,7 +418,9 @@ def run_job(settings: Settings, store: Store, spec: JobSpec, owner: str,
         outcome = _publish_row(
             url, spec, settings.lease_seconds, storage_key=key, files=files,
             has_state=state is not None, metrics=job_metrics, request_metrics=request_metrics,
-            timings=timings, evaluation=job_metrics["after"], quality=quality)
+            timings=timings, evaluation=job_metrics["after"], quality=quality,
+            item_scores=after_scores.as_json(),
+            base_scores=before_scores.as_json() if measured_base else None)
         if not outcome.created:
             _drop(store, key)
         else:
@@ -423,6 +456,41 @@ def run_job(settings: Settings, store: Store, spec: JobSpec, owner: str,
             return "db_lost"
         _drop_unreferenced(url, store, spec, key)
         return "failed"
+
+
+# The progress bar of a full evaluation: loading, then the evaluation (phase "full").
+EVALUATION_SPANS: dict[str, tuple[float, float]] = {
+    "queued": (0.0, 0.0), "loading": (0.0, 0.05), "evaluating:full": (0.05, 1.0),
+    "done": (1.0, 1.0)}
+
+
+def _evaluate_version(settings: Settings, store: Store, spec: JobSpec,
+                      report: ProgressReporter) -> str:
+    """A full evaluation of the base version (`kind` "evaluate"): every item of every set,
+    what the version's stored scores hold read from them; the numbers go on the job, the
+    scores on the version. Makes no version."""
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+    report.spans = dict(EVALUATION_SPANS)
+    with tempfile.TemporaryDirectory(prefix="alkn-job-") as tmp:
+        report.begin("loading")
+        model, tokenizer, _ = load_base(store, spec, Path(tmp), settings)
+        report("loading", 1, 1)
+        timings["loading"] = time.perf_counter() - t_start
+        evaluation = job_evaluation(spec, full=True)
+        scores = evaluation.cache(spec.base_scores)
+        t = time.perf_counter()
+        report.phase = "full"
+        result = evaluate(evaluation, model, tokenizer, evaluation.plan(tokenizer, scores),
+                          scores, report)
+        timings["evaluating_full"] = time.perf_counter() - t
+        del model
+    timings["total"] = time.perf_counter() - t_start
+    status = finish_evaluation(settings.resolved_database_url, spec.job_id,
+                               evaluation=result, timings=timings,
+                               item_scores=scores.as_json())
+    log.info("job %s: full evaluation of v%d, %s", spec.job_id, spec.base_version, status)
+    return status
 
 
 def _publish_row(url: str, spec: JobSpec, retry_for: float, **kwargs: Any

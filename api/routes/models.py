@@ -36,7 +36,8 @@ def create_model(body: ModelCreate, request: Request, session: SessionDep, store
             Path(body.source.path) if body.source is not None else None,
             body.description, body.qa_template, body.default_params, body.retain_set,
             body.holdout_set, body.eval_sets, allowed_roots=roots,
-            max_files=settings.max_version_files)
+            max_files=settings.max_version_files, eval_max_items=body.eval_max_items,
+            eval_detail_items=body.eval_detail_items)
         out = ModelOut.model_validate(catalog.model_dicts(session, [model])[0])
         return Created(201, out.model_dump(mode="json"), {"Location": f"/v1/models/{model.name}"})
 

@@ -1,5 +1,5 @@
 """Versions of a model: list, get, upload, file and archive downloads, aliases, revoke,
-evaluation."""
+evaluation (read, and a full evaluation on demand)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ from starlette.requests import ClientDisconnect
 
 from alkn_core.quoting import quoted
 from registry import catalog
+from registry.evaluations import enqueue_evaluation
 from registry.models import Version
+from registry.requests import job_dict
 from registry.store import CHUNK, ArtifactStore, LocalStore
 
 from .. import idempotency
@@ -31,7 +33,15 @@ from ..deps import SessionDep, SettingsDep, StoreDep
 from ..idempotency import Created, IdempotencyKey
 from ..pagination import PageDep, paginate
 from ..revocation import RevocationWatch
-from ..schemas import AliasIn, AliasOut, Page, VersionOut, VersionSummaryOut, problems
+from ..schemas import (
+    AliasIn,
+    AliasOut,
+    JobOut,
+    Page,
+    VersionOut,
+    VersionSummaryOut,
+    problems,
+)
 
 # A local file is read this much per thread hand-off (two such reads in flight at most)...
 FILE_READ = 4 * CHUNK
@@ -141,6 +151,27 @@ def revoke_version(name: str, ref: str, request: Request, session: SessionDep,
     version = catalog.revoke_version(session, store, model, ref)
     _watch(request).mark_revoked(version.id)
     return catalog.version_dict(version, model.name)
+
+
+@router.post("/versions/{ref}:evaluate", status_code=202, response_model=JobOut,
+             responses={**problems(409),
+                        200: {"model": JobOut, "description": "an evaluation of the version "
+                                                              "already queued or running"}})
+def evaluate_version(name: str, ref: str, session: SessionDep,
+                     tenant: TenantDep) -> JSONResponse:
+    """Queue a full evaluation of the version: every item of the model's retain, holdout and
+    general sets and of every forget request on its lineage (jobs measure fixed samples).
+    A job of its own (`kind` "evaluate", no new version): poll `GET /v1/jobs/{id}`, whose
+    `metrics.evaluation` holds the numbers. While one is queued or running for the version,
+    that job is returned."""
+    model = catalog.get_model(session, tenant, name)
+    version = catalog.resolve_version(session, model, ref)
+    job, created = enqueue_evaluation(session, model, version)
+    session.commit()
+    session.refresh(job)
+    body = JobOut.model_validate(job_dict(job, model.name)).model_dump(mode="json")
+    return JSONResponse(body, status_code=202 if created else 200,
+                        headers={"Location": f"/v1/jobs/{job.id}"})
 
 
 @router.get("/versions/{ref}/evaluation", response_model=dict[str, Any])

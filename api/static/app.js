@@ -72,6 +72,13 @@
     return isNaN(d) ? String(iso) : d.toLocaleString();
   }
 
+  function fmtSeconds(s) {
+    s = Math.max(0, Math.round(Number(s) || 0));
+    if (s < 90) return s + " s";
+    if (s < 5400) return Math.round(s / 60) + " min";
+    return (s / 3600).toFixed(1) + " h";
+  }
+
   function fmtBytes(n) {
     if (n === null || n === undefined) return "";
     const units = ["B", "KB", "MB", "GB", "TB"];
@@ -379,7 +386,8 @@
       h("td", {}, badge(j.status), " ", qualityBadge(j.quality)), h("td", {}, j.method),
       h("td", {class: "num"}, "v" + j.base_version + " → " +
         (j.result_version ? "v" + j.result_version : "…")),
-      h("td", {}, j.progress ? j.progress.stage : ""), h("td", {}, fmtTime(j.created_at))));
+      h("td", {}, j.progress ? (j.progress.label || j.progress.stage) : ""),
+      h("td", {}, fmtTime(j.created_at))));
 
     show(
       h("p", {class: "crumbs"}, link("#/models", "Models"), " / ", name),
@@ -487,10 +495,14 @@
     if (!p) return null;
     const frac = Math.max(0, Math.min(1, Number(p.fraction) || 0));
     const steps = p.total_steps ? p.step + " / " + p.total_steps : "";
+    // "evaluating (before)" / "(after)": the label says which evaluation runs.
+    const eta = (status === "running" && p.eta_seconds != null)
+      ? "about " + fmtSeconds(p.eta_seconds) + " left" : "";
     return h("div", {class: "progress-block"},
-      h("div", {class: "progress-label"}, h("span", {id: "stage"}, p.stage || status),
+      h("div", {class: "progress-label"}, h("span", {id: "stage"}, p.label || p.stage || status),
         h("span", {id: "steps", class: "muted"}, steps),
-        h("span", {class: "muted"}, Math.round(frac * 100) + "%")),
+        h("span", {class: "muted"}, Math.round(frac * 100) + "%"),
+        h("span", {id: "eta", class: "muted"}, eta)),
       h("div", {class: "bar", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": 100,
                 "aria-valuenow": Math.round(frac * 100)},
         h("div", {class: "fill s-" + status, style: "width:" + (frac * 100).toFixed(1) + "%"})));

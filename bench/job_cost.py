@@ -1,0 +1,304 @@
+"""Where a job's time goes, measured on real jobs of the worker in one run.
+
+Every job runs as the service runs it (`worker.runner.run_lineage_once`: a child process per
+job, the registry on SQLite, a local artifact store) on the demo model, registered as `alkn
+serve` registers it (its retain, holdout and general sets), with the service's default
+params. Four parts, each printed with its ratios:
+
+1. A lineage of --jobs jobs of --facts facts each (different people's): each job's stages as
+   shares of its time; evaluation's share (before + after) of the first job (which also
+   measures the base version once for the lineage) and of every later job; the last job's
+   time / the first's.
+2. A retain set of 10 000 items against one of 200 (the same model, jobs alternating): job
+   time ratio.
+3. Growth: one job each at 1x, 4x and 16x --growth-facts forget items (alternating
+   rounds): the log-log slope of job time against forget tokens and the fixed overhead (the
+   intercept of a least-squares line through the points) as a share of the 1x job.
+4. A full evaluation of the lineage's last version (`kind: evaluate`) against a job's
+   sampled one.
+
+    python bench/job_cost.py [--jobs 10] [--facts 4] [--growth-facts 16] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+EVAL_STAGES = ("evaluating_before", "evaluating_after")
+STAGES = ("loading", "evaluating_before", "probing", "training", "negating",
+          "evaluating_after", "saving")
+TARGET_EVAL_SHARE = 0.25
+TARGET_LINEAGE = 1.3
+TARGET_RETAIN = 1.2
+TARGET_SLOPE = 1.1
+TARGET_OVERHEAD = 0.2
+
+
+class Service:
+    """A registry on SQLite with a local store under a temporary home."""
+
+    def __init__(self) -> None:
+        from registry.migrate import upgrade
+        from registry.settings import Settings
+
+        self.home = Path(tempfile.mkdtemp(prefix="alkn-jobcost-"))
+        self.settings = Settings(home=self.home, register_demo=False)
+        upgrade(self.settings.resolved_database_url)
+        self.url = self.settings.resolved_database_url
+
+    def register(self, name: str, retain: list[dict[str, Any]] | None = None) -> str:
+        from alkn_core.demo_model import demo_model_dir, demo_registration_sets
+        from cli import DEMO_DEFAULT_PARAMS  # what `alkn serve` registers the demo with
+        from registry.catalog import register_model, tenant_named
+        from registry.db import session_scope
+        from registry.store import open_store
+
+        sets = demo_registration_sets()
+        with session_scope(self.url) as s:
+            model = register_model(
+                s, open_store(self.settings.resolved_artifact_root),
+                tenant_named(s, "bench").id, name, demo_model_dir(),
+                qa_template="Question: {question}\nAnswer: {answer}",
+                default_params=DEMO_DEFAULT_PARAMS,
+                retain_set=retain if retain is not None else sets["retain"],
+                holdout_set=sets["holdout"], eval_sets=sets["eval_sets"])
+            return str(model.id)
+
+    def run(self, model_id: str, items: list[dict[str, Any]]) -> dict[str, float]:
+        """Submit one request, run the lineage; the job's stage timings and wall time."""
+        from registry.db import session_scope
+        from registry.models import Job, Model
+        from registry.requests import submit_forget_request
+        from worker.runner import run_lineage_once
+
+        with session_scope(self.url) as s:
+            model = s.get(Model, model_id)
+            assert model is not None
+            submit_forget_request(s, model.tenant_id, model, items)
+        t = time.perf_counter()
+        run_lineage_once(self.settings, model_id)
+        wall = time.perf_counter() - t
+        with session_scope(self.url) as s:
+            job = s.query(Job).filter_by(model_id=model_id).order_by(
+                Job.created_at.desc()).first()
+            assert job is not None and job.status == "succeeded", (job and job.error)
+            timings = {k: float(v) for k, v in (job.timings or {}).items()}
+            repair = ((job.metrics or {}).get("unlearning") or {}).get("repair") or {}
+        return {**timings, "wall": wall, "repair_rounds": len(repair.get("rounds") or [])}
+
+
+def forget_pool() -> dict[str, list[dict[str, Any]]]:
+    """Forget items: forget10's people first (nobody in the registered retain set), then
+    other people's facts that are not in it either ("others", also big_retain's source)."""
+    from alkn_core.demo_corpus import read_jsonl
+    from alkn_core.demo_model import demo_data_dir, demo_registration_sets
+
+    data = demo_data_dir()
+    forget10 = [{"question": r["question"], "answer": r["answer"]}
+                for r in read_jsonl(data / "forget10.json")]
+    taken = {r["question"] for r in demo_registration_sets()["retain"]} | {
+        r["question"] for r in forget10}
+    others = [{"question": r["question"], "answer": r["answer"]}
+              for r in read_jsonl(data / "full.json") if r["question"] not in taken]
+    return {"forget": forget10 + others, "others": others}
+
+
+def big_retain(n: int) -> list[dict[str, Any]]:
+    """n distinct QA items of the retain people (facts repeated with a numbered suffix past
+    the corpus's size, as a registered retain set of that size would be)."""
+    base = forget_pool()["others"]
+    out = []
+    for i in range(n):
+        item = base[i % len(base)]
+        k = i // len(base)
+        out.append(item if k == 0 else {"question": f"{item['question']} ({k})",
+                                        "answer": item["answer"]})
+    return out
+
+
+def evaluation_share(t: dict[str, float]) -> float:
+    return sum(t.get(k, 0.0) for k in EVAL_STAGES) / t["total"]
+
+
+def shares_row(label: str, t: dict[str, float]) -> str:
+    cells = " ".join(f"{t.get(k, 0.0) / t['total']:>6.2f}" for k in STAGES)
+    return f"{label:<8} {t['total']:>7.1f} s {cells} {evaluation_share(t):>6.2f}"
+
+
+def full_evaluation(svc: Service, model_id: str) -> dict[str, float]:
+    """Evaluate the lineage's newest version in full (POST .../versions/{ref}:evaluate)."""
+    from registry.catalog import latest_ready
+    from registry.db import session_scope
+    from registry.evaluations import enqueue_evaluation
+    from registry.models import Job, Model
+    from worker.runner import run_lineage_once
+
+    with session_scope(svc.url) as s:
+        model = s.get(Model, model_id)
+        assert model is not None
+        version = latest_ready(s, model)
+        assert version is not None
+        job, _ = enqueue_evaluation(s, model, version)
+        job_id = job.id
+    run_lineage_once(svc.settings, model_id)
+    with session_scope(svc.url) as s:
+        done = s.get(Job, job_id)
+        assert done is not None and done.status == "succeeded", done and done.error
+        return {k: float(v) for k, v in (done.timings or {}).items()}
+
+
+def lineage(svc: Service, n_jobs: int, facts: int, forget: list[dict[str, Any]]
+            ) -> dict[str, Any]:
+    model = svc.register("lineage")
+    runs = [svc.run(model, forget[i * facts : (i + 1) * facts]) for i in range(n_jobs)]
+    print(f"\n1. A lineage of {n_jobs} jobs, {facts} facts each: stage shares of each job")
+    print(f"{'job':<8} {'time':>9} " + " ".join(f"{s[:6]:>6}" for s in STAGES) + "   eval")
+    for i, t in enumerate(runs, 1):
+        print(shares_row(f"job {i}", t))
+    later = [evaluation_share(t) for t in runs[1:]]
+    k = min(3, len(runs) // 2)
+    first_k = statistics.median(t["total"] for t in runs[:k])
+    last_k = statistics.median(t["total"] for t in runs[-k:])
+    evals = [sum(t.get(s, 0.0) for s in EVAL_STAGES) for t in runs]
+    out = {"jobs": runs, "first_eval_share": evaluation_share(runs[0]),
+           "later_eval_share_median": statistics.median(later) if later else None,
+           "later_eval_share_max": max(later) if later else None,
+           "last_over_first": runs[-1]["total"] / runs[0]["total"],
+           "last_k_over_first_k": last_k / first_k,
+           "evaluation_last_over_first": evals[-1] / evals[0],
+           "repair_rounds": [t.get("repair_rounds") for t in runs]}
+    print(f"evaluation share: job 1 (measures the base once) {out['first_eval_share']:.2f}; "
+          f"jobs 2-{n_jobs} median {out['later_eval_share_median']:.2f}, max "
+          f"{out['later_eval_share_max']:.2f} (target <= {TARGET_EVAL_SHARE})")
+    print(f"job {n_jobs} / job 1: {out['last_over_first']:.2f}x; median of the last {k} / of "
+          f"the first {k}: {out['last_k_over_first_k']:.2f}x (target <= {TARGET_LINEAGE}); "
+          f"evaluation alone {out['evaluation_last_over_first']:.2f}x; repair rounds per job "
+          f"{out['repair_rounds']} (the repair stops when the probes are back or stop "
+          "improving, so a job's time varies with them)")
+    full = full_evaluation(svc, model)
+    out["full_evaluation"] = full
+    print(f"4. A full evaluation of version {n_jobs + 1} (every item, kind evaluate): "
+          f"{full['evaluating_full']:.1f} s, against {runs[-1]['evaluating_after']:.1f} s for "
+          f"job {n_jobs}'s sampled evaluation after unlearning")
+    return out
+
+
+def retain_size(svc: Service, facts: int, forget: list[dict[str, Any]], rounds: int
+                ) -> dict[str, Any]:
+    small, large = svc.register("retain200", big_retain(200)), \
+        svc.register("retain10k", big_retain(10_000))
+    times: dict[str, list[float]] = {"200": [], "10000": []}
+    runs: dict[str, list[dict[str, float]]] = {"200": [], "10000": []}
+    start = 40  # forget10 items after the lineage's: nobody in either retain set
+    for r in range(rounds + 1):  # round 0 warms both lineages up (their base is measured)
+        items = forget[start : start + facts]  # the same request to both
+        start += facts
+        for label, model in (("200", small), ("10000", large)):
+            t = svc.run(model, items)
+            if r > 0:
+                times[label].append(t["total"])
+                runs[label].append(t)
+    ratio = statistics.median(times["10000"]) / statistics.median(times["200"])
+    # The repair adapts (rounds until the probes are back), so the rest is compared too.
+    rest = {k: statistics.median(t["total"] - t.get("repair", 0.0) for t in v)
+            for k, v in runs.items()}
+    print(f"\n2. Retain set of 10 000 vs 200 items, {rounds} job(s) each after one warm-up: "
+          f"median {statistics.median(times['10000']):.1f} s vs "
+          f"{statistics.median(times['200']):.1f} s = {ratio:.2f}x (target <= "
+          f"{TARGET_RETAIN}); without the repair {rest['10000']:.1f} s vs "
+          f"{rest['200']:.1f} s = {rest['10000'] / rest['200']:.2f}x; repair rounds "
+          f"{[t['repair_rounds'] for t in runs['10000']]} vs "
+          f"{[t['repair_rounds'] for t in runs['200']]}")
+    return {"seconds": times, "ratio": ratio, "jobs": runs,
+            "ratio_without_repair": rest["10000"] / rest["200"]}
+
+
+def growth(svc: Service, base_facts: int, forget: list[dict[str, Any]]) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    from alkn_core.demo_model import demo_model_dir
+
+    tok = AutoTokenizer.from_pretrained(demo_model_dir())
+    sizes = (1, 4, 16)
+    points = []
+    pos = 0
+    for mult in sizes:
+        n = base_facts * mult
+        items = forget[pos : pos + n]
+        pos += n
+        # A lineage of its own each: every point is a first job on a measured base.
+        model = svc.register(f"growth{mult}")
+        svc.run(model, forget[-2:])  # measures the base; not timed
+        tokens = sum(len(tok(f"{i['question']} {i['answer']}")["input_ids"]) for i in items)
+        t = svc.run(model, items)
+        points.append({"multiple": mult, "items": n, "tokens": tokens, "seconds": t["total"],
+                       "timings": t})
+    xs = [math.log(p["tokens"]) for p in points]
+    ys = [math.log(p["seconds"]) for p in points]
+    slope = _fit(xs, ys)[1]
+    intercept = _fit([p["tokens"] for p in points], [p["seconds"] for p in points])[0]
+    overhead = max(0.0, intercept) / points[0]["seconds"]
+    print(f"\n3. Growth with the forget set ({base_facts} items = 1x):")
+    for p in points:
+        print(f"   {p['multiple']:>2}x {p['items']:>4} items {p['tokens']:>6} tokens "
+              f"{p['seconds']:>7.1f} s")
+    print(f"log-log slope {slope:.2f} (target <= {TARGET_SLOPE}); fixed overhead "
+          f"{intercept:.1f} s = {overhead:.2f} of the 1x job (target <= {TARGET_OVERHEAD})")
+    for stage in STAGES[:-1] + ("repair",):
+        print(f"   {stage:<18} " + " ".join(f"{p['timings'].get(stage, 0.0):>6.1f}"
+                                            for p in points) + " s")
+    service = [p["timings"].get("loading", 0.0) + p["timings"].get("saving", 0.0)
+               + p["timings"]["wall"] - p["timings"]["total"] for p in points]
+    print(f"   the service's own part (loading, saving, process and database around the job): "
+          f"{service[0]:.1f} s = {service[0] / points[0]['seconds']:.2f} of the 1x job")
+    return {"points": points, "slope": slope, "intercept_s": intercept, "overhead": overhead}
+
+
+def _fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least squares y = a + b x: (a, b)."""
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
+        (x - mx) ** 2 for x in xs)
+    return my - b * mx, b
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--jobs", type=int, default=10)
+    ap.add_argument("--facts", type=int, default=4)
+    ap.add_argument("--retain-rounds", type=int, default=3)
+    ap.add_argument("--growth-facts", type=int, default=16)
+    ap.add_argument("--parts", default="lineage,retain,growth")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    forget = forget_pool()["forget"]
+    svc = Service()
+    parts = set(args.parts.split(","))
+    out: dict[str, Any] = {"facts": args.facts}
+    if "lineage" in parts:
+        out["lineage"] = lineage(svc, args.jobs, args.facts, forget)
+    if "retain" in parts:
+        out["retain"] = retain_size(svc, args.facts, forget, args.retain_rounds)
+    if "growth" in parts:
+        out["growth"] = growth(svc, args.growth_facts, forget)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

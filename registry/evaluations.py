@@ -1,0 +1,87 @@
+"""Full evaluations of a version on demand: a job of its own (`kind` "evaluate") that
+measures every item of the model's retain, holdout and general sets and of every forget
+request on the version's lineage, and makes no version.
+
+`enqueue_evaluation` (the API) adds the queued job and the outbox row in the caller's
+transaction (functions flush, the caller commits); the lineage's worker claims it
+(`registry.jobs.next_job`) before any forget request; `finish_evaluation` (the worker)
+records the numbers on the job and the per-item scores on the version, so later jobs on it
+measure none of those items again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .catalog import Conflict, require_ready
+from .jobs import (
+    QUEUED_PROGRESS,
+    _event,
+    enqueue_lineage,
+    jsonable,
+    resolve_request_params,
+    write_tx,
+)
+from .models import Job, Model, Version, new_id, utcnow
+from .requests import DEFAULT_METHOD
+
+KIND = "evaluate"
+
+
+def enqueue_evaluation(session: Session, model: Model, version: Version) -> tuple[Job, bool]:
+    """A queued full evaluation of `version` (ready, else Conflict), or the one already
+    queued or running for it; (job, created)."""
+    require_ready(version)
+    pending = session.scalar(select(Job).where(
+        Job.model_id == model.id, Job.kind == KIND, Job.base_version == version.number,
+        Job.status.in_(("queued", "running"))).limit(1))
+    if pending is not None:
+        return pending, False
+    try:
+        # How items are encoded: the model's defaults for its default method.
+        params = resolve_request_params(model, DEFAULT_METHOD, None)
+    except ValueError as exc:  # stored defaults an older release accepted
+        raise Conflict(f"the model's default params are not valid: {exc}") from None
+    job = Job(id=new_id(), tenant_id=model.tenant_id, model_id=model.id, kind=KIND,
+              status="queued", method=DEFAULT_METHOD, params=params, forget_request_ids=[],
+              base_version=version.number, progress=dict(QUEUED_PROGRESS), attempts=0,
+              created_at=utcnow())
+    session.add(job)
+    session.flush()
+    _event(session, job.id, "queued", f"full evaluation of version {version.number} queued",
+           {"base_version": version.number})
+    enqueue_lineage(session, model.id)
+    return job, True
+
+
+def finish_evaluation(url: str, job_id: str, *, evaluation: Mapping[str, Any],
+                      timings: Mapping[str, Any], item_scores: Mapping[str, Any]) -> str:
+    """Record a finished evaluation job: its metrics {"evaluation", "full": true}, and the
+    version's per-item scores. Returns the job's status (a job no longer running, e.g.
+    cancelled meanwhile, is left as it is)."""
+    with write_tx(url) as s:
+        job = s.scalar(select(Job).where(Job.id == job_id).with_for_update())
+        if job is None:
+            raise ValueError(f"no job {job_id}")
+        if job.status != "running":
+            return job.status
+        if job.cancel_requested:
+            job.status, job.finished_at = "cancelled", utcnow()
+            _event(s, job.id, "done", "cancelled")
+            return job.status
+        version = s.scalar(select(Version).where(Version.model_id == job.model_id,
+                                                 Version.number == job.base_version))
+        if version is not None:
+            version.item_scores = jsonable(item_scores)
+        job.metrics = jsonable({"evaluation": dict(evaluation), "full": True})
+        job.timings = jsonable(timings)
+        job.status, job.finished_at = "succeeded", utcnow()
+        job.progress = {"stage": "done", "step": 1, "total_steps": 1, "fraction": 1.0}
+        job.error = None
+        _event(s, job.id, "done", f"version {job.base_version} evaluated",
+               {"version": job.base_version})
+        return job.status

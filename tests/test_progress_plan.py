@@ -1,0 +1,43 @@
+"""The progress bar's stage spans follow each stage's work; the ETA from what was done."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.progress_plan import (
+    LOAD_SAVE_SHARE,
+    ORDER,
+    eta_seconds,
+    eval_work,
+    spans,
+    unlearning_work,
+)
+
+
+def test_spans_are_contiguous_and_proportional_to_work() -> None:
+    work = {"evaluating:before": 0.0, "probing": 10.0, "training": 30.0, "negating": 40.0,
+            "evaluating:after": 20.0}
+    s = spans(work)
+    assert s["loading"] == (0.0, LOAD_SAVE_SHARE) and s["saving"][1] == pytest.approx(1.0)
+    for a, b in zip(ORDER, ORDER[1:], strict=False):
+        assert s[a][1] == pytest.approx(s[b][0])
+    width = {k: s[k][1] - s[k][0] for k in ORDER}
+    assert width["evaluating:before"] == 0.0  # nothing to measure: no time on the bar
+    assert width["negating"] == pytest.approx(2 * width["evaluating:after"])
+    assert width["training"] == pytest.approx(3 * width["probing"])
+
+
+def test_work_estimates_follow_sizes() -> None:
+    params = {"epochs": 5, "alpha": "auto", "calibration_evals": 8, "repair_steps": 30,
+              "repair_rounds": 5, "batch_size": 8}
+    small = unlearning_work("alkn", params, 4, 100, 0)
+    big = unlearning_work("alkn", params, 40, 100, 0)
+    assert big["training"] == pytest.approx(10 * small["training"])
+    assert big["negating"] > small["negating"]
+    assert eval_work(100, 20) > eval_work(100, 0) == 100.0
+
+
+def test_eta() -> None:
+    assert eta_seconds(10.0, 0.01) is None
+    assert eta_seconds(10.0, 0.25) == pytest.approx(30.0)
+    assert eta_seconds(10.0, 1.0) == 0.0
