@@ -51,8 +51,9 @@ NEGATION_DEFAULTS: dict[str, Any] = {
     "repair_rounds": 5, "repair_aim": 0.95,
     # ...or once a round gained less than this fraction of the probes' references (neither
     # probe improved): later rounds on a long lineage added nothing and cost most of its
-    # jobs' time (bench/job_cost.py). 0 = always run every round.
-    "repair_min_gain": 0.01,
+    # jobs' time (bench/job_cost.py); 0.01 stopped some rounds that still helped
+    # (docs/bench/selectivity_ablation.md). 0 = always run every round.
+    "repair_min_gain": 0.002,
     "repair_sets": "retain",
     # The repair's target: the lineage's first model (its distributions on a fixed sample of
     # repair items, carried in the state) or the model before this task.

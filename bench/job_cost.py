@@ -197,8 +197,12 @@ def lineage(svc: Service, n_jobs: int, facts: int, forget: list[dict[str, Any]]
 
 def retain_size(svc: Service, facts: int, forget: list[dict[str, Any]], rounds: int
                 ) -> dict[str, Any]:
-    small, large = svc.register("retain200", big_retain(200)), \
-        svc.register("retain10k", big_retain(10_000))
+    from alkn_core.eval_sets import sample
+
+    big = big_retain(10_000)
+    # the small set drawn from the big one: the same kind of items, only fewer
+    small = svc.register("retain200", sample(big, 200))
+    large = svc.register("retain10k", big)
     times: dict[str, list[float]] = {"200": [], "10000": []}
     runs: dict[str, list[dict[str, float]]] = {"200": [], "10000": []}
     start = 40  # forget10 items after the lineage's: nobody in either retain set

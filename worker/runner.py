@@ -32,7 +32,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from alkn_core import CalibrationError, UnlearnState, unlearn
 from alkn_core.chat_template import ChatTemplateError, TemplateLimits
 from alkn_core.chat_template import set_limits as set_template_limits
-from alkn_core.eval_sets import EvalPlan, ItemScores
+from alkn_core.eval_sets import EvalPlan, ItemScores, sample
 from alkn_core.runtime import pick_device, pick_dtype, place
 from registry import jobs
 from registry.evaluations import finish_evaluation
@@ -68,6 +68,10 @@ MESSAGES = {
 }
 
 
+# Retain items unlearning gets at most: a fixed sample (the same for every job of a model).
+# It uses far fewer (a 16-item probe, 128 repair items, a retain batch per forget batch);
+# encoding a registered set of 100 000 items for each job would cost more than the rest.
+UNLEARN_RETAIN_ITEMS = 2048
 # The progress callback renews the lease at most this often (s); LeaseKeeper covers the
 # phases without progress.
 RENEW_EVERY = 5.0
@@ -383,7 +387,9 @@ def run_job(settings: Settings, store: Store, spec: JobSpec, owner: str,
             before = evaluate(evaluation, model, tokenizer, plan_before, before_scores, report)
             timings["evaluating_before"] = time.perf_counter() - t
 
-            result = unlearn(model, tokenizer, spec.forget_items, spec.retain_set or None,
+            retain = spec.retain_set if len(spec.retain_set) <= UNLEARN_RETAIN_ITEMS \
+                else sample(spec.retain_set, UNLEARN_RETAIN_ITEMS)
+            result = unlearn(model, tokenizer, spec.forget_items, retain or None,
                              method=spec.method, params=spec.params, state=state,
                              progress=report, eval_sets=spec.eval_sets or None,
                              holdout=spec.holdout_set or None,
