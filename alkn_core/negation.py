@@ -332,8 +332,9 @@ def repair_and_guard(probe: NegationProbe, teacher: Teacher, model: torch.nn.Mod
         now = probe.utility(model)
         if all(u is None or u >= aim for u in now):
             break
-        if best is not None and all(u is None or u < b + p["repair_min_gain"]
-                                    for u, b in zip(now, best, strict=True)):
+        gain = p["repair_min_gain"]
+        if gain > 0 and best is not None and all(u is None or u < b + gain
+                                                 for u, b in zip(now, best, strict=True)):
             info["plateau"] = True  # neither probe gained: more rounds would not help
             break
         best = now if best is None else tuple(  # type: ignore[assignment]

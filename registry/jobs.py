@@ -584,13 +584,6 @@ def _store_scores(s: Session, model_id: str, number: int, scores: Mapping[str, A
         base.item_scores = jsonable(scores)
 
 
-def store_version_scores(url: str, model_id: str, number: int, scores: Mapping[str, Any]
-                         ) -> None:
-    """A version's per-item scores (a full evaluation's, or merged with what it had)."""
-    with write_tx(url) as s:
-        _store_scores(s, model_id, number, scores)
-
-
 def _publish_tx(url: str, job_id: str, *, storage_key: str, files: Sequence[Mapping[str, Any]],
                 has_state: bool, metrics: Mapping[str, Any], request_metrics: Mapping[str, Any],
                 timings: Mapping[str, Any], evaluation: Mapping[str, Any] | None,
