@@ -85,3 +85,13 @@ def finish_evaluation(url: str, job_id: str, *, evaluation: Mapping[str, Any],
         _event(s, job.id, "done", f"version {job.base_version} evaluated",
                {"version": job.base_version})
         return job.status
+
+
+def latest_full_evaluation(session: Session, model_id: str, number: int
+                           ) -> dict[str, Any] | None:
+    """The numbers of the newest succeeded full evaluation of a version, if any."""
+    job = session.scalar(select(Job).where(
+        Job.model_id == model_id, Job.kind == KIND, Job.base_version == number,
+        Job.status == "succeeded").order_by(Job.finished_at.desc()).limit(1))
+    found = (job.metrics or {}).get("evaluation") if job is not None else None
+    return dict(found) if isinstance(found, dict) else None

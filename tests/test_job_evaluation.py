@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select, update
 
 from registry.db import session_scope
-from registry.evaluations import enqueue_evaluation
+from registry.evaluations import enqueue_evaluation, latest_full_evaluation
 from registry.models import Job, JobEvent, Model, Version
 from registry.settings import Settings
 from registry.store import LocalStore
@@ -118,5 +118,8 @@ def test_full_evaluation_on_demand_is_a_job_of_its_own(
     assert ev["retain"]["rouge_l_items"] == len(retain)
     assert ev["task/v2"]["items"] == 4 and ev["model_utility"] is not None
     assert max(_scores(url, model_id)) == 2  # no new version
+    with session_scope(url) as s:  # what GET .../versions/2/evaluation answers now
+        assert latest_full_evaluation(s, model_id, 2) == ev
+        assert latest_full_evaluation(s, model_id, 1) is None
     # the version's stored scores now cover every item: a later job reads them
     assert len(_scores(url, model_id)[2]["items"]) >= len(retain) + 4

@@ -22,7 +22,7 @@ from starlette.requests import ClientDisconnect
 
 from alkn_core.quoting import quoted
 from registry import catalog
-from registry.evaluations import enqueue_evaluation
+from registry.evaluations import enqueue_evaluation, latest_full_evaluation
 from registry.models import Version
 from registry.requests import job_dict
 from registry.store import CHUNK, ArtifactStore, LocalStore
@@ -177,10 +177,14 @@ def evaluate_version(name: str, ref: str, session: SessionDep,
 @router.get("/versions/{ref}/evaluation", response_model=dict[str, Any])
 def get_evaluation(name: str, ref: str, session: SessionDep,
                    tenant: TenantDep) -> dict[str, Any]:
-    """The evaluation of the version (its metrics when no full evaluation was stored);
-    404 when it has none (a registered or uploaded root version)."""
+    """The evaluation of the version: the newest full evaluation of it
+    (`POST .../versions/{ref}:evaluate`) if one succeeded, else what the job that made it
+    measured after unlearning (its metrics when no evaluation was stored); 404 when it has
+    none (a registered or uploaded root version never evaluated)."""
     model = catalog.get_model(session, tenant, name)
-    return catalog.version_evaluation(catalog.resolve_version(session, model, ref))
+    version = catalog.resolve_version(session, model, ref)
+    full = latest_full_evaluation(session, model.id, version.number)
+    return full if full is not None else catalog.version_evaluation(version)
 
 
 # --------------------------------------------------------------------------------------------
