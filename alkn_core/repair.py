@@ -32,9 +32,11 @@ from .runtime import autocast_for
 
 Batch = dict[str, torch.Tensor]
 TOP_K = 64  # answer-token distribution kept per position (+ one bucket for the rest)
-# Earlier forget sets in the hinge per step at most (taken in turn beyond): bounds a step's
-# forward passes for a long lineage.
-HINGE_EARLIER_SETS = 4
+# Earlier forget sets in the hinge per step at most (taken in turn beyond): a step's cost then
+# does not grow with the lineage. With 4, a repair round cost 2.3x more from the 5th request
+# on than in the first (bench/job_cost.py); 1 kept both splits' selectivity (worst forget
+# 0.18 / 0.37 of never seen, docs/bench/selectivity_ablation.md).
+HINGE_EARLIER_SETS = 1
 # The hinge aims this far below the target: the measured mean then lands at or under it.
 HINGE_MARGIN = 0.8
 
