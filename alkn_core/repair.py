@@ -107,8 +107,16 @@ class Teacher:
 def forget_hinge(model: torch.nn.Module, batch: Batch, log_target: float) -> torch.Tensor:
     """relu(log mean_i p(a_i|q_i) - log_target), p(a|q) = exp(mean token log p): only the
     batch's mean (what the target is about) is held down, not every item further."""
+    return _mean_hinge(_item_logprobs(model, batch), log_target)
+
+
+def _item_logprobs(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """log p(a|q) per item: the mean log-probability of its trained tokens."""
     logp, mask = token_logprobs(model, batch)
-    item = logp.sum(1) / mask.sum(1).clamp(min=1)
+    return logp.sum(1) / mask.sum(1).clamp(min=1)
+
+
+def _mean_hinge(item: torch.Tensor, log_target: float) -> torch.Tensor:
     return F.relu(torch.logsumexp(item, 0) - math.log(item.numel()) - log_target)
 
 
@@ -122,21 +130,15 @@ def _stacked(batches: Sequence[Batch]) -> Batch:
 
 
 def hinge_sum(model: torch.nn.Module, batches: Sequence[Batch], log_target: float
-           ) -> torch.Tensor:
+              ) -> torch.Tensor:
     """sum over the batches of `forget_hinge`, in one forward pass: an item's score does not
     depend on the others of its batch (right padding, causal attention)."""
     if len(batches) == 1:
         return forget_hinge(model, batches[0], log_target)
-    logp, mask = token_logprobs(model, _stacked(batches))
-    item = logp.sum(1) / mask.sum(1).clamp(min=1)
-    total = item.new_zeros(())
-    start = 0
-    for b in batches:
-        n = int(b["input_ids"].shape[0])
-        part = item[start : start + n]
-        start += n
-        total = total + F.relu(torch.logsumexp(part, 0) - math.log(n) - log_target)
-    return total
+    items = _item_logprobs(model, _stacked(batches))
+    sizes = [int(b["input_ids"].shape[0]) for b in batches]
+    return sum((_mean_hinge(part, log_target) for part in items.split(sizes)),
+               items.new_zeros(()))
 
 
 def _hinge_sets(forget: Sequence[Sequence[Batch]], step: int) -> list[Sequence[Batch]]:

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from .catalog import Conflict, require_ready
 from .jobs import (
+    DONE_PROGRESS,
     QUEUED_PROGRESS,
     _event,
     enqueue_lineage,
@@ -80,7 +81,7 @@ def finish_evaluation(url: str, job_id: str, *, evaluation: Mapping[str, Any],
         job.metrics = jsonable({"evaluation": dict(evaluation), "full": True})
         job.timings = jsonable(timings)
         job.status, job.finished_at = "succeeded", utcnow()
-        job.progress = {"stage": "done", "step": 1, "total_steps": 1, "fraction": 1.0}
+        job.progress = dict(DONE_PROGRESS)
         job.error = None
         _event(s, job.id, "done", f"version {job.base_version} evaluated",
                {"version": job.base_version})

@@ -32,6 +32,7 @@ MAX_ATTEMPTS = 3
 MAX_MERGE = 64
 QUEUED_PROGRESS: dict[str, Any] = {"stage": "queued", "step": 0, "total_steps": 0,
                                    "fraction": 0.0}
+DONE_PROGRESS: dict[str, Any] = {"stage": "done", "step": 1, "total_steps": 1, "fraction": 1.0}
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,7 +285,7 @@ def _event(s: Session, job_id: str, stage: str, message: str,
 def _mark_succeeded(s: Session, job: Job, version: Version,
                     request_metrics: Mapping[str, Any] | None = None) -> None:
     now = utcnow()
-    done = {"stage": "done", "step": 1, "total_steps": 1, "fraction": 1.0}
+    done = dict(DONE_PROGRESS)
     job.status, job.result_version, job.finished_at, job.progress = \
         "succeeded", version.number, now, done
     job.error = None

@@ -9,8 +9,8 @@ request of a merged job), "retain", "eval/<name>".
 Each set is measured on a fixed sample (the model's `eval_max_items` / `eval_detail_items`;
 earlier tasks at 1/EVAL_RECENT_TASKS of them), the same on every version. A version's
 per-item scores are stored with it; a job's "before" reads its base's scores and measures only
-what they lack (normally: the new forget set). A full evaluation (`JobEvaluation.full`)
-measures every item of every set.
+what they lack (normally: the new forget set). A full evaluation (`JobEvaluation.of_job(...,
+full=True)`) measures every item of every set.
 """
 
 from __future__ import annotations
