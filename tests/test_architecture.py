@@ -1,0 +1,94 @@
+"""The layering rules of docs/architecture.md, checked on the source (no servers).
+
+Each layer imports only downward: `api` and `worker` use `registry` and `alkn_core`;
+`registry` uses only the torch-free part of `alkn_core`; `alkn_core` imports nothing of ours;
+nothing imports `api` or `worker` but the process that starts them; the client imports
+nothing of the service; the web tier never loads torch.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+OURS = {"api", "worker", "registry", "alkn_core", "alkn_client", "cli", "bench"}
+# The modules of alkn_core the web tier may import: pure Python, no torch.
+TORCH_FREE_CORE = {"alkn_core.params", "alkn_core.items", "alkn_core.quoting"}
+# package -> the packages of ours it may import
+ALLOWED = {
+    "alkn_core": set(),
+    "alkn_client": set(),
+    "registry": {"alkn_core"},
+    "api": {"registry", "alkn_core"},
+    "worker": {"registry", "alkn_core"},
+}
+
+
+def _modules(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+def _imports(path: Path) -> list[str]:
+    """Absolute module names imported by the file (relative imports stay inside it)."""
+    out: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+    return out
+
+
+def _ours(name: str) -> str | None:
+    top = name.split(".")[0]
+    return top if top in OURS else None
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_imports_only_downward(package: str) -> None:
+    bad = []
+    for path in _modules(package):
+        for name in _imports(path):
+            top = _ours(name)
+            if top is not None and top != package and top not in ALLOWED[package]:
+                bad.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not bad, "\n".join(bad)
+
+
+def test_registry_uses_only_the_torch_free_core() -> None:
+    bad = [f"{p.relative_to(ROOT)} imports {n}" for pkg in ("registry", "api")
+           for p in _modules(pkg) for n in _imports(p)
+           if n.startswith("alkn_core.") and n.count(".") == 1 and n not in TORCH_FREE_CORE]
+    assert not bad, "\n".join(bad)
+
+
+def test_torch_free_core_imports_no_torch_module() -> None:
+    for name in TORCH_FREE_CORE:
+        path = ROOT / (name.replace(".", "/") + ".py")
+        heavy = [n for n in _imports(path) if n.split(".")[0] in {"torch", "transformers"}]
+        assert not heavy, f"{name} imports {heavy}"
+
+
+def test_web_tier_never_loads_torch() -> None:
+    """Every module of api/ and registry/ imported in one fresh interpreter: no torch."""
+    names = [".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+             for pkg in ("api", "registry") for p in _modules(pkg)]
+    code = ("import importlib, sys\n"
+            f"for n in {names!r}: importlib.import_module(n)\n"
+            "assert 'torch' not in sys.modules, 'torch loaded'\n"
+            "assert 'transformers' not in sys.modules, 'transformers loaded'\n"
+            "print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_client_imports_nothing_of_the_service() -> None:
+    bad = [f"{p.relative_to(ROOT)} imports {n}" for p in _modules("alkn_client")
+           for n in _imports(p) if _ours(n) not in (None, "alkn_client")]
+    assert not bad, "\n".join(bad)
