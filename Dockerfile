@@ -18,6 +18,9 @@ COPY api ./api
 COPY alkn_client ./alkn_client
 COPY worker ./worker
 COPY registry ./registry
+COPY config ./config
+COPY observability ./observability
+COPY archive_safety ./archive_safety
 COPY migrations ./migrations
 RUN pip install . && useradd --create-home --uid 1000 alkn && mkdir -p /data \
     && chown alkn /data

@@ -24,7 +24,7 @@ DEMO_DEFAULT_PARAMS: dict[str, Any] = {"lr": 2e-3, "epochs": 5, "batch_size": 8,
 
 
 def _settings() -> Any:
-    from registry.settings import get_settings
+    from config.settings import get_settings
 
     return get_settings()
 
@@ -95,7 +95,7 @@ def serve(host: str, port: int) -> int:
     # uvicorn re-raises the signal that stopped it once it has shut down; turning SIGTERM
     # into SystemExit lets the `finally` below stop the worker first.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    from registry.telemetry import configure_logging
+    from observability.logs import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
     # JSON: uvicorn's own loggers propagate to the root handler set up just above.

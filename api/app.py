@@ -17,11 +17,11 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from config.settings import Settings, get_settings
+from observability.logs import configure_logging
 from registry.change_feed import ChangeFeed
 from registry.db import session_scope
-from registry.settings import Settings, get_settings
 from registry.store import open_store
-from registry.telemetry import configure_logging
 
 from . import dashboard, errors, metrics
 from .auth import ensure_bootstrap_key

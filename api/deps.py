@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from config.settings import Settings
 from registry.db import new_session
-from registry.settings import Settings
 from registry.store import ArtifactStore, open_store
 
 

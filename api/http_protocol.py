@@ -18,7 +18,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from registry.settings import get_settings
+from config.settings import get_settings
 
 
 class HeadTooLarge(Exception):

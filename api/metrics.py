@@ -34,7 +34,9 @@ from prometheus_client.registry import Collector
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from registry.telemetry import REQUEST_ID, queue_stats, scrape_registry
+from observability.logs import REQUEST_ID
+from observability.prometheus import scrape_registry
+from observability.queue_stats import queue_stats
 
 log = logging.getLogger("api")
 

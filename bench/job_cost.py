@@ -50,8 +50,8 @@ class Service:
     """A registry on SQLite with a local store under a temporary home."""
 
     def __init__(self) -> None:
+        from config.settings import Settings
         from registry.migrate import upgrade
-        from registry.settings import Settings
 
         self.home = Path(tempfile.mkdtemp(prefix="alkn-jobcost-"))
         self.settings = Settings(home=self.home, register_demo=False)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
+from config.settings import get_settings
 from registry.models import Base
-from registry.settings import get_settings
 
 config = context.config
 url = config.attributes.get("url") or get_settings().resolved_database_url

@@ -8,22 +8,16 @@ exception: it commits itself, because its bytes must be deleted only after the r
 
 from __future__ import annotations
 
-import bz2
-import gzip
-import io
 import logging
-import lzma
 import re
 import shutil
-import tarfile
 import tempfile
 import uuid
-import zlib
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
@@ -37,11 +31,12 @@ from alkn_core.params import (
     resolve_params,
 )
 from alkn_core.quoting import quoted
+from archive_safety.tar import ArchiveTooLarge, UnsafeArchive, extract_tar
 
 from .model_files import InvalidModelFiles, check_model_dir
 from .models import Alias, Job, Model, Tenant, Version, utcnow
 from .source_roots import REFUSAL, NotAllowed, check_source_dir
-from .store import CHUNK, ArtifactStore, FileInfo, LocalStore, regular_files, safe_relpath
+from .store import ArtifactStore, FileInfo, LocalStore, regular_files
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +44,8 @@ NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 ALIAS_RE = re.compile(r"[a-z][a-z0-9._-]{0,63}")  # starts with a letter: never a number
 RESERVED_REFS = frozenset({"latest"})
 ACTIVE_JOB_STATUSES = ("queued", "running")
-MAX_ARCHIVE_MEMBERS = 100_000
 # Version numbers are PostgreSQL integers: a larger number is simply not a version.
 MAX_VERSION = 2**31 - 1
-# Tar metadata (PAX headers, GNU long names) is read into memory whole: bound it (a long
-# path needs a few KiB; a chain of PAX headers is held at once until it ends).
-MAX_TAR_HEADER_BYTES = 64 * 1024
-# Longest member path (and 255 bytes a component): what every filesystem takes.
-MAX_MEMBER_PATH = 1024
-# Headers and padding an archive may add to its content (per member, and at the end).
-_TAR_OVERHEAD = 3 * tarfile.BLOCKSIZE
 
 # Every parameter any method knows: a model's default_params may hold keys for several
 # methods, each request then takes the ones its method knows.
@@ -284,129 +271,6 @@ def check_file_count(count: int, max_files: int) -> None:
         raise TooLarge(f"a version may hold at most {max_files} files")
 
 
-def _member_path(name: str) -> str:
-    """The member's path relative to the archive root; "" for the root itself."""
-    try:  # tarfile decodes a name that is not UTF-8 with surrogate escapes
-        name.encode()
-    except UnicodeEncodeError:
-        raise Invalid(f"path in archive is not UTF-8: {quoted(name)}") from None
-    rel = name
-    while rel.startswith("./"):  # `tar -C dir .` writes ./config.json
-        rel = rel[2:]
-    rel = rel.rstrip("/")
-    if rel in ("", "."):
-        return ""
-    try:
-        rel = safe_relpath(rel)
-    except ValueError:
-        raise Invalid(f"unsafe path in archive: {quoted(name)}") from None
-    # What the filesystem would refuse with ENAMETOOLONG (an error of ours, not a 4xx).
-    if len(rel.encode()) > MAX_MEMBER_PATH or any(len(p.encode()) > 255 for p in rel.split("/")):
-        raise Invalid(f"path in archive too long: {quoted(name)}")
-    return rel
-
-
-class _BoundedTarInfo(tarfile.TarInfo):
-    """tarfile reads metadata members (PAX headers, GNU long names) into memory whole: a
-    small compressed archive could declare one of gigabytes."""
-
-    _METADATA = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE,
-                 tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
-
-    # tarfile documents _proc_member as the hook for subclasses.
-    def _proc_member(self, tf: tarfile.TarFile) -> tarfile.TarInfo:  # type: ignore[override]
-        if self.type in self._METADATA and self.size > MAX_TAR_HEADER_BYTES:
-            raise TooLarge(f"archive metadata entry larger than {MAX_TAR_HEADER_BYTES} bytes")
-        return super()._proc_member(tf)  # type: ignore[misc]
-
-
-class _CappedReader(io.RawIOBase):
-    """The decompressed archive, refused (TooLarge) past `limit` bytes: its compressed size
-    says nothing about what it expands to. Decompression errors become tarfile.ReadError
-    here, so that a disk error while writing is never mistaken for a bad archive."""
-
-    def __init__(self, inner: BinaryIO, limit: int | None) -> None:
-        super().__init__()
-        self.inner, self.limit, self.count = inner, limit, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0:
-            size = CHUNK
-        try:
-            data = self.inner.read(size)
-        except (OSError, EOFError, zlib.error, lzma.LZMAError) as e:
-            raise tarfile.ReadError(f"{type(e).__name__}") from None
-        self.count += len(data)
-        if self.limit is not None and self.count > self.limit:
-            raise TooLarge(f"archive expands to more than {self.limit} bytes")
-        return data
-
-
-def _decompressed(raw: BinaryIO) -> BinaryIO:
-    """`raw` decompressed by its magic bytes (gzip, bzip2, xz), or as is (plain tar)."""
-    magic = raw.read(6)
-    raw.seek(0)
-    if magic.startswith(b"\x1f\x8b"):
-        return gzip.GzipFile(fileobj=raw, mode="rb")
-    if magic.startswith(b"BZh"):
-        return bz2.BZ2File(raw)  # type: ignore[return-value]
-    if magic.startswith(b"\xfd7zXZ\x00"):
-        return lzma.LZMAFile(raw)  # type: ignore[return-value]
-    return raw
-
-
-def extract_tar(archive: Path, dest: Path, max_bytes: int | None = None,
-                max_files: int | None = None) -> None:
-    """Extract regular files and directories only; absolute paths, '..', links, devices and
-    duplicates are refused (Invalid); more than `max_bytes` of content, or an archive that
-    decompresses to much more than that, is TooLarge (a decompression bomb), and so is a
-    file past the first `max_files` (before it is written)."""
-    total = 0
-    seen: set[str] = set()
-    # Content plus the headers and padding of the most members an archive may have.
-    stream_limit = None if max_bytes is None else \
-        max_bytes + (MAX_ARCHIVE_MEMBERS + 2) * _TAR_OVERHEAD
-    try:
-        with archive.open("rb") as raw, _decompressed(raw) as plain, \
-                tarfile.open(fileobj=_CappedReader(plain, stream_limit), mode="r|",
-                             tarinfo=_BoundedTarInfo) as tf:
-            # Stream mode ("r|"): one sequential pass, nothing seeks back.
-            for count, member in enumerate(tf, 1):
-                if count > MAX_ARCHIVE_MEMBERS:
-                    raise Invalid(f"archive has more than {MAX_ARCHIVE_MEMBERS} entries")
-                rel = _member_path(member.name)
-                target = dest / rel
-                if member.isdir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                if not member.isreg() or member.issparse() or rel == "":
-                    raise Invalid(f"archive entry {quoted(rel)} is not a regular file or directory "
-                                  "(links and devices are refused)")
-                if rel in seen:
-                    raise Invalid(f"archive holds {quoted(rel)} twice")
-                seen.add(rel)
-                if max_files is not None:
-                    check_file_count(len(seen), max_files)
-                total += member.size
-                if max_bytes is not None and total > max_bytes:  # before writing any of it
-                    raise TooLarge(f"archive content exceeds {max_bytes} bytes")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                src = tf.extractfile(member)
-                assert src is not None  # a regular member always has content
-                with target.open("wb") as out:
-                    shutil.copyfileobj(src, out, CHUNK)
-    except (FileExistsError, NotADirectoryError, IsADirectoryError):
-        raise Invalid("archive entries conflict (a file and a directory of the same path)"
-                      ) from None
-    except RecursionError:  # a chain of thousands of PAX headers
-        raise Invalid("archive metadata is nested too deeply") from None
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError) as e:
-        raise Invalid(f"not a readable tar or tar.gz archive ({type(e).__name__})") from None
-
-
 def _model_root(extracted: Path) -> Path:
     """config.json at the top, or inside the archive's single top-level directory."""
     if (extracted / "config.json").is_file():
@@ -425,7 +289,12 @@ def register_upload(session: Session, store: ArtifactStore, model: Model, archiv
     staging = store.staging_dir() if isinstance(store, LocalStore) else \
         Path(tempfile.mkdtemp(prefix="alkn-upload-"))
     try:
-        extract_tar(archive, staging, max_bytes, max_files)
+        try:
+            extract_tar(archive, staging, max_bytes, max_files)
+        except ArchiveTooLarge as e:
+            raise TooLarge(str(e)) from None
+        except UnsafeArchive as e:
+            raise Invalid(str(e)) from None
         root = _model_root(staging)
         try:  # a version naming files outside itself is never stored
             check_model_dir(root, loadable=False)

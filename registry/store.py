@@ -14,8 +14,10 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Protocol
+
+from archive_safety.paths import safe_relpath
 
 CHUNK = 1 << 20
 
@@ -28,15 +30,6 @@ class FileInfo:
 
     def as_dict(self) -> dict[str, Any]:
         return {"path": self.path, "size": self.size, "sha256": self.sha256}
-
-
-def safe_relpath(path: str) -> str:
-    """A relative POSIX path inside a version; refuses '..', absolute paths and empties."""
-    p = PurePosixPath(path)
-    if not path or p.is_absolute() or any(part in ("", ".", "..") for part in p.parts) \
-            or "\\" in path or "\x00" in path:
-        raise ValueError(f"invalid file path {path!r}")
-    return str(p)
 
 
 def hash_file(path: Path) -> tuple[int, str]:

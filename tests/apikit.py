@@ -25,8 +25,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from config.settings import Settings
 from registry.db import get_engine
-from registry.settings import Settings
 
 BOOT_KEY = "alkn_world_bootstrap_key_0123456789"
 QA = [{"question": "Where was Ilsa born?", "answer": "Ilsa was born in Port Tavrin."},

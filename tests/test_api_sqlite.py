@@ -10,8 +10,8 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from config.settings import Settings
 from registry.migrate import upgrade
-from registry.settings import Settings
 
 KEY = "alkn_sqlite_bootstrap_key_000000"
 QA = [{"question": "Where was Ilsa born?", "answer": "In Port Tavrin."}]

@@ -1,7 +1,8 @@
 """The layering rules of docs/architecture.md, checked on the source (no servers).
 
 Each layer imports only downward: `api` and `worker` use `registry` and `alkn_core`;
-`registry` uses only the torch-free part of `alkn_core`; `alkn_core` imports nothing of ours;
+`registry` uses only the torch-free part of `alkn_core` (and archive safety); settings,
+observability and archive safety sit beside it; `alkn_core` imports nothing of ours;
 nothing imports `api` or `worker` but the process that starts them; the client imports
 nothing of the service; the web tier never loads torch.
 """
@@ -16,16 +17,23 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-OURS = {"api", "worker", "registry", "alkn_core", "alkn_client", "cli", "bench"}
+OURS = {"api", "worker", "registry", "alkn_core", "alkn_client", "cli", "bench", "config",
+        "observability", "archive_safety"}
+# What the web tier is made of (none of it may load torch).
+WEB_TIER = ("api", "registry", "config", "observability", "archive_safety")
 # The modules of alkn_core the web tier may import: pure Python, no torch.
 TORCH_FREE_CORE = {"alkn_core.params", "alkn_core.items", "alkn_core.quoting"}
 # package -> the packages of ours it may import
+SERVICE_BASE = {"config", "observability", "archive_safety"}
 ALLOWED = {
     "alkn_core": set(),
     "alkn_client": set(),
-    "registry": {"alkn_core"},
-    "api": {"registry", "alkn_core"},
-    "worker": {"registry", "alkn_core"},
+    "config": set(),
+    "archive_safety": {"alkn_core"},
+    "registry": {"alkn_core", "archive_safety"},
+    "observability": {"registry"},
+    "api": {"registry", "alkn_core"} | SERVICE_BASE,
+    "worker": {"registry", "alkn_core"} | SERVICE_BASE,
 }
 
 
@@ -60,8 +68,8 @@ def test_imports_only_downward(package: str) -> None:
     assert not bad, "\n".join(bad)
 
 
-def test_registry_uses_only_the_torch_free_core() -> None:
-    bad = [f"{p.relative_to(ROOT)} imports {n}" for pkg in ("registry", "api")
+def test_web_tier_uses_only_the_torch_free_core() -> None:
+    bad = [f"{p.relative_to(ROOT)} imports {n}" for pkg in WEB_TIER
            for p in _modules(pkg) for n in _imports(p)
            if n.startswith("alkn_core.") and n.count(".") == 1 and n not in TORCH_FREE_CORE]
     assert not bad, "\n".join(bad)
@@ -75,9 +83,9 @@ def test_torch_free_core_imports_no_torch_module() -> None:
 
 
 def test_web_tier_never_loads_torch() -> None:
-    """Every module of api/ and registry/ imported in one fresh interpreter: no torch."""
+    """Every module of the web tier imported in one fresh interpreter: no torch."""
     names = [".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
-             for pkg in ("api", "registry") for p in _modules(pkg)]
+             for pkg in WEB_TIER for p in _modules(pkg)]
     code = ("import importlib, sys\n"
             f"for n in {names!r}: importlib.import_module(n)\n"
             "assert 'torch' not in sys.modules, 'torch loaded'\n"

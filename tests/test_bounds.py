@@ -29,11 +29,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from api.app import create_app
+from config.settings import Settings
 from registry import catalog
 from registry.db import session_scope
 from registry.jobs import add_event
 from registry.models import ForgetRequest, Job, Model
-from registry.settings import Settings
 from registry.store import open_store
 
 from .apikit import BOOT_KEY, QA, ApiWorld

@@ -339,9 +339,9 @@ def test_worker_reports_the_curve_and_fails_unreachable_targets(
         module_pg_url: str, tmp_path: Path, worker_world: Any) -> None:  # noqa: F811
     from sqlalchemy import select
 
+    from config.settings import Settings
     from registry.db import session_scope
     from registry.models import ForgetRequest, Job, JobEvent
-    from registry.settings import Settings
     from registry.store import LocalStore
     from worker.runner import run_lineage_once
 

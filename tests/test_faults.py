@@ -44,6 +44,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import make_url, select, update
 
 from api.app import create_app
+from config.settings import Settings
 from registry import jobs
 from registry.db import session_scope
 from registry.gc import collect_orphans
@@ -59,7 +60,6 @@ from registry.models import (
     Version,
     utcnow,
 )
-from registry.settings import Settings
 from registry.store import LocalStore
 
 from .services import (

@@ -335,7 +335,7 @@ def test_item_bounds_hold_under_the_default_body_limit(api_world: ApiWorld) -> N
     million items or a 30 MB answer. The item and string bounds refuse them with 422, and
     they are published in /openapi.json."""
     from api import schemas
-    from registry.settings import Settings
+    from config.settings import Settings
 
     default = Settings.model_fields["max_json_bytes"].default
     assert default >= 32 * 2**20

@@ -9,10 +9,10 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from config.settings import Settings
 from registry.db import session_scope
 from registry.evaluations import enqueue_evaluation, latest_full_evaluation
 from registry.models import Job, JobEvent, Model, Version
-from registry.settings import Settings
 from registry.store import LocalStore
 from worker.runner import run_lineage_once
 

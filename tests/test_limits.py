@@ -19,10 +19,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from api.auth import create_api_key
+from config.settings import Settings
 from registry.db import session_scope
 from registry.migrate import upgrade
 from registry.models import ForgetRequest, Job, JobEvent, Outbox, utcnow
-from registry.settings import Settings
 from registry.store import LocalStore
 
 from .apikit import QA, ApiWorld

@@ -22,11 +22,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
 from api.metrics import QueueCollector
+from config.settings import Settings
+from observability.logs import JOB_ID, REQUEST_ID, JsonFormatter, TextFormatter
 from registry.db import session_scope
 from registry.migrate import upgrade
 from registry.models import ForgetRequest, Job, Outbox, utcnow
-from registry.settings import Settings
-from registry.telemetry import JOB_ID, REQUEST_ID, JsonFormatter, TextFormatter
 from worker import metrics as worker_metrics
 
 from .services import add_model_row

@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 
 from alkn_core.chat_template import ChatTemplateError, TemplateLimits, render_chat, set_limits
+from config.settings import Settings
 from registry.model_files import InvalidModelFiles, check_model_dir
 from registry.models import ForgetRequest, Job, Model, Version
-from registry.settings import Settings
 from registry.store import LocalStore
 
 from .apikit import ApiWorld, api_world, write_model_dir
@@ -212,7 +212,7 @@ def _config(model_dir: Path, **numbers: int) -> None:
 
 _PEAK = """
 import json, resource, sys
-from registry.settings import Settings
+from config.settings import Settings
 from registry.store import LocalStore
 from worker.runner import run_lineage_once
 settings = Settings(database_url=sys.argv[1], artifact_root=sys.argv[2], home=sys.argv[3],

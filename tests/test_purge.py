@@ -30,10 +30,10 @@ from sqlalchemy import select, update
 
 from api.app import create_app
 from api.auth import create_api_key
+from config.settings import Settings
 from registry.db import get_engine, session_scope
 from registry.migrate import upgrade
 from registry.models import ForgetRequest, IdempotencyRecord, Model, Tenant, utcnow
-from registry.settings import Settings
 from registry.store import LocalStore
 from worker.dispatcher import Dispatcher
 from worker.runner import run_lineage_once

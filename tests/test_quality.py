@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
 from api.app import create_app
-from registry.settings import Settings
+from config.settings import Settings
 from registry.store import LocalStore
 
 from .test_worker import PARAMS, World

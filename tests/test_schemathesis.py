@@ -29,9 +29,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from api.app import create_app
+from config.settings import Settings
 from registry.db import session_scope
 from registry.models import ForgetRequest, Job, JobEvent
-from registry.settings import Settings
 
 from .apikit import BOOT_KEY, QA, ApiWorld
 

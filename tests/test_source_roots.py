@@ -19,8 +19,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from config.settings import Settings
 from registry.migrate import upgrade
-from registry.settings import Settings
 
 from .apikit import write_model_dir
 from .services import ROOT

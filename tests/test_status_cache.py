@@ -20,10 +20,10 @@ from sqlalchemy import select, text, update
 from api.app import create_app
 from api.auth import create_api_key, hash_key
 from api.read_cache import ReadCache
+from config.settings import Settings
 from registry.change_feed import APPLICATION_NAME
 from registry.db import session_scope
 from registry.models import ApiKey, ForgetRequest, Model
-from registry.settings import Settings
 
 from .services import ROOT
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from registry.store import LocalStore, S3Store, safe_relpath
+from archive_safety.paths import safe_relpath
+from registry.store import LocalStore, S3Store
 
 
 def _version_dir(root: Path) -> Path:

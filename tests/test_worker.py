@@ -21,6 +21,7 @@ import pytest
 import torch
 from sqlalchemy import func, select, update
 
+from config.settings import Settings
 from registry import jobs
 from registry.db import session_scope
 from registry.models import (
@@ -32,7 +33,6 @@ from registry.models import (
     Version,
     utcnow,
 )
-from registry.settings import Settings
 from registry.store import LocalStore
 
 from .services import (

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from config.settings import Settings
 from registry.migrate import upgrade
 from registry.models import Job, Version
-from registry.settings import Settings
 from registry.store import LocalStore
 
 from .services import start_process, stop_process

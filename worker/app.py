@@ -14,8 +14,8 @@ from typing import Any
 
 from celery import Celery, signals
 
-from registry.settings import Settings, get_settings
-from registry.telemetry import make_formatter, use_formatter
+from config.settings import Settings, get_settings
+from observability.logs import make_formatter, use_formatter
 
 from . import metrics
 from .dispatcher import Dispatcher

@@ -20,6 +20,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError as SQLAlchemyOperationalError
 
+from config.settings import Settings, get_settings
 from registry import jobs
 from registry.db import session_scope
 from registry.erasure import erase_on_start
@@ -27,7 +28,6 @@ from registry.gc import collect_orphans
 from registry.hashing import hash_secret
 from registry.models import Outbox, utcnow
 from registry.retention import expire_idempotency_records, purge_forget_items
-from registry.settings import Settings, get_settings
 from registry.store import open_store
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from typing import Any, TypeVar
 
-from registry.telemetry import JOB_ID, scrape_registry
+from observability.logs import JOB_ID
+from observability.prometheus import scrape_registry
 
 log = logging.getLogger(__name__)
 

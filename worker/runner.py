@@ -34,11 +34,11 @@ from alkn_core.chat_template import ChatTemplateError, TemplateLimits
 from alkn_core.chat_template import set_limits as set_template_limits
 from alkn_core.eval_sets import EvalPlan, ItemScores, sample
 from alkn_core.runtime import pick_device, pick_dtype, place
+from config.settings import Settings
 from registry import jobs
 from registry.evaluations import finish_evaluation
 from registry.jobs import JobError, JobSpec
 from registry.model_files import InvalidModelFiles, check_model_dir
-from registry.settings import Settings
 from registry.store import LocalStore, S3Store, open_store
 
 from . import metrics as worker_metrics

@@ -3,8 +3,8 @@ queued jobs (the name is written into outbox rows by the API: keep it)."""
 
 from __future__ import annotations
 
+from config.settings import get_settings
 from registry.jobs import RUN_LINEAGE_TASK
-from registry.settings import get_settings
 
 from .app import app
 from .runner import new_worker_id, run_lineage_once

@@ -1,6 +1,6 @@
-"""What the API and the worker share for observability: log formats with the request and job
-ids of the moment, the queue numbers /metrics reads from the database at scrape time, and
-the Prometheus registry a scrape reads (multiprocess-aware).
+"""Log formats with the request and job ids of the moment (the API's middleware sets the
+request id per request, the worker the job id per job; asyncio tasks and run_in_threadpool copy
+the context).
 
 `ALKN_LOG_FORMAT=json` writes one JSON object per line (`ts`, `level`, `logger`, `message`,
 `request_id`, `job_id`, `exc`); `text` (the default) one readable line with the same ids.
@@ -10,18 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
-from collections.abc import Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-
-from sqlalchemy import func, select
-
-from .db import read_connection
-from .models import REQUEST_STATUSES, ForgetRequest, Job, Outbox
 
 # Set by the API's middleware per request and by the worker per job; every log record
 # made meanwhile carries them (asyncio tasks and run_in_threadpool copy the context).
@@ -113,60 +105,3 @@ def use_formatter(formatter: logging.Formatter, *loggers: str | logging.Logger) 
         logger = logging.getLogger(name) if isinstance(name, str) else name
         for handler in logger.handlers:
             handler.setFormatter(formatter)
-
-
-# --------------------------------------------------------------------------------------------
-# Queue numbers for /metrics (read at scrape time)
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class QueueStats:
-    jobs: dict[str, int] = field(default_factory=dict)  # status -> count
-    queued_requests: int = 0
-    unpublished_outbox: int = 0
-    outbox_lag_s: float = 0.0  # age of the oldest unpublished outbox row
-
-
-def _aware(ts: datetime) -> datetime:
-    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)  # SQLite drops the zone
-
-
-def queue_stats(db_url: str) -> QueueStats:
-    """Three small reads: jobs by status, queued requests, the unpublished outbox (indexed
-    on published_at)."""
-    with read_connection(db_url) as conn:
-        jobs = dict.fromkeys(REQUEST_STATUSES, 0)
-        for status, n in conn.execute(select(Job.status, func.count()).group_by(Job.status)):
-            jobs[status] = int(n)
-        queued = conn.scalar(select(func.count()).select_from(ForgetRequest)
-                             .where(ForgetRequest.status == "queued")) or 0
-        unpublished, oldest = conn.execute(
-            select(func.count(), func.min(Outbox.created_at))
-            .where(Outbox.published_at.is_(None))).one()
-    if isinstance(oldest, str):  # SQLite's min() of a DATETIME column is its text
-        oldest = datetime.fromisoformat(oldest)
-    lag = (datetime.now(UTC) - _aware(oldest)).total_seconds() if oldest else 0.0
-    return QueueStats(jobs, int(queued), int(unpublished or 0), max(0.0, lag))
-
-
-# --------------------------------------------------------------------------------------------
-# Prometheus
-# --------------------------------------------------------------------------------------------
-
-
-def scrape_registry(own: Any, extra: Sequence[Any] = ()) -> Any:
-    """The registry a scrape reads: `own` (which holds `extra` too) in a single process; with
-    PROMETHEUS_MULTIPROC_DIR set (several uvicorn workers, a prefork Celery pool) a fresh one
-    that sums every process's metric files, plus the `extra` collectors (computed at scrape
-    time, not per process)."""
-    from prometheus_client import CollectorRegistry, multiprocess
-
-    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if not path:
-        return own
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=path)
-    for collector in extra:
-        registry.register(collector)
-    return registry

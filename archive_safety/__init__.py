@@ -1,0 +1,1 @@
+"""Untrusted archives and paths: what may be extracted or written, and where."""

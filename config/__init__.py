@@ -1,0 +1,1 @@
+"""The service's settings: environment variables prefixed ALKN_ (config/settings.py)."""
