@@ -25,8 +25,6 @@ from sqlalchemy.orm import Session
 from alkn_core.items import validate_items
 from alkn_core.params import (
     DEFAULT_QA_TEMPLATE,
-    EVAL_DETAIL_ITEMS,
-    EVAL_MAX_ITEMS,
     METHOD_DEFAULTS,
     resolve_params,
 )
@@ -442,60 +440,3 @@ def version_evaluation(version: Version) -> dict[str, Any]:
     if version.metrics:
         return version.metrics
     raise NotFound(f"version {version.number} has no evaluation (it has not been evaluated)")
-
-
-# --------------------------------------------------------------------------------------------
-# Serialisers (the shapes of API.md)
-# --------------------------------------------------------------------------------------------
-
-
-def version_dict(version: Version, model_name: str | None = None, *,
-                 files: bool = True) -> dict[str, Any]:
-    """A version as API.md shows it; `files=False` (lists) leaves the file list out and
-    does not read it."""
-    out = {
-        "model": model_name,
-        "version": version.number,
-        "status": version.status,
-        "parent_version": version.parent_version,
-        "job_id": version.job_id,
-        "forget_request_ids": list(version.forget_request_ids or []),
-        "method": version.method,
-        "size_bytes": version.size_bytes,
-        "files": list(version.files or []) if files else None,
-        "metrics": version.metrics,
-        "has_state": version.has_state,
-        "created_at": as_utc(version.created_at),
-        "revoked_at": as_utc(version.revoked_at),
-        "quality": version.quality,
-    }
-    if not files:
-        del out["files"]
-    return out
-
-
-def model_dict(model: Model, latest_version: int | None,
-               aliases: dict[str, int] | None = None) -> dict[str, Any]:
-    return {
-        "id": model.id,
-        "name": model.name,
-        "description": model.description,
-        "created_at": as_utc(model.created_at),
-        "latest_version": latest_version,
-        "aliases": dict(aliases or {}),
-        "qa_template": model.qa_template,
-        "default_params": dict(model.default_params or {}),
-        # Sizes only: the sets can be large and a listing should stay small.
-        "retain_set_size": len(model.retain_set or []),
-        "holdout_set_size": len(model.holdout_set or []),
-        "eval_sets": {k: len(v or []) for k, v in (model.eval_sets or {}).items()},
-        "eval_max_items": model.eval_max_items or EVAL_MAX_ITEMS,
-        "eval_detail_items": model.eval_detail_items or EVAL_DETAIL_ITEMS,
-    }
-
-
-def model_dicts(session: Session, models: Sequence[Model]) -> list[dict[str, Any]]:
-    ids = [m.id for m in models]
-    latest, aliases = latest_numbers(session, ids), aliases_of(session, ids)
-    return [model_dict(m, latest.get(m.id), aliases.get(m.id)) for m in models]
-

@@ -7,11 +7,9 @@ its outbox row and an idempotency record land in one transaction.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Select, bindparam, func, select, update
-from sqlalchemy import inspect as sa_inspect
+from sqlalchemy import Connection, Row, Select, bindparam, func, select, update
 from sqlalchemy.orm import Session, defer
 
 from alkn_core.items import validate_items
@@ -23,7 +21,6 @@ from .catalog import (
     Invalid,
     NotFound,
     RegistryError,
-    as_utc,
     get_version,
     latest_ready,
     lock_model,
@@ -165,19 +162,16 @@ _VIEW = (select(*_VIEW_COLUMNS, Model.name.label("model_name"),
                 ForgetRequest.tenant_id == bindparam("tenant_id")))
 
 
-def request_view(conn: Connection | Session, tenant_id: str, request_id: str
-                 ) -> dict[str, Any]:
+def request_view(conn: Connection | Session, tenant_id: str, request_id: str) -> Row[Any]:
     """GET /v1/forget-requests/{id} in one statement and without ORM objects (clients poll
-    it): the request's columns but its items, its model's name, its job's base version."""
+    it): the request's columns but its items, its model's name (`model_name`), its job's base
+    version (`job_base`)."""
     if not is_id(request_id):
         raise NotFound(f"forget request {quoted(request_id)} not found")
     row = conn.execute(_VIEW, {"request_id": request_id, "tenant_id": tenant_id}).first()
     if row is None:
         raise NotFound(f"forget request {quoted(request_id)} not found")
-    out = request_dict(row, row.model_name)  # a Row reads like the ORM object here
-    if out["base_version"] is None:
-        out["base_version"] = row.job_base
-    return out
+    return row
 
 
 def _reload(session: Session, request_id: str) -> ForgetRequest:
@@ -269,104 +263,3 @@ def jobs_query(tenant_id: str, model_id: str | None = None,
 
 def job_events_query(job: Job) -> Select[JobEvent]:
     return select(JobEvent).where(JobEvent.job_id == job.id)
-
-
-# --------------------------------------------------------------------------------------------
-# Serialisers (the shapes of API.md)
-# --------------------------------------------------------------------------------------------
-
-
-def progress_dict(progress: dict[str, Any] | None, status: str) -> dict[str, Any]:
-    p = dict(progress or {})
-    default_stage = {"queued": "queued", "succeeded": "done"}.get(status, status)
-    p.setdefault("stage", default_stage)
-    for key in ("step", "total_steps", "fraction"):
-        p.setdefault(key, None)
-    if p["fraction"] is None and status == "succeeded":
-        p["fraction"] = 1.0
-    return p
-
-
-def model_names(session: Session, model_ids: Iterable[str]) -> dict[str, str]:
-    ids = list(set(model_ids))
-    if not ids:
-        return {}
-    return dict(session.execute(select(Model.id, Model.name).where(Model.id.in_(ids))).all())
-
-
-def _loaded(obj: Any, name: str) -> bool:
-    state = sa_inspect(obj, raiseerr=False)  # None for a Row (request_view)
-    return state is None or name not in state.unloaded
-
-
-def request_dict(req: ForgetRequest, model_name: str | None,
-                 job: Job | None = None) -> dict[str, Any]:
-    # base_version as submitted; once a job runs it, the version that job really started from.
-    base = req.base_version if req.base_version is not None else (
-        job.base_version if job is not None else None)
-    return {
-        "id": req.id,
-        "model": model_name,
-        "status": req.status,
-        "method": req.method,
-        "params": dict(req.params or {}),
-        "base_version": base,
-        "result_version": req.result_version,
-        "job_id": req.job_id,
-        "item_count": req.item_count,
-        # Set once the items were purged (ALKN_FORGET_DATA_RETENTION): what is left of them.
-        # Listings do not load them (a lazy load per row would follow).
-        "item_hashes": req.item_hashes if _loaded(req, "item_hashes") else None,
-        "items_purged_at": as_utc(req.items_purged_at),
-        "progress": progress_dict(req.progress, req.status),
-        "metrics": req.metrics,
-        "error": req.error,
-        "cancel_requested": req.cancel_requested,
-        "created_at": as_utc(req.created_at),
-        "started_at": as_utc(req.started_at),
-        "finished_at": as_utc(req.finished_at),
-    }
-
-
-def request_dicts(session: Session, reqs: Sequence[ForgetRequest]) -> list[dict[str, Any]]:
-    names = model_names(session, (r.model_id for r in reqs))
-    job_ids = {r.job_id for r in reqs if r.job_id is not None}
-    jobs = {j.id: j for j in session.scalars(select(Job).where(Job.id.in_(job_ids)))} \
-        if job_ids else {}
-    return [request_dict(r, names.get(r.model_id), jobs.get(r.job_id or "")) for r in reqs]
-
-
-def job_dict(job: Job, model_name: str | None) -> dict[str, Any]:
-    metrics = job.metrics or {}
-    return {
-        "id": job.id,
-        "model": model_name,
-        "kind": job.kind or "unlearn",
-        "status": job.status,
-        "method": job.method,
-        "params": dict(job.params or {}),
-        "forget_request_ids": list(job.forget_request_ids or []),
-        "base_version": job.base_version,
-        "result_version": job.result_version,
-        "progress": progress_dict(job.progress, job.status),
-        "metrics": {"before": metrics.get("before"), "after": metrics.get("after"),
-                    **{k: v for k, v in metrics.items() if k not in ("before", "after")}},
-        "timings": dict(job.timings or {}),
-        "error": job.error,
-        "cancel_requested": job.cancel_requested,
-        "attempts": job.attempts,
-        "created_at": as_utc(job.created_at),
-        "started_at": as_utc(job.started_at),
-        "finished_at": as_utc(job.finished_at),
-        "quality": job.quality,
-    }
-
-
-def job_dicts(session: Session, jobs: Sequence[Job]) -> list[dict[str, Any]]:
-    names = model_names(session, (j.model_id for j in jobs))
-    return [job_dict(j, names.get(j.model_id)) for j in jobs]
-
-
-def event_dict(event: JobEvent) -> dict[str, Any]:
-    return {"id": event.seq, "at": as_utc(event.at), "stage": event.stage,
-            "message": event.message, "data": dict(event.data or {})}

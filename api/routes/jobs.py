@@ -10,6 +10,7 @@ from registry import catalog
 from registry import requests as forget
 from registry.models import Job, JobEvent
 
+from .. import views
 from ..auth import TenantDep
 from ..deps import SessionDep
 from ..pagination import PageDep, paginate
@@ -25,12 +26,12 @@ def list_jobs(session: SessionDep, tenant: TenantDep, page: PageDep,
     model_id = catalog.get_model(session, tenant, model).id if model is not None else None
     rows, next_cursor = paginate(session, forget.jobs_query(tenant, model_id, status),
                                  Job.created_at, Job.id, page)
-    return {"items": forget.job_dicts(session, rows), "next_cursor": next_cursor}
+    return {"items": views.job_dicts(session, rows), "next_cursor": next_cursor}
 
 
 @router.get("/{job_id}", response_model=JobOut)
 def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
-    return forget.job_dicts(session, [forget.get_job(session, tenant, job_id)])[0]
+    return views.job_dicts(session, [forget.get_job(session, tenant, job_id)])[0]
 
 
 @router.get("/{job_id}/events", response_model=Page[JobEventOut], responses=problems(422))
@@ -41,4 +42,4 @@ def list_events(job_id: str, session: SessionDep, tenant: TenantDep,
     job = forget.get_job(session, tenant, job_id)
     rows, next_cursor = paginate(session, forget.job_events_query(job), JobEvent.at,
                                  JobEvent.seq, page)
-    return {"items": [forget.event_dict(e) for e in rows], "next_cursor": next_cursor}
+    return {"items": [views.event_dict(e) for e in rows], "next_cursor": next_cursor}

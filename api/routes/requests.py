@@ -13,7 +13,7 @@ from registry import requests as forget
 from registry.db import read_connection
 from registry.models import ForgetRequest
 
-from .. import idempotency
+from .. import idempotency, views
 from ..auth import TenantDep
 from ..deps import SessionDep, SettingsDep
 from ..idempotency import Created, IdempotencyKey
@@ -25,7 +25,7 @@ router = APIRouter(tags=["forget requests"], responses=problems(401, 404))
 
 
 def request_out(session: Session, req: ForgetRequest) -> dict[str, Any]:
-    return ForgetRequestOut.model_validate(forget.request_dicts(session, [req])[0]
+    return ForgetRequestOut.model_validate(views.request_dicts(session, [req])[0]
                                            ).model_dump(mode="json")
 
 
@@ -59,12 +59,12 @@ def list_requests(session: SessionDep, tenant: TenantDep, page: PageDep,
     model_id = catalog.get_model(session, tenant, model).id if model is not None else None
     rows, next_cursor = paginate(session, forget.requests_query(tenant, model_id, status),
                                  ForgetRequest.created_at, ForgetRequest.id, page)
-    return {"items": forget.request_dicts(session, rows), "next_cursor": next_cursor}
+    return {"items": views.request_dicts(session, rows), "next_cursor": next_cursor}
 
 
 def _status_body(db_url: str, tenant: str, request_id: str) -> bytes:
     with read_connection(db_url) as conn:
-        view = forget.request_view(conn, tenant, request_id)
+        view = views.request_row_dict(forget.request_view(conn, tenant, request_id))
     return ForgetRequestOut.model_validate(view).model_dump_json().encode()
 
 
@@ -93,4 +93,4 @@ def cancel_request(request_id: str, request: Request, session: SessionDep,
     # The change notification follows; dropping it here too means our own client's next
     # poll reads its cancel even if that poll beats the notification.
     request.app.state.read_cache.invalidate("r:" + request_id)
-    return forget.request_dicts(session, [req])[0]
+    return views.request_dicts(session, [req])[0]

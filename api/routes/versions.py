@@ -24,10 +24,9 @@ from alkn_core.quoting import quoted
 from registry import catalog
 from registry.evaluations import enqueue_evaluation, latest_full_evaluation
 from registry.models import Version
-from registry.requests import job_dict
 from registry.store import CHUNK, ArtifactStore, LocalStore
 
-from .. import idempotency
+from .. import idempotency, views
 from ..auth import TenantDep
 from ..deps import SessionDep, SettingsDep, StoreDep
 from ..idempotency import Created, IdempotencyKey
@@ -61,7 +60,7 @@ def is_upload_path(path: str) -> bool:
 
 
 def _version_out(version: Version, model_name: str) -> dict[str, Any]:
-    return VersionOut.model_validate(catalog.version_dict(version, model_name)
+    return VersionOut.model_validate(views.version_dict(version, model_name)
                                      ).model_dump(mode="json")
 
 
@@ -78,7 +77,7 @@ def list_versions(name: str, session: SessionDep, tenant: TenantDep,
     model = catalog.get_model(session, tenant, name)
     query = catalog.versions_query(model).options(defer(Version.files))
     rows, next_cursor = paginate(session, query, Version.created_at, Version.id, page)
-    return {"items": [catalog.version_dict(v, model.name, files=False) for v in rows],
+    return {"items": [views.version_dict(v, model.name, files=False) for v in rows],
             "next_cursor": next_cursor}
 
 
@@ -138,7 +137,7 @@ async def upload_version(name: str, request: Request, session: SessionDep, store
 def get_version(name: str, ref: str, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
     """`ref`: a version number, `latest` (newest ready) or an alias."""
     model = catalog.get_model(session, tenant, name)
-    return catalog.version_dict(catalog.resolve_version(session, model, ref), model.name)
+    return views.version_dict(catalog.resolve_version(session, model, ref), model.name)
 
 
 @router.post("/versions/{ref}:revoke", response_model=VersionOut, responses=problems(409))
@@ -150,7 +149,7 @@ def revoke_version(name: str, ref: str, request: Request, session: SessionDep,
     model = catalog.get_model(session, tenant, name)
     version = catalog.revoke_version(session, store, model, ref)
     _watch(request).mark_revoked(version.id)
-    return catalog.version_dict(version, model.name)
+    return views.version_dict(version, model.name)
 
 
 @router.post("/versions/{ref}:evaluate", status_code=202, response_model=JobOut,
@@ -169,7 +168,7 @@ def evaluate_version(name: str, ref: str, session: SessionDep,
     job, created = enqueue_evaluation(session, model, version)
     session.commit()
     session.refresh(job)
-    body = JobOut.model_validate(job_dict(job, model.name)).model_dump(mode="json")
+    body = JobOut.model_validate(views.job_dict(job, model.name)).model_dump(mode="json")
     return JSONResponse(body, status_code=202 if created else 200,
                         headers={"Location": f"/v1/jobs/{job.id}"})
 
