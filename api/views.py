@@ -112,7 +112,8 @@ def event_dict(event: JobEvent) -> dict[str, Any]:
 
 
 def request_row_dict(row: Row[Any]) -> dict[str, Any]:
-    """The body of `registry.requests.request_view`'s row (a Row reads like the ORM object)."""
+    """The body of `registry.forget_requests.request_view`'s row (a Row reads like the ORM
+    object here)."""
     out = request_dict(row, row.model_name)  # type: ignore[arg-type]
     if out["base_version"] is None:
         out["base_version"] = row.job_base

@@ -79,8 +79,8 @@ class Service:
     def run(self, model_id: str, items: list[dict[str, Any]]) -> dict[str, float]:
         """Submit one request, run the lineage; the job's stage timings and wall time."""
         from registry.db import session_scope
+        from registry.forget_requests import submit_forget_request
         from registry.models import Job, Model
-        from registry.requests import submit_forget_request
         from worker.runner import run_lineage_once
 
         with session_scope(self.url) as s:

@@ -17,18 +17,17 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .catalog import Conflict, require_ready
-from .jobs import (
+from .catalog import Conflict, Invalid, require_ready
+from .forget_requests import DEFAULT_METHOD, resolve_params
+from .jobs.common import (
     DONE_PROGRESS,
     QUEUED_PROGRESS,
     _event,
-    enqueue_lineage,
     jsonable,
-    resolve_request_params,
     write_tx,
 )
 from .models import Job, Model, Version, new_id, utcnow
-from .requests import DEFAULT_METHOD
+from .outbox import enqueue_lineage
 
 KIND = "evaluate"
 
@@ -44,8 +43,8 @@ def enqueue_evaluation(session: Session, model: Model, version: Version) -> tupl
         return pending, False
     try:
         # How items are encoded: the model's defaults for its default method.
-        params = resolve_request_params(model, DEFAULT_METHOD, None)
-    except ValueError as exc:  # stored defaults an older release accepted
+        params = resolve_params(model, DEFAULT_METHOD, None)
+    except Invalid as exc:  # stored defaults an older release accepted
         raise Conflict(f"the model's default params are not valid: {exc}") from None
     job = Job(id=new_id(), tenant_id=model.tenant_id, model_id=model.id, kind=KIND,
               status="queued", method=DEFAULT_METHOD, params=params, forget_request_ids=[],

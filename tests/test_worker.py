@@ -143,7 +143,7 @@ def submit(url: str, model_id: str, items: list[dict[str, Any]], *,
                             cancel_requested=cancel_requested)
         s.add(req)
         if outbox:
-            jobs.enqueue_lineage(s, model_id)
+            outbox.enqueue_lineage(s, model_id)
         s.flush()
         return req.id
 

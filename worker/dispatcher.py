@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError as SQLAlchemyOperationalError
 
 from config.settings import Settings, get_settings
-from registry import jobs
+from registry import jobs, outbox
 from registry.db import session_scope
 from registry.erasure import erase_on_start
 from registry.gc import collect_orphans
@@ -138,7 +138,7 @@ class Dispatcher:
         if purged:
             log.info("purged the items of %d finished request(s) to hashes", len(purged))
         expire_idempotency_records(url, self.settings.idempotency_ttl_s)
-        jobs.prune_outbox(url)
+        outbox.prune_outbox(url)
         if time.monotonic() >= self._next_gc:  # bytes a dead worker uploaded but never committed
             self._next_gc = time.monotonic() + self.gc_interval
             collect_orphans(url, open_store(self.settings.resolved_artifact_root))

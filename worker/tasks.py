@@ -4,7 +4,7 @@ queued jobs (the name is written into outbox rows by the API: keep it)."""
 from __future__ import annotations
 
 from config.settings import get_settings
-from registry.jobs import RUN_LINEAGE_TASK
+from registry.outbox import RUN_LINEAGE_TASK
 
 from .app import app
 from .runner import new_worker_id, run_lineage_once

@@ -6,8 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 
-from registry import catalog
-from registry import requests as forget
+from registry import catalog, jobs
 from registry.models import Job, JobEvent
 
 from .. import views
@@ -24,14 +23,14 @@ def list_jobs(session: SessionDep, tenant: TenantDep, page: PageDep,
               model: str | None = Query(default=None, description="model name"),
               status: RequestStatus | None = None) -> dict[str, Any]:
     model_id = catalog.get_model(session, tenant, model).id if model is not None else None
-    rows, next_cursor = paginate(session, forget.jobs_query(tenant, model_id, status),
+    rows, next_cursor = paginate(session, jobs.jobs_query(tenant, model_id, status),
                                  Job.created_at, Job.id, page)
     return {"items": views.job_dicts(session, rows), "next_cursor": next_cursor}
 
 
 @router.get("/{job_id}", response_model=JobOut)
 def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
-    return views.job_dicts(session, [forget.get_job(session, tenant, job_id)])[0]
+    return views.job_dicts(session, [jobs.get_job(session, tenant, job_id)])[0]
 
 
 @router.get("/{job_id}/events", response_model=Page[JobEventOut], responses=problems(422))
@@ -39,7 +38,7 @@ def list_events(job_id: str, session: SessionDep, tenant: TenantDep,
                 page: PageDep) -> dict[str, Any]:
     """The job's progress events, oldest first (a list page like every other list); an
     event's `id` is its number within the job (1, 2, ...)."""
-    job = forget.get_job(session, tenant, job_id)
-    rows, next_cursor = paginate(session, forget.job_events_query(job), JobEvent.at,
+    job = jobs.get_job(session, tenant, job_id)
+    rows, next_cursor = paginate(session, jobs.job_events_query(job), JobEvent.at,
                                  JobEvent.seq, page)
     return {"items": [views.event_dict(e) for e in rows], "next_cursor": next_cursor}

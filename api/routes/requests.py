@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
 from registry import catalog
-from registry import requests as forget
+from registry import forget_requests as forget
 from registry.db import read_connection
 from registry.models import ForgetRequest
 

@@ -1,4 +1,5 @@
-"""Forget requests (submission, cancellation, readers) and readers of jobs and their events.
+"""The forget-request domain: params (`resolve_params`, the one merge and validation), submission
+(the request row and, through the outbox, the lineage enqueued), cancellation, readers.
 
 Torch-free. Like registry.catalog, functions flush and the caller commits, so a submission,
 its outbox row and an idempotency record land in one transaction.
@@ -7,6 +8,7 @@ its outbox row and an idempotency record land in one transaction.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import Connection, Row, Select, bindparam, func, select, update
@@ -26,18 +28,16 @@ from .catalog import (
     lock_model,
     require_ready,
 )
-from .jobs import RUN_LINEAGE_TASK
 from .models import (
     FINISHED,
     REQUEST_STATUSES,
     ForgetRequest,
     Job,
-    JobEvent,
     Model,
-    Outbox,
     Tenant,
     utcnow,
 )
+from .outbox import enqueue_lineage
 
 DEFAULT_METHOD = "alkn"
 # Retry-After of a 429: about what a queued job takes to make room.
@@ -79,14 +79,16 @@ def is_id(value: str) -> bool:
     return True
 
 
-def effective_params(model: Model, method: str, params: dict[str, Any] | None) -> dict[str, Any]:
-    """The full parameter set a job uses: method defaults < the model's defaults (the keys
-    this method knows) < the model's qa_template < the request's params."""
+def resolve_params(model: Model, method: str, params: Mapping[str, Any] | None
+                   ) -> dict[str, Any]:
+    """The full parameter set a job of this request runs with, validated (Invalid naming the
+    field): method defaults < the model's defaults (the keys this method knows: a model may
+    carry defaults for several methods) < the model's qa_template < the request's params.
+    The one merge: submission checks with it, the job is built with it."""
     if method not in METHOD_DEFAULTS:
         raise Invalid(f"unknown method {quoted(method)}; one of {', '.join(METHOD_DEFAULTS)}",
                       loc=["body", "method"])
     known = METHOD_DEFAULTS[method]
-    # The precedence of registry.jobs.resolve_request_params (what the worker runs).
     merged = {k: v for k, v in (model.default_params or {}).items() if k in known}
     merged["qa_template"] = model.qa_template
     merged.update(params or {})
@@ -105,7 +107,7 @@ def submit_forget_request(session: Session, tenant_id: str, model: Model, items:
     tenant's limit of unfinished requests (QueueFull past it)."""
     if model.tenant_id != tenant_id:
         raise NotFound(f"model {model.name!r} not found")
-    effective_params(model, method, params)
+    resolve_params(model, method, params)
     try:
         checked = validate_items(items, "items")
     except ValueError as e:
@@ -132,8 +134,7 @@ def submit_forget_request(session: Session, tenant_id: str, model: Model, items:
                         progress={"stage": "queued"}, cancel_requested=False, seq=seq,
                         created_at=utcnow())
     session.add(req)
-    session.add(Outbox(task=RUN_LINEAGE_TASK, payload={"model_id": model.id},
-                       created_at=utcnow()))
+    enqueue_lineage(session, model.id)
     session.flush()
     return req
 
@@ -240,26 +241,3 @@ def requests_query(tenant_id: str, model_id: str | None = None,
                           loc=["query", "status"])
         q = q.where(ForgetRequest.status == status)
     return q
-
-
-def get_job(session: Session, tenant_id: str, job_id: str) -> Job:
-    if not is_id(job_id):
-        raise NotFound(f"job {quoted(job_id)} not found")
-    job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
-    if job is None:
-        raise NotFound(f"job {quoted(job_id)} not found")
-    return job
-
-
-def jobs_query(tenant_id: str, model_id: str | None = None,
-               status: str | None = None) -> Select[Job]:
-    q = select(Job).where(Job.tenant_id == tenant_id)
-    if model_id is not None:
-        q = q.where(Job.model_id == model_id)
-    if status is not None:
-        q = q.where(Job.status == status)
-    return q
-
-
-def job_events_query(job: Job) -> Select[JobEvent]:
-    return select(JobEvent).where(JobEvent.job_id == job.id)
