@@ -18,7 +18,8 @@ from alkn_client import cli_commands
 DEMO_MODEL = "demo"
 # Bounds a request's line and headers (ALKN_MAX_HEADER_BYTES); the Dockerfile names it too.
 HTTP_PROTOCOL = "api.http_protocol:BoundedHttpToolsProtocol"
-# A 3.7M-parameter model needs a far larger lr than a 7B one (README, bench/lr_probe.py).
+# A 3.7M-parameter model needs a far larger lr than a 7B one (docs/benchmarks.md,
+# bench/lr_probe.py).
 DEMO_DEFAULT_PARAMS: dict[str, Any] = {"lr": 2e-3, "epochs": 5, "batch_size": 8,
                                        "grad_accum": 1, "max_length": 128}
 

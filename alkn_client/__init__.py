@@ -1,4 +1,4 @@
-"""Python client of the ALKN service (API.md): `Client` (sync) and `AsyncClient`.
+"""Python client of the ALKN service (docs/api.md): `Client` (sync) and `AsyncClient`.
 
     from alkn_client import Client
 

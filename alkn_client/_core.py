@@ -200,18 +200,18 @@ def _parse_readiness(resp: httpx.Response) -> Readiness:
 def _parse_events(resp: httpx.Response) -> Page[JobEvent]:
     raise_for_problem(resp)
     body = resp.json()
-    if isinstance(body, list):  # API.md shows a bare list; the server answers a page
+    if isinstance(body, list):  # docs/api.md shows a bare list; the server answers a page
         body = {"items": body, "next_cursor": None}
     return Page[JobEvent].model_validate(body)
 
 
 # --------------------------------------------------------------------------------------------
-# Routes (API.md)
+# Routes (docs/api.md)
 # --------------------------------------------------------------------------------------------
 
 
 class ModelFields(TypedDict, total=False):
-    """Optional fields of `register_model` (see API.md); `idempotency_key` is the header."""
+    """Optional fields of `register_model` (see docs/api.md); `idempotency_key` is the header."""
 
     source_path: str
     description: str

@@ -1,5 +1,5 @@
 """`Client` (httpx.Client) and `AsyncClient` (httpx.AsyncClient): one method per route of
-API.md plus `wait` and `download`. Each method is a one-line hand-off to _core (what to
+docs/api.md plus `wait` and `download`. Each method is a one-line hand-off to _core (what to
 send, how to read the answer) or a plan; the two classes only differ in how they perform
 I/O, so the behaviour cannot drift apart."""
 

@@ -1,4 +1,4 @@
-"""Typed results mirroring the shapes of API.md.
+"""Typed results mirroring the shapes of docs/api.md.
 
 Every model accepts fields it does not know (the contract lets the server add fields) and
 keeps them: `model.model_extra` / `model.model_dump()` still show them.

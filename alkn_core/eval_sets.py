@@ -496,7 +496,7 @@ def evaluate_sets(model: torch.nn.Module, tokenizer: Any, sets: Mapping[str, Seq
                   limits: Limits = Limits(), set_limits: Mapping[str, Limits] | None = None,
                   cache: ItemScores | None = None,
                   progress: Progress | None = None) -> dict[str, Any]:
-    """Every metric of ALKN_SPEC.md on every named set; a JSON-serialisable dict.
+    """Every metric of docs/evaluation.md on every named set; a JSON-serialisable dict.
 
     Sets named in `forget_names` are forget sets, those in `retain_names` retain sets, the rest
     general-knowledge sets. Each set is measured on its sample (module docstring; `limits`,

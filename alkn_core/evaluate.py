@@ -1,4 +1,4 @@
-"""Evaluation metrics of ALKN_SPEC.md (TOFU conventions): the model passes and the metrics on
+"""Evaluation metrics of docs/evaluation.md (TOFU conventions): the model passes and the metrics on
 their numbers. `eval_sets.evaluate_sets` runs them on named item sets.
 
 Every model pass is deterministic, batched, runs on the model's device without gradients, and
@@ -280,7 +280,7 @@ def normalized_probability(p_true: Sequence[float], p_perturbed_lists: Sequence[
 
 def truth_ratios(p_paraphrased: Sequence[float], p_perturbed_lists: Sequence[Sequence[float]]
                  ) -> list[float]:
-    """Per item TR = mean_j p(perturbed_j) / p(paraphrased) (ALKN_SPEC.md; the TOFU paper's
+    """Per item TR = mean_j p(perturbed_j) / p(paraphrased) (docs/evaluation.md; the TOFU paper's
     formula with per-token-normalised probabilities). TOFU's code averages the perturbed
     *losses* instead, i.e. a geometric mean of the probabilities; the spec's arithmetic mean is
     kept here. A vanishing p(paraphrased) is floored so TR stays finite."""

@@ -1,4 +1,4 @@
-"""Item formats of API.md, checked without torch (the web tier validates with this)."""
+"""Item formats of docs/api.md, checked without torch (the web tier validates with this)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 
 def validate_items(items: Any, what: str = "items") -> list[dict[str, Any]]:
-    """Check the item formats of API.md; raise ValueError naming the first bad item."""
+    """Check the item formats of docs/api.md; raise ValueError naming the first bad item."""
     if not isinstance(items, list | tuple):
         raise ValueError(f"{what} must be a list of items")
     for i, item in enumerate(items):

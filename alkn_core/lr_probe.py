@@ -13,9 +13,9 @@ other. The probe is a learning-rate range test on the forget items:
 i.e. the edge of stability of a fine-tune on these items, which lies between the last step
 that still fits them better and the first that overshoots. The scan stops at the first lr
 that does not improve (larger ones would not either). On the demo model a = 1e-3, lr* =
-1.8e-3, where the hand-tuned 2e-3 was (README); a alone (1e-3) left the forget target out of
-reach at alpha_max on some tasks (an escalation, and more collateral damage). The weights
-are restored after every candidate (exactly: a copy of the trainable parameters), so the
+1.8e-3, where the hand-tuned 2e-3 was (docs/algorithm.md); a alone (1e-3) left the forget
+target out of reach at alpha_max on some tasks (an escalation, and more collateral damage).
+The weights are restored after every candidate (exactly: a copy of the trainable parameters), so the
 probe leaves the model as it found it.
 Functions do not touch anything else (no global RNG, no optimiser state kept).
 """

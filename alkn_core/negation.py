@@ -44,7 +44,7 @@ EARLIER_SET_ITEMS = 32
 # The holdout probability of the lineage's first calibrated task, kept in the state: the
 # "never seen" level is that of the model before any unlearning. Measured again on each
 # model, it falls as unlearning wears the model down, and each task would then chase a
-# lower target on a weaker model (README, "Calibrated negation").
+# lower target on a weaker model (docs/benchmarks.md, "Calibrated negation").
 HOLDOUT_REFERENCE = "holdout_reference"
 # The retain probe's probability on the lineage's first model: the utility floor's 1.0.
 RETAIN_REFERENCE = "retain_probe_reference"

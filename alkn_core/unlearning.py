@@ -40,7 +40,7 @@ ESCALATION_LR_FACTOR = 3.0
 # lr "auto": the lr the probe chose on the lineage's first task, kept in the state.
 PROBED_LR = "probed_lr"
 # repair_lr unset: this fraction of the forget fine-tune's lr (the lr probe's choice for the
-# model size): measured best of 1, 0.33, 0.1 and 0.033 on the test fixture (README).
+# model size): measured best of 1, 0.33, 0.1 and 0.033 on the test fixture.
 REPAIR_LR_FRACTION = 0.1
 
 

@@ -1,4 +1,4 @@
-"""Request and response models of the HTTP contract (API.md); /openapi.json is built from
+"""Request and response models of the HTTP contract (docs/api.md); /openapi.json is built from
 these. Requests refuse unknown fields (a typo must not be silently ignored); responses may
 grow fields."""
 
@@ -129,7 +129,7 @@ def _check_item_extras(item: dict[str, Any]) -> dict[str, Any]:
 _CLEAN = {"type": "string", "pattern": CLEAN_PATTERN, "maxLength": MAX_STRING_CHARS}
 _NON_BLANK = {"type": "string", "pattern": CLEAN_NON_BLANK_PATTERN,
               "maxLength": MAX_STRING_CHARS}
-# The item formats of API.md, published so that clients (and schemathesis) see them; the
+# The item formats of docs/api.md, published so that clients (and schemathesis) see them; the
 # checks themselves are alkn_core.items.validate_items and the validators here. Other keys
 # are kept (the worker ignores them) as long as they are clean JSON.
 ITEM_JSON_SCHEMA: dict[str, Any] = {
@@ -252,7 +252,7 @@ class FileOut(BaseModel):
     sha256: str
 
 
-# The quality gate's block (worker/quality.py; README "Beyond API.md").
+# The quality gate's block (worker/quality.py; docs/api.md, quality gate).
 QUALITY_DESCRIPTION = (
     "the quality gate's verdict on the version (null for registered or uploaded ones): "
     "`floor` (param utility_floor), `retain_probability_ratio` and `model_utility_ratio` "
@@ -320,7 +320,7 @@ class ForgetRequestCreate(_In):
 
 
 class ProgressOut(_Out):
-    """API.md's four fields; while a job runs also `phase`, `label` and `eta_seconds` (left
+    """docs/api.md's four fields; while a job runs also `phase`, `label` and `eta_seconds` (left
     out when the worker did not write them: the four stay the whole object then)."""
 
     stage: str | None = None

@@ -122,7 +122,7 @@ def request_row_dict(row: Row[Any]) -> dict[str, Any]:
 
 def version_dict(version: Version, model_name: str | None = None, *,
                  files: bool = True) -> dict[str, Any]:
-    """A version as API.md shows it; `files=False` (lists) leaves the file list out and
+    """A version as docs/api.md shows it; `files=False` (lists) leaves the file list out and
     does not read it."""
     out = {
         "model": model_name,

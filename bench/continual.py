@@ -1,4 +1,4 @@
-"""Continual-unlearning benchmark (ALKN_SPEC.md, "Continual protocol of the paper").
+"""Continual-unlearning benchmark (docs/benchmarks.md, "Continual benchmark").
 
 forget10 is split by person into T disjoint tasks, unlearned in sequence from the target model
 (state carried between tasks); after every task each forgotten task, the retain set, the
@@ -110,7 +110,7 @@ def setting_label(setting: dict[str, float | str | bool]) -> str:
 
 
 def default_params(method: str, epochs: int, seed: int) -> dict[str, Any]:
-    """The loop settings of the tiny demo model (lr per the README's lr probe; the library's
+    """The loop settings of the tiny demo model (lr per docs/benchmarks.md's lr probe; the library's
     lr default is for billion-parameter models); everything else is the library's default
     (alkn: alpha "auto" with the holdout target, repair). A param the method does not take
     is an error (unlearn's validation), never silently dropped."""

@@ -1,6 +1,6 @@
 """One unlearning task per (method, lr) on the demo model: how hard each setting forgets and
-what it keeps. Used to pick the recommended lr per model size (README); the full continual
-benchmark with every metric is a separate tool.
+what it keeps. Used to pick the recommended lr per model size (docs/benchmarks.md); the full
+continual benchmark with every metric is a separate tool.
 
 Forget set: the first person of forget10 (about 20 QA). Reported: mean answer probability
 p(a|q) on that forget set, on retain90 and on the general-knowledge sets, before and after.

@@ -21,7 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-# Status values are part of the HTTP contract (API.md).
+# Status values are part of the HTTP contract (docs/api.md).
 VERSION_STATUSES = ("pending", "ready", "failed", "revoked")
 REQUEST_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED = ("succeeded", "failed", "cancelled")

@@ -134,8 +134,8 @@ def test_other_baselines_lower_forget_probability(method: str, trained: torch.nn
 
 def test_a_lineage_keeps_the_mask_rule_of_its_first_task(trained: torch.nn.Module,
                                                         tiny_world: TinyWorld) -> None:
-    """The default rule changed (README); a lineage begun under the old one goes on with it,
-    since its thresholds and mask were made under it."""
+    """The default rule changed (docs/benchmarks.md); a lineage begun under the old one goes on
+    with it, since its thresholds and mask were made under it."""
     people = tiny_world.people
     retain = tiny_world.of(*people[3:])
     params = {**COMMON, "epochs": 1, "lr": 3e-3, "alpha": 1.0}

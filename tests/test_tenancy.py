@@ -1,5 +1,5 @@
 """Tenancy: another tenant's model, version, alias, file, request or job answers 404 (never
-403: its existence is not revealed) on every route of API.md that takes a name or an id,
+403: its existence is not revealed) on every route of docs/api.md that takes a name or an id,
 and writes nothing; and API keys are stored hashed (no key, nor any long piece of one,
 appears anywhere in a dump of the database).
 

@@ -44,7 +44,7 @@ from .services import (
     stop_process,
 )
 
-# Small enough for 2 CPU cores; lr suits a 0.13M-parameter model (README: ~100x a 7B's).
+# Small enough for 2 CPU cores; lr suits a 0.13M-parameter model (docs/algorithm.md: ~100x a 7B's).
 # alpha 1: two epochs make too weak a task vector for alkn's default alpha "auto" to reach
 # its target (tests/test_calibration.py runs the worker with "auto").
 PARAMS: dict[str, Any] = {"epochs": 2, "batch_size": 4, "grad_accum": 1, "lr": 1e-3,

@@ -1,4 +1,4 @@
-"""What a job measures before and after unlearning: every metric of ALKN_SPEC.md
+"""What a job measures before and after unlearning: every metric of docs/evaluation.md
 (alkn_core.eval_sets) on the job's forget set, on the forget sets of earlier tasks of the
 lineage (the continual view), on the retain set and on the general-knowledge sets.
 

@@ -1,4 +1,4 @@
-"""ALKN: Adaptive Localization of Knowledge Negation (ALKN_SPEC.md, steps 1-8).
+"""ALKN: Adaptive Localization of Knowledge Negation (docs/algorithm.md, steps 1-8).
 
 Probing records the forget tokens' initial probabilities (-> soft-label weights) and the
 mean retain gradient g_r. Training learns the forget set with the weighted NLL while a
