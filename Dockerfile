@@ -12,10 +12,11 @@ ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /app
 # torch first, from its own index, so the project's range never pulls another build
 RUN pip install --index-url "$TORCH_INDEX" "$TORCH_SPEC"
-COPY pyproject.toml README.md alembic.ini cli.py ./
+COPY pyproject.toml README.md alembic.ini ./
 COPY alkn_core ./alkn_core
 COPY api ./api
 COPY alkn_client ./alkn_client
+COPY alkn_cli ./alkn_cli
 COPY worker ./worker
 COPY registry ./registry
 COPY config ./config

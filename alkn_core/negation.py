@@ -303,6 +303,7 @@ def repair_and_guard(probe: NegationProbe, teacher: Teacher, model: torch.nn.Mod
                            "earlier_forget_sets": len(probe.earlier)}
     best: tuple[float | None, float | None] | None = None  # the probes' best so far
     for r in range(n_rounds):
+        t_round = time.perf_counter()
         info = repair(model, teacher, [probe.forget, *probe.earlier], guard, p, lr,
                       report=lambda i, n, r=r: ctx.report("negating", r * n + i,
                                                           n_rounds * n))
@@ -330,6 +331,8 @@ def repair_and_guard(probe: NegationProbe, teacher: Teacher, model: torch.nn.Mod
         elif p["repair_relax"] and forget < RELAX_BELOW * guard:
             info["relaxed_alpha"] = negation = relax(probe, model, tau, negation, guard)
         now = probe.utility(model)
+        # the whole round: steps, probes, and the guard's or relax's alpha search
+        info["round_seconds"] = time.perf_counter() - t_round
         if all(u is None or u >= aim for u in now):
             break
         gain = p["repair_min_gain"]

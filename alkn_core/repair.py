@@ -19,6 +19,7 @@ coarse-grained distribution. `repair` runs the steps (AdamW, constant lr, weight
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -157,6 +158,7 @@ def repair(model: torch.nn.Module, teacher: Teacher, forget: Sequence[Sequence[B
     `forget`: the sets the hinge holds under the target, each on its own (this task's first,
     then the earlier tasks'): one batch of this task's and of at most HINGE_EARLIER_SETS
     earlier sets (in turn) per step."""
+    t = time.perf_counter()
     steps = params["repair_steps"]
     trainable = [q for q in model.parameters() if q.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
@@ -187,4 +189,5 @@ def repair(model: torch.nn.Module, teacher: Teacher, forget: Sequence[Sequence[B
     return {"steps": steps, "lr": lr, "kl_first": kls[0] if kls else None,
             "kl_last": kls[-1] if kls else None,
             "hinge_last": hinges[-1] if hinges else None,
-            "items": sum(int(b["input_ids"].shape[0]) for b in teacher.batches)}
+            "items": sum(int(b["input_ids"].shape[0]) for b in teacher.batches),
+            "seconds": time.perf_counter() - t}

@@ -21,10 +21,10 @@ from config.settings import Settings, get_settings
 from observability.logs import configure_logging
 from registry.change_feed import ChangeFeed
 from registry.db import session_scope
+from registry.keys import ensure_bootstrap_key
 from registry.store import open_store
 
 from . import dashboard, errors, metrics
-from .auth import ensure_bootstrap_key
 from .read_cache import ReadCache
 from .revocation import RevocationWatch
 from .routes import health, jobs, models, requests, versions

@@ -59,8 +59,10 @@ class Service:
         self.url = self.settings.resolved_database_url
 
     def register(self, name: str, retain: list[dict[str, Any]] | None = None) -> str:
+        from alkn_cli.service import (
+            DEMO_DEFAULT_PARAMS,  # what `alkn serve` registers the demo with
+        )
         from alkn_core.demo_model import demo_model_dir, demo_registration_sets
-        from cli import DEMO_DEFAULT_PARAMS  # what `alkn serve` registers the demo with
         from registry.catalog import register_model, tenant_named
         from registry.db import session_scope
         from registry.store import open_store

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-OURS = {"api", "worker", "registry", "alkn_core", "alkn_client", "cli", "bench", "config",
+OURS = {"api", "worker", "registry", "alkn_core", "alkn_client", "alkn_cli", "bench", "config",
         "observability", "archive_safety"}
 # What the web tier is made of (none of it may load torch).
 WEB_TIER = ("api", "registry", "config", "observability", "archive_safety")

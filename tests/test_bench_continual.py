@@ -91,13 +91,13 @@ def test_continual_benchmark_smoke(tmp_path: Path) -> None:
 
 def test_alkn_bench_continual_runs_the_checkout_benchmark(capsys: pytest.CaptureFixture[str]
                                                           ) -> None:
-    import cli
+    from alkn_cli.main import main
 
     with pytest.raises(SystemExit) as exit_:
-        cli.main(["bench", "continual", "--help"])
+        main(["bench", "continual", "--help"])
     assert exit_.value.code == 0
     assert "--data-dir" in capsys.readouterr().out
-    assert cli.main(["bench", "nope"]) == 2
+    assert main(["bench", "nope"]) == 2
 
 
 def test_resume_reuses_only_runs_of_the_same_setup(tmp_path: Path) -> None:

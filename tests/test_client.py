@@ -48,7 +48,7 @@ WEIGHTS = "model.safetensors"
 def _alkn_command() -> list[str]:
     """The installed `alkn` entry point (python -m cli where it is not installed)."""
     script = Path(sys.executable).parent / "alkn"
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "cli"]
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "alkn_cli"]
 
 
 _ALKN = _alkn_command()
@@ -80,7 +80,7 @@ def server(module_pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPath
            "ALKN_MODEL_SOURCE_ROOTS": str(worker_world.model_dir.parent),
            "ALKN_BOOTSTRAP_API_KEY": KEY, "ALKN_QUEUE": f"client-{port}",
            "ALKN_DISPATCH_INTERVAL": "0.1", "ALKN_REGISTER_DEMO": "false"}
-    proc = start_process(["-m", "cli", "serve", "--port", str(port)], env, home / "serve.log")
+    proc = start_process(["-m", "alkn_cli", "serve", "--port", str(port)], env, home / "serve.log")
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", timeout=120)
         yield f"http://127.0.0.1:{port}"
@@ -515,8 +515,8 @@ def test_cli_lists_and_errors(server: str, model: str, job_run: JobRun, tmp_path
     r = _alkn("status", job_run.cancelled.id, "--watch", server=server, cwd=tmp_path)
     assert r.returncode == 1 and json.loads(r.stdout)["status"] == "cancelled"
 
-    # The error paths, in this process (cli.main is what the entry point runs).
-    from cli import main
+    # The error paths, in this process (alkn_cli.main.main is what the entry point runs).
+    from alkn_cli.main import main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ALKN_URL", "http://127.0.0.1:1")  # --url wins over it

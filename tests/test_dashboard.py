@@ -71,7 +71,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
            # (two OpenMP threads then wait on each other at every operation).
            "OMP_NUM_THREADS": "1"}
     log = home / "serve.log"
-    proc = start_process(["-m", "cli", "serve", "--port", str(port)], env, log)
+    proc = start_process(["-m", "alkn_cli", "serve", "--port", str(port)], env, log)
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", timeout=120)
         yield Service(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics",

@@ -185,7 +185,8 @@ def test_embedded_default_serve(tmp_path: Path) -> None:
     env = {"ALKN_HOME": str(tmp_path / "home"), "ALKN_BOOTSTRAP_API_KEY": KEY}
     for name in ("ALKN_DATABASE_URL", "ALKN_BROKER_URL", "ALKN_ARTIFACT_ROOT"):
         env[name] = ""
-    proc = start_process(["-m", "cli", "serve", "--port", str(port)], env, tmp_path / "serve.log")
+    proc = start_process(["-m", "alkn_cli", "serve", "--port", str(port)], env,
+                         tmp_path / "serve.log")
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", timeout=120)
         forget = [{"question": r["question"], "answer": r["answer"]}

@@ -51,7 +51,7 @@ def test_interrupted_run_resumes_exactly(tiny_world: TinyWorld, tmp_path: Path) 
 def test_alkn_finetune_tiny(tiny_world: TinyWorld, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cli import main
+    from alkn_cli.main import main
 
     data = tmp_path / "full.json"
     data.write_text("\n".join(json.dumps({"question": i["question"], "answer": i["answer"]})

@@ -18,9 +18,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from api.auth import create_api_key
 from config.settings import Settings
 from registry.db import session_scope
+from registry.keys import create_api_key
 from registry.migrate import upgrade
 from registry.models import ForgetRequest, Job, JobEvent, Outbox, utcnow
 from registry.store import LocalStore

@@ -29,9 +29,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
 from api.app import create_app
-from api.auth import create_api_key
 from config.settings import Settings
 from registry.db import get_engine, session_scope
+from registry.keys import create_api_key
 from registry.migrate import upgrade
 from registry.models import ForgetRequest, IdempotencyRecord, Model, Tenant, utcnow
 from registry.store import LocalStore

@@ -32,7 +32,7 @@ REFUSAL = "source.path is not an allowed model directory"
 def alkn(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "ALKN_HOME": str(home), "ALKN_DATABASE_URL": "",
            "ALKN_ARTIFACT_ROOT": "", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], env=env, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "alkn_cli", *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
 
 

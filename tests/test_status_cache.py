@@ -18,11 +18,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, text, update
 
 from api.app import create_app
-from api.auth import create_api_key, hash_key
 from api.read_cache import ReadCache
 from config.settings import Settings
 from registry.change_feed import APPLICATION_NAME
 from registry.db import session_scope
+from registry.keys import create_api_key, hash_key
 from registry.models import ApiKey, ForgetRequest, Model
 
 from .services import ROOT
@@ -170,11 +170,11 @@ def test_revoked_key_stops_working_at_once(client: TestClient, pg_url: str,
     assert client.get("/v1/models", headers=auth).status_code == 200
     assert client.get("/v1/models", headers=auth).status_code == 200  # from the cache
     # As an operator does it: `alkn keys revoke` in another process, by the key's label.
-    listed = subprocess.run([sys.executable, "-m", "cli", "keys", "list"], cwd=ROOT, text=True,
+    listed = subprocess.run([sys.executable, "-m", "alkn_cli", "keys", "list"], cwd=ROOT, text=True,
                             env={**os.environ, "ALKN_DATABASE_URL": pg_url},
                             capture_output=True, check=True).stdout
     assert key not in listed and key[:12] in listed
-    subprocess.run([sys.executable, "-m", "cli", "keys", "revoke", key[:12]], cwd=ROOT,
+    subprocess.run([sys.executable, "-m", "alkn_cli", "keys", "revoke", key[:12]], cwd=ROOT,
                    env={**os.environ, "ALKN_DATABASE_URL": pg_url}, check=True)
     wait_for(lambda: client.get("/v1/models", headers=auth).status_code == 401,
              "the revoked key to be refused")

@@ -27,8 +27,8 @@ from fastapi.routing import APIRoute
 from sqlalchemy.engine import make_url
 
 import api.routes
-from api.auth import KEY_PREFIX, create_api_key, ensure_bootstrap_key, hash_key
 from registry.db import get_engine, session_scope
+from registry.keys import KEY_PREFIX, create_api_key, ensure_bootstrap_key, hash_key
 from registry.models import ForgetRequest, Job, JobEvent, Version
 
 from .apikit import BOOT_KEY, QA, ApiWorld

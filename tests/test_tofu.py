@@ -45,7 +45,7 @@ def test_required_files_and_bad_records(tmp_path: Path) -> None:
 
 
 def test_alkn_demo_data_writes_a_loadable_directory(tmp_path: Path) -> None:
-    from cli import main
+    from alkn_cli.main import main
 
     assert main(["demo", "data", "--out", str(tmp_path), "--people", "10",
                  "--holdout-people", "1"]) == 0

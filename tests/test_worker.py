@@ -23,6 +23,7 @@ from sqlalchemy import func, select, update
 
 from config.settings import Settings
 from registry import jobs
+from registry import outbox as outbox_rows
 from registry.db import session_scope
 from registry.models import (
     ForgetRequest,
@@ -143,7 +144,7 @@ def submit(url: str, model_id: str, items: list[dict[str, Any]], *,
                             cancel_requested=cancel_requested)
         s.add(req)
         if outbox:
-            outbox.enqueue_lineage(s, model_id)
+            outbox_rows.enqueue_lineage(s, model_id)
         s.flush()
         return req.id
 

@@ -1,5 +1,5 @@
-"""The client side of the `alkn` command: submit, status, download, models list, versions
-list. cli.py only wires these into its parser (`add_parsers`, then `run`).
+"""The client commands of `alkn`, over HTTP with alkn_client: submit, status, download, models
+list, versions list.
 
 Server and key: `--url` / `--api-key`, else $ALKN_URL (default http://127.0.0.1:8000) and
 $ALKN_API_KEY. API errors print the problem document's detail, never a traceback.
@@ -22,12 +22,11 @@ from typing import Any, TextIO
 
 import httpx
 
-from .client import Client
-from .errors import AlknClientError, ApiError
-from .models import ForgetRequest
+from alkn_client import Client
+from alkn_client.errors import AlknClientError, ApiError
+from alkn_client.models import ForgetRequest, JobEvent
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-COMMANDS = frozenset({"submit", "status", "download", "models", "versions"})
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_QUALITY = 3
@@ -57,6 +56,7 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--idempotency-key", default=None,
                    help="a retry with the same key and items returns the same request")
     s.add_argument("--id-only", action="store_true", help="print only the request id")
+    s.set_defaults(handler=run)
 
     st = sub.add_parser("status", parents=[common], help="a forget request's status")
     st.add_argument("request_id")
@@ -65,6 +65,7 @@ def add_parsers(sub: Any) -> None:
                          "and its version passed the quality gate (3 if it did not)")
     st.add_argument("--interval", type=float, default=2.0,
                     help="longest delay between polls with --watch (seconds)")
+    st.set_defaults(handler=run)
 
     d = sub.add_parser("download", parents=[common],
                        help="download a version's files (resumes, checks sha256)")
@@ -73,17 +74,20 @@ def add_parsers(sub: Any) -> None:
     d.add_argument("dest", help="directory to write the files into")
     d.add_argument("--retries", type=int, default=3,
                    help="resume this many times after a dropped connection")
+    d.set_defaults(handler=run)
 
     m = sub.add_parser("models", help="registered models")
     msub = m.add_subparsers(dest="models_command", required=True)
     ml = msub.add_parser("list", parents=[common], help="list the models")
     ml.add_argument("--json", action="store_true", help="JSON Lines instead of a table")
+    ml.set_defaults(handler=run)
 
     v = sub.add_parser("versions", help="versions of a model")
     vsub = v.add_subparsers(dest="versions_command", required=True)
     vl = vsub.add_parser("list", parents=[common], help="list a model's versions")
     vl.add_argument("model")
     vl.add_argument("--json", action="store_true", help="JSON Lines instead of a table")
+    vl.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -203,6 +207,11 @@ def _duration(seconds: float) -> str:
     return f"{s} s" if s < 90 else f"{round(s / 60)} min" if s < 5400 else f"{s / 3600:.1f} h"
 
 
+def _event_label(event: JobEvent) -> str:
+    phase = event.data.get("phase")
+    return f"{event.stage} ({phase})" if phase else event.stage
+
+
 def _status(client: Client, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if not args.watch:
         req = client.get_request(args.request_id)
@@ -237,6 +246,12 @@ def _status(client: Client, args: argparse.Namespace, out: TextIO, err: TextIO) 
                           max_poll=args.interval, on_update=show)
     finally:
         bar.close()
+    if req.job_id is not None:
+        # A fast job passes stages between two polls: its event log says what the bar missed.
+        labels = [_event_label(e) for e in client.iter_job_events(req.job_id)]
+        stages = [x for i, x in enumerate(labels) if i == 0 or x != labels[i - 1]]
+        if stages:
+            print("stages: " + " -> ".join(stages), file=err)
     summary = f"{req.status}"
     if req.result_version is not None:
         summary += f": {req.model} version {req.result_version}"
@@ -250,7 +265,7 @@ def _status(client: Client, args: argparse.Namespace, out: TextIO, err: TextIO) 
 def _download(client: Client, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from tqdm import tqdm
 
-    from ._download import DownloadProgress
+    from alkn_client._download import DownloadProgress
 
     bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, file=err,
                dynamic_ncols=True, desc=f"{args.model}@{args.ref}")

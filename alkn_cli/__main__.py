@@ -1,0 +1,5 @@
+"""`python -m alkn_cli ...` is `alkn ...`."""
+
+from .main import main
+
+raise SystemExit(main())
