@@ -1,8 +1,9 @@
 """alkn_core: continual LLM unlearning (ALKN and baselines). Depends on torch + transformers
 only; nothing of ours is imported here.
 
-The package is imported lazily: `alkn_core.params` and `alkn_core.items` are pure Python, so
-the web tier can validate requests without loading torch.
+The package is imported lazily: `alkn_core.params`, `alkn_core.items` and the method
+registry `alkn_core.methods` import without torch, so the web tier validates requests
+without loading it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 _EXPORTS = {
     "unlearn": "unlearning", "UnlearnResult": "unlearning", "UnlearnState": "state",
-    "TaskVector": "task_vector", "METHODS": "methods", "method_params": "params",
+    "TaskVector": "task_vector", "METHODS": "methods", "method_params": "methods",
     "DEFAULT_QA_TEMPLATE": "params", "CalibrationError": "calibration",
 }
 __all__ = sorted(_EXPORTS)

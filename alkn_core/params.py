@@ -1,224 +1,307 @@
-"""Hyper-parameters of every method: names, defaults, types and validation.
+"""Method parameters: typed declarations with defaults, bounds and a line of doc each, and
+their validation. Torch-free: the web tier validates requests with it.
 
-The names are part of the public contract (API `params`, benchmarks), see ALKN_SPEC.md.
+A method's parameters are a frozen dataclass (`Params`) composed of the groups below; every
+field is declared with `param(...)`, which holds its type and bounds:
+
+- numbers are >= 0, and > 0 where `positive`; each has an upper bound `le` (inclusive), so no
+  request can hold a worker for ever (epochs=1e9) or ask for what no accelerator holds;
+- `auto=True`: the string "auto" is accepted too (the method then chooses the value);
+- `nullable=True`: null means "not set";
+- `choices`: the values a string may take; any string is at most MAX_TEMPLATE_CHARS long.
+
+`Params.parse(mapping)` merges a mapping over the defaults and returns the validated instance
+(ValueError names the key and what was wrong); `as_dict()` is what is stored and sent. A
+`Params` reads like a read-only mapping too (`p["lr"]`), so the loop and the negation take any
+method's. The names are part of the public contract (the API's `params`, the benchmarks).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Self
 
 from .quoting import quoted
 
-DEFAULT_QA_TEMPLATE = "Question: {question}\nAnswer: {answer}"
-
-# Shared by every method: the training loop.
-LOOP_DEFAULTS: dict[str, Any] = {
-    "lr": 2e-5,
-    "epochs": 5,
-    "batch_size": 16,
-    "grad_accum": 4,
-    "weight_decay": 0.01,
-    "warmup_ratio": 0.2,
-    "max_grad_norm": 1.0,
-    "max_length": 500,
-    "seed": 42,
-    "qa_template": DEFAULT_QA_TEMPLATE,
-    "chat_template": False,
-}
-
-# alpha: a number, or "auto" = the smallest alpha in (0, alpha_max] whose negated model
-# reaches the forget target (alkn_core/calibration.py). The target is target_forget_prob if
-# set, else the holdout items' answer probability when the caller gives holdout items, else
-# target_forget_ratio x the forget items' probability before the task.
 AUTO = "auto"
-NEGATION_DEFAULTS: dict[str, Any] = {
-    "alpha": 1.0, "coef_decay": 1.0, "lr_decay": 1.0,
-    "target_forget_prob": None, "target_forget_ratio": 0.1, "alpha_max": 4.0,
-    "calibration_evals": 8,
-    # Out of reach at alpha_max: the forget fine-tune again with lr x3, x9, ... this often.
-    "escalations": 2,
-    # After negation: steps of KL(pre-task model || now) on retain (+ general) answer tokens
-    # with a hinge holding the forget items under the target (alkn_core/repair.py). 0 = off;
-    # repair_lr None = 0.1 x the forget fine-tune's lr.
-    "repair_steps": 30, "repair_lr": None, "repair_forget_weight": 1.0,
-    # Repair items at most (a seeded sample of the pool beyond): the teacher's memory and
-    # forward cost; more items, less of the repair that only fits the items it saw.
-    "repair_items": 128,
-    # Repair rounds at most (each: repair_steps, then the forget guard or relax); they stop
-    # once the retain probe is back to repair_aim x its lineage's first value (or the
-    # utility floor if higher). Stopping at the floor itself left each task's model just
-    # above it and the people no repair item stood for below it (docs/bench/selectivity_*).
-    "repair_rounds": 5, "repair_aim": 0.95,
-    # ...or once a round gained less than this fraction of the probes' references (neither
-    # probe improved): later rounds on a long lineage added nothing and cost most of its
-    # jobs' time (bench/job_cost.py); 0.01 stopped some rounds that still helped
-    # (docs/bench/selectivity_ablation.md). 0 = always run every round.
-    "repair_min_gain": 0.002,
-    "repair_sets": "retain",
-    # The repair's target: the lineage's first model (its distributions on a fixed sample of
-    # repair items, carried in the state) or the model before this task.
-    "repair_reference": "first",
-    # After repair, forget items far under the target: give back part of the negation.
-    "repair_relax": True,
-}
-
-ALKN_DEFAULTS: dict[str, Any] = {
-    "unmask_ratio": 0.8,
-    "mask_p_k": 0.5,
-    "low_lr_ratio": 0.1,
-    "init_prob_k": 1.5,
-    "threshold_update_step": 1,
-    "trim_ratio": 0.15,
-    # retain_safe: measured far better than the reference rule (README, bench/continual.py).
-    "mask_rule": "retain_safe",
-    "retain_gradient_sets": "retain",
-}
-
-# The quality gate (every method): a version should keep at least this fraction of the
-# lineage's first version's retain answer probability and model utility. Forgetting wins
-# when both cannot be had; the version then says so (its `quality` block).
-QUALITY_DEFAULTS: dict[str, Any] = {"utility_floor": 0.85}
-
-NPO_DEFAULTS: dict[str, Any] = {"beta": 0.1}
-LOSS_WEIGHT_DEFAULTS: dict[str, Any] = {"forget_weight": 1.0, "retain_weight": 1.0}
-
-# Every method's parameters (the methods' modules use these; the web tier validates with
-# them without importing torch).
-METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    # alpha "auto": forget exactly enough (bench/calibration.py: it reached its target on
-    # every task and kept more utility than the best fixed alpha, with either target).
-    # lr "auto" (a short probe on the model picks it, lr_probe.py) is not the default: on the
-    # selectivity benchmark it kept less of the general sets than the hand-tuned lr
-    # (docs/bench/selectivity_demo.md, selectivity_heldout.md).
-    "alkn": {**LOOP_DEFAULTS, **QUALITY_DEFAULTS, **NEGATION_DEFAULTS, **ALKN_DEFAULTS,
-             "alpha": AUTO},
-    "task_vector": {**LOOP_DEFAULTS, **QUALITY_DEFAULTS, **NEGATION_DEFAULTS},
-    "grad_ascent": {**LOOP_DEFAULTS, **QUALITY_DEFAULTS},
-    "grad_diff": {**LOOP_DEFAULTS, **QUALITY_DEFAULTS, **LOSS_WEIGHT_DEFAULTS},
-    "npo": {**LOOP_DEFAULTS, **QUALITY_DEFAULTS, **NPO_DEFAULTS},
-    "npo_gd": {**LOOP_DEFAULTS, **QUALITY_DEFAULTS, **NPO_DEFAULTS, **LOSS_WEIGHT_DEFAULTS},
-}
-# Methods that cannot run without a retain set.
-NEEDS_RETAIN = frozenset({"alkn", "grad_diff", "npo_gd"})
-
-# Allowed values of the string-valued parameters.
-CHOICES: dict[str, tuple[str, ...]] = {
-    "mask_rule": ("reference", "retain_safe"),
-    "retain_gradient_sets": ("retain", "retain+eval"),
-    "repair_sets": ("retain", "retain+eval"),
-    "repair_reference": ("first", "pre_task"),
-}
-
-# Parameters that must be > 0 (the rest of the numbers must be >= 0).
-POSITIVE = {"lr", "epochs", "batch_size", "grad_accum", "max_length", "alpha", "coef_decay",
-            "lr_decay", "init_prob_k", "threshold_update_step", "beta", "max_grad_norm",
-            "target_forget_prob", "target_forget_ratio", "alpha_max", "calibration_evals",
-            "repair_lr", "repair_items", "repair_rounds"}
-# Parameters in [0, 1].
-FRACTIONS = {"warmup_ratio", "unmask_ratio", "low_lr_ratio", "trim_ratio",
-             "target_forget_prob", "target_forget_ratio", "utility_floor", "repair_aim",
-             "repair_min_gain"}
-# Numbers that may also be the string "auto" (their default may be either).
-AUTO_OR_NUMBER = {"alpha", "lr"}
-# Numbers that may be null (= not set; the default is None).
-OPTIONAL_NUMBERS = {"target_forget_prob", "repair_lr"}
-# Upper bounds of the other numbers (FRACTIONS stop at 1): far past any useful value, but a
-# request can no longer hold its lineage's worker for ever (epochs=1e9) or ask for what no
-# accelerator holds (batch_size=1e6). Every number has one (tests/test_param_bounds.py).
-MAXIMA: dict[str, float] = {
-    "lr": 1.0, "epochs": 100, "batch_size": 1024, "grad_accum": 1024, "max_length": 8192,
-    "weight_decay": 10.0, "max_grad_norm": 1e4, "seed": 2**31 - 1,
-    "alpha": 100.0, "coef_decay": 100.0, "lr_decay": 100.0, "alpha_max": 100.0,
-    "calibration_evals": 100, "mask_p_k": 100.0, "init_prob_k": 100.0,
-    "threshold_update_step": 1_000_000, "beta": 100.0, "forget_weight": 1000.0,
-    "retain_weight": 1000.0, "escalations": 10, "repair_steps": 10_000, "repair_lr": 1.0,
-    "repair_forget_weight": 1000.0, "repair_items": 100_000, "repair_rounds": 100,
-}
+DEFAULT_QA_TEMPLATE = "Question: {question}\nAnswer: {answer}"
 MAX_TEMPLATE_CHARS = 4096
 
 
-def _check_type(name: str, value: Any, default: Any) -> Any:
-    """Coerce `value` to the type of `default`, refusing anything that would lose meaning."""
-    if name in AUTO_OR_NUMBER:
-        if isinstance(value, str):
+@dataclass(frozen=True)
+class Spec:
+    """What one parameter accepts."""
+
+    kind: type  # bool, int, float or str
+    doc: str
+    positive: bool = False  # numbers: > 0 (else >= 0)
+    le: float | None = None  # numbers: the inclusive upper bound
+    choices: tuple[str, ...] = ()
+    auto: bool = False  # the string "auto" too
+    nullable: bool = False  # null too (= not set)
+
+    def check(self, name: str, value: Any) -> Any:
+        """`value` coerced to this parameter's type; ValueError says what is wrong."""
+        if self.auto and isinstance(value, str):
             if value != AUTO:
                 raise ValueError(f"param {name!r} must be {AUTO!r} or a number > 0, "
                                  f"got {quoted(value)}")
             return value
-        default = 1.0  # then checked as a number
-    if name in OPTIONAL_NUMBERS:
-        if value is None:
+        if self.nullable and value is None:
             return None
-        default = 1.0
-    if isinstance(default, bool):
+        value = _coerce(name, value, self.kind)
+        if isinstance(value, str):
+            if self.choices and value not in self.choices:
+                raise ValueError(f"param {name!r} must be one of {self.choices}, "
+                                 f"got {quoted(value)}")
+            if len(value) > MAX_TEMPLATE_CHARS:
+                raise ValueError(f"param {name!r} must be at most {MAX_TEMPLATE_CHARS} "
+                                 f"characters, got {len(value)}")
+            return value
+        if isinstance(value, bool):
+            return value
+        if self.positive and value <= 0:
+            raise ValueError(f"param {name!r} must be > 0, got {quoted(value)}")
+        if value < 0:
+            raise ValueError(f"param {name!r} must be >= 0, got {quoted(value)}")
+        if self.le is not None and value > self.le:
+            raise ValueError(f"param {name!r} must be <= {self.le!r}, got {quoted(value)}")
+        return value
+
+    def json_schema(self, default: Any) -> dict[str, Any]:
+        """This parameter as JSON Schema (the API's OpenAPI document shows it)."""
+        base: dict[str, Any] = {"type": {bool: "boolean", int: "integer", float: "number",
+                                         str: "string"}[self.kind]}
+        if self.kind in (int, float):
+            base["exclusiveMinimum" if self.positive else "minimum"] = 0
+            if self.le is not None:
+                base["maximum"] = self.le
+        if self.choices:
+            base["enum"] = list(self.choices)
+        if self.kind is str and not self.choices:
+            base["maxLength"] = MAX_TEMPLATE_CHARS
+        alternatives = [base]
+        if self.auto:
+            alternatives.append({"const": AUTO})
+        if self.nullable:
+            alternatives.append({"type": "null"})
+        schema: dict[str, Any] = base if len(alternatives) == 1 else {"anyOf": alternatives}
+        return {**schema, "default": default, "description": self.doc}
+
+
+def _coerce(name: str, value: Any, kind: type) -> Any:
+    """Coerce `value` to `kind`, refusing anything that would lose meaning."""
+    if kind is bool:
         if not isinstance(value, bool):
             raise ValueError(f"param {name!r} must be a boolean, got {quoted(value)}")
         return value
-    if isinstance(default, int):
+    if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 return int(value)
             raise ValueError(f"param {name!r} must be an integer, got {quoted(value)}")
         return value
-    if isinstance(default, float):
+    if kind is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"param {name!r} must be a number, got {quoted(value)}")
         value = float(value)
         if value != value or value in (float("inf"), float("-inf")):
             raise ValueError(f"param {name!r} must be finite, got {quoted(value)}")
         return value
-    if isinstance(default, str):
-        if not isinstance(value, str):
-            raise ValueError(f"param {name!r} must be a string, got {quoted(value)}")
-        return value
-    raise AssertionError(f"no type rule for {name}")
+    if not isinstance(value, str):
+        raise ValueError(f"param {name!r} must be a string, got {quoted(value)}")
+    return value
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+def param(default: Any, doc: str, *, kind: type | None = None, positive: bool = False,
+          le: float | None = None, choices: tuple[str, ...] = (), auto: bool = False,
+          nullable: bool = False) -> Any:
+    """A dataclass field declaring one parameter; `kind` defaults to the default's type."""
+    if kind is None:
+        kind = type(default)
+    numeric = kind in (int, float)
+    assert kind in (bool, int, float, str), kind
+    assert not numeric or le is not None, f"every number has an upper bound: {doc}"
+    spec = Spec(kind=kind, doc=doc, positive=positive, le=le, choices=choices, auto=auto,
+                nullable=nullable)
+    return field(default=default, metadata={"spec": spec})
 
 
-def resolve_params(defaults: dict[str, Any], params: dict[str, Any] | None) -> dict[str, Any]:
-    """Merge `params` over `defaults`; raise ValueError naming any unknown or ill-typed key."""
+def redefault(group: type[Params], name: str, default: Any) -> Any:
+    """`group`'s parameter `name` with another default (a method that prefers another)."""
+    f = group.declared()[name]
+    return field(default=default, metadata={"spec": f[1]})
+
+
+Declared = Mapping[str, tuple[Any, Spec]]  # name -> (default, spec)
+
+
+def validate(declared: Declared, params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`params` merged over the declared defaults; ValueError names any unknown or bad key."""
     if params is None:
         params = {}
-    if not isinstance(params, dict):
+    if not isinstance(params, Mapping):
         raise ValueError(f"params must be a mapping, got {type(params).__name__}")
-    unknown = sorted(set(params) - set(defaults))
+    unknown = sorted(set(params) - set(declared))
     if unknown:
         raise ValueError(f"unknown param(s) {', '.join(map(quoted, unknown[:5]))}; "
-                         f"allowed: {', '.join(sorted(defaults))}")
-    out = dict(defaults)
+                         f"allowed: {', '.join(sorted(declared))}")
+    out = {name: default for name, (default, _) in declared.items()}
     for name, value in params.items():
-        value = _check_type(name, value, defaults[name])
-        if name in CHOICES and value not in CHOICES[name]:
-            raise ValueError(f"param {name!r} must be one of {CHOICES[name]}, got {quoted(value)}")
-        if isinstance(value, str) and len(value) > MAX_TEMPLATE_CHARS:
-            raise ValueError(f"param {name!r} must be at most {MAX_TEMPLATE_CHARS} characters, "
-                             f"got {len(value)}")
-        if not _is_number(value):  # "auto", None and the string/boolean params
-            out[name] = value
-            continue
-        if name in POSITIVE and value <= 0:
-            raise ValueError(f"param {name!r} must be > 0, got {quoted(value)}")
-        if value < 0:
-            raise ValueError(f"param {name!r} must be >= 0, got {quoted(value)}")
-        if name in FRACTIONS and value > 1:
-            raise ValueError(f"param {name!r} must be <= 1, got {quoted(value)}")
-        if name in MAXIMA and value > MAXIMA[name]:
-            raise ValueError(f"param {name!r} must be <= {MAXIMA[name]!r}, got {quoted(value)}")
-        out[name] = value
+        out[name] = declared[name][1].check(name, value)
     template = out.get("qa_template")
     if template is not None and not (0 <= template.find("{question}") < template.find("{answer}")):
         raise ValueError("param 'qa_template' must contain {question} followed by {answer}")
     return out
 
 
-def method_params(method: str, params: dict[str, Any] | None) -> dict[str, Any]:
-    """The full, validated parameter set of a method (ValueError names a bad key)."""
-    if method not in METHOD_DEFAULTS:
-        raise ValueError(f"unknown method {quoted(method)}; one of {', '.join(METHOD_DEFAULTS)}")
-    return resolve_params(METHOD_DEFAULTS[method], dict(params or {}))
+@dataclass(frozen=True, kw_only=True)
+class Params(Mapping[str, Any]):
+    """A method's parameters: a frozen dataclass that also reads as a mapping."""
+
+    _declared: ClassVar[dict[str, tuple[Any, Spec]] | None] = None
+
+    @classmethod
+    def declared(cls) -> dict[str, tuple[Any, Spec]]:
+        if cls.__dict__.get("_declared") is None:
+            cls._declared = {f.name: (f.default, f.metadata["spec"])
+                             for f in dataclasses.fields(cls)}
+        assert cls._declared is not None
+        return cls._declared
+
+    @classmethod
+    def parse(cls, params: Mapping[str, Any] | None = None) -> Self:
+        """`params` over the defaults, validated (ValueError names a bad key)."""
+        return cls(**validate(cls.declared(), params))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.declared()}
+
+    def replace(self, **changes: Any) -> Self:
+        return dataclasses.replace(self, **changes)
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self.declared():
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.declared())
+
+    def __len__(self) -> int:
+        return len(self.declared())
+
+
+def json_schema(declared: Declared) -> dict[str, Any]:
+    """A JSON Schema object of these parameters."""
+    return {"type": "object", "additionalProperties": False,
+            "properties": {name: spec.json_schema(default)
+                           for name, (default, spec) in sorted(declared.items())}}
+
+
+# -- the groups methods are made of ------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoopParams(Params):
+    """The training loop, shared by every method."""
+
+    lr: float | str = param(
+        2e-5, "learning rate of the forget fine-tune; \"auto\": a short probe on the model "
+        "picks it on the lineage's first task", positive=True, le=1.0, auto=True)
+    epochs: int = param(5, "passes over the forget items", positive=True, le=100)
+    batch_size: int = param(16, "items per batch", positive=True, le=1024)
+    grad_accum: int = param(4, "gradient accumulation steps", positive=True, le=1024)
+    weight_decay: float = param(0.01, "AdamW, matrices only", le=10.0)
+    warmup_ratio: float = param(0.2, "share of steps warming up, then linear decay", le=1)
+    max_grad_norm: float = param(1.0, "clipping", positive=True, le=1e4)
+    max_length: int = param(500, "tokens per item at most", positive=True, le=8192)
+    seed: int = param(42, "makes a run reproducible", le=2**31 - 1)
+    qa_template: str = param(DEFAULT_QA_TEMPLATE, "how a QA item becomes text ({question} "
+                             "before {answer}; a model's own qa_template applies unless a "
+                             "request sets this)")
+    chat_template: bool = param(False, "wrap QA items in the tokenizer's chat template instead")
+
+
+@dataclass(frozen=True, kw_only=True)
+class QualityParams(Params):
+    """The quality gate (every method)."""
+
+    # Forgetting wins when both cannot be had; the version then says so (its `quality`).
+    utility_floor: float = param(
+        0.85, "a version should keep at least this fraction of the lineage's first version's "
+        "retain answer probability and model utility", le=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LossWeightParams(Params):
+    """Methods that add a retain loss to a forget loss."""
+
+    forget_weight: float = param(1.0, "weight of the forget loss", le=1000.0)
+    retain_weight: float = param(1.0, "weight of the retain loss", le=1000.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NegationParams(Params):
+    """Fine-tune on the forget set, then negate the task vector (alkn, task_vector), with
+    the calibration of alpha and the repair after it (docs/algorithm.md)."""
+
+    # alpha "auto": the smallest alpha in (0, alpha_max] whose negated model reaches the
+    # forget target (calibration.py): target_forget_prob if set, else the holdout items'
+    # answer probability when the caller gives holdout items, else target_forget_ratio x
+    # the forget items' probability before the task.
+    alpha: float | str = param(
+        1.0, "negation strength (theta - alpha x tau); \"auto\": the smallest alpha that "
+        "reaches the forget target", positive=True, le=100.0, auto=True)
+    coef_decay: float = param(1.0, "a fixed alpha x this^task", positive=True,
+                              le=100.0)
+    lr_decay: float = param(1.0, "lr x this^task", positive=True, le=100.0)
+    target_forget_prob: float | None = param(
+        None, "forget target of alpha \"auto\": the forget items' mean answer probability",
+        kind=float, positive=True, le=1, nullable=True)
+    target_forget_ratio: float = param(
+        0.1, "forget target without holdout items or target_forget_prob: this x the forget "
+        "items' probability before the task", positive=True, le=1)
+    alpha_max: float = param(4.0, "alpha \"auto\" searches (0, alpha_max]", positive=True,
+                             le=100.0)
+    calibration_evals: int = param(8, "negated models the alpha search measures at most",
+                                   positive=True, le=100)
+    escalations: int = param(
+        2, "target out of reach at alpha_max: the forget fine-tune again with lr x3, x9, ... "
+        "this often", le=10)
+    # Repair: steps of KL(reference model || now) on retain (+ general) answer tokens with a
+    # hinge holding the forget items under the target (repair.py).
+    repair_steps: int = param(30, "repair steps per round (0 = no repair)", le=10_000)
+    repair_lr: float | None = param(
+        None, "repair learning rate (null: 0.1 x the forget fine-tune's)", kind=float,
+        positive=True, le=1.0, nullable=True)
+    repair_forget_weight: float = param(
+        1.0, "weight of the hinge that holds the forget items under the target", le=1000.0)
+    # More items, less of the repair that only fits the items it saw; each costs teacher
+    # memory and forward time.
+    repair_items: int = param(128, "repair items at most (a seeded sample of the pool)",
+                              positive=True, le=100_000)
+    # Stopping at the floor itself left each task's model just above it and the people no
+    # repair item stood for below it (docs/bench/selectivity_*).
+    repair_rounds: int = param(5, "repair rounds at most (each: repair_steps, then the forget "
+                               "guard or relax)", positive=True, le=100)
+    repair_aim: float = param(
+        0.95, "rounds stop once the retain probe is back to this x its lineage's first value "
+        "(or the utility floor if higher)", le=1)
+    # Later rounds on a long lineage added nothing and cost most of its jobs' time
+    # (bench/job_cost.py); 0.01 stopped some that still helped (selectivity_ablation.md).
+    repair_min_gain: float = param(
+        0.002, "rounds stop once one gained less than this fraction of the probes' "
+        "references (0 = always every round)", le=1)
+    repair_sets: str = param("retain", "what the repair keeps: the retain set, or it and "
+                             "the evaluation sets", choices=("retain", "retain+eval"))
+    repair_reference: str = param(
+        "first", "the repair's target: the lineage's first model (carried in the state) or "
+        "the model before this task", choices=("first", "pre_task"))
+    repair_relax: bool = param(True, "after repair, forget items far under the target get "
+                               "part of the negation back")
 
 
 # Evaluation samples (alkn_core/eval_sets.py): per set, items for the answer probability and

@@ -21,7 +21,7 @@ import torch
 from .data import Example, batch_indices, collate, cycle_batches, encode_items, num_batches
 from .data import pad_id as tokenizer_pad_id
 from .losses import nll
-from .params import LOOP_DEFAULTS, resolve_params
+from .params import LoopParams
 from .runtime import autocast_for, model_device, place
 
 Batch = dict[str, torch.Tensor]
@@ -182,7 +182,7 @@ def finetune(model: torch.nn.Module, tokenizer: Any, items: Sequence[dict[str, A
              checkpoint: str | Path | None = None) -> dict[str, Any]:
     """Plain fine-tuning (NLL on answer tokens / all text tokens): how target, retain and
     demo models are made. Returns the loop's statistics."""
-    p = resolve_params(LOOP_DEFAULTS, params)
+    p = LoopParams.parse(params)
     place(model)
     examples = encode_items(items, tokenizer, p)
     torch.manual_seed(p["seed"])

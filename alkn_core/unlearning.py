@@ -25,7 +25,7 @@ from .negation import (
     floor_stats,
     repair_and_guard,
 )
-from .params import AUTO, method_params, resolve_params  # noqa: F401  (re-exported)
+from .params import AUTO
 from .runtime import place
 from .state import UnlearnState
 from .task_vector import TaskVector, snapshot
@@ -109,14 +109,14 @@ def unlearn(
     coming back behind the others forgotten deeper, docs/bench/selectivity_ablation.md).
     """
     cls = get_method(method)
-    p = resolve_params(cls.defaults, dict(params or {}))
+    p = cls.Params.parse(dict(params or {}))
     forget = validate_items(forget, "forget")
     if not forget:
         raise ValueError("forget must contain at least one item")
     retain = validate_items(retain, "retain") if retain else None
     general = validate_items(_general_items(eval_sets), "eval_sets")
     earlier = [validate_items(items, "earlier_forget") for items in _sets(earlier_forget)]
-    if cls.needs_retain(p) and not retain:
+    if cls.needs_retain and not retain:
         raise ValueError(f"method {method!r} needs a retain set")
     if not cls.stateful:
         state = None
@@ -243,16 +243,17 @@ def unlearn(
 
 def _resolve_lr(ctx: TaskContext) -> dict[str, Any]:
     """`lr="auto"`: the lineage's probed lr (carried in the state), else the probe's
-    (lr_probe.py) on this task's forget items; sets ctx.params["lr"], returns the record."""
+    (lr_probe.py) on this task's forget items; sets it in ctx.params, returns the record."""
     p = ctx.params
     t = time.perf_counter()
     carried = ctx.state.info.get(PROBED_LR) if ctx.state is not None else None
     if isinstance(carried, int | float) and not isinstance(carried, bool) and carried > 0:
-        p["lr"] = float(carried)
-        return {"lr": p["lr"], "carried": True, "seconds": time.perf_counter() - t}
+        ctx.params = p.replace(lr=float(carried))
+        return {"lr": float(carried), "carried": True, "seconds": time.perf_counter() - t}
     batches = length_sorted_batches(ctx.forget, p["batch_size"], ctx.pad, ctx.device)
     ctx.report("probing", 0, 1)
-    p["lr"], record = probe_lr(ctx.model, batches, p["max_grad_norm"])
+    lr, record = probe_lr(ctx.model, batches, p["max_grad_norm"])
+    ctx.params = p.replace(lr=lr)
     return {**record, "carried": False, "seconds": time.perf_counter() - t}
 
 

@@ -21,14 +21,14 @@ from pydantic import (
     model_serializer,
 )
 
-from alkn_core.params import (
-    DEFAULT_QA_TEMPLATE,
-    EVAL_DETAIL_ITEMS,
-    EVAL_MAX_ITEMS,
-    METHOD_DEFAULTS,
-)
+from alkn_core.methods import METHODS, params_json_schema
+from alkn_core.params import DEFAULT_QA_TEMPLATE, EVAL_DETAIL_ITEMS, EVAL_MAX_ITEMS
 
 T = TypeVar("T")
+
+# Generated from the method registry (alkn_core.methods): a new method shows up here.
+METHODS_DESCRIPTION = "; ".join(f"`{name}`: {cls.summary()}" for name, cls in METHODS.items())
+PARAMS_SCHEMA = {k: v for k, v in params_json_schema().items() if k != "type"}
 
 
 def _utc(dt: datetime) -> datetime:
@@ -214,7 +214,10 @@ class ModelCreate(_In):
                                   "POST /v1/models/{name}/versions:upload")
     description: Text = Field(default="", max_length=10_000)
     qa_template: Text = Field(default=DEFAULT_QA_TEMPLATE, max_length=10_000)
-    default_params: JsonObject = Field(default_factory=dict)
+    default_params: JsonObject = Field(
+        default_factory=dict, json_schema_extra=PARAMS_SCHEMA,
+        description="defaults of the model's requests: any method's params (each request "
+                    "takes those its method knows)")
     retain_set: ItemSet = Field(default_factory=list)
     holdout_set: ItemSet = Field(default_factory=list)
     eval_sets: dict[SetName, ItemSet] = Field(default_factory=dict, max_length=MAX_EVAL_SETS)
@@ -311,10 +314,12 @@ class ForgetRequestCreate(_In):
     items: list[Item] = Field(min_length=1, max_length=MAX_FORGET_ITEMS,
                               description='{"question", "answer"} or {"text"}')
     method: Text = Field(default="alkn", max_length=64,
-                         json_schema_extra={"enum": list(METHOD_DEFAULTS)},
-                         description="alkn | task_vector | grad_ascent | grad_diff | npo | "
-                                     "npo_gd")
-    params: JsonObject = Field(default_factory=dict)
+                         json_schema_extra={"enum": list(METHODS)},
+                         description=METHODS_DESCRIPTION)
+    params: JsonObject = Field(
+        default_factory=dict, json_schema_extra=PARAMS_SCHEMA,
+        description="over the model's default_params and the method's defaults; the method's "
+                    "params only (docs/methods.md)")
     base_version: int | None = Field(default=None, ge=1, le=MAX_VERSION,
                                      description="default: the newest ready version")
 

@@ -261,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from alkn_core.data import encode_items, pad_id
     from alkn_core.eval_sets import evaluate_sets
     from alkn_core.losses import mean_answer_probability
-    from alkn_core.params import method_params
+    from alkn_core.methods import method_params
     from alkn_core.tofu import load_tofu_dir
 
     cont = _continual()

@@ -124,7 +124,7 @@ def check_params(methods: Sequence[str], user_params: Any,
                  seed: int) -> None:
     """Every --params / --sweep setting is one the run honours, before anything is trained:
     a method it does not run, or a param the method does not take, is a ValueError."""
-    from alkn_core.params import method_params
+    from alkn_core.methods import method_params
 
     if not isinstance(user_params, dict) or not all(isinstance(v, dict)
                                                     for v in user_params.values()):

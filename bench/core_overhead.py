@@ -59,14 +59,13 @@ def step_times(args: argparse.Namespace) -> dict[str, float]:
     from alkn_core.data import collate, encode_items, pad_id
     from alkn_core.losses import nll
     from alkn_core.methods import TaskContext, get_method
-    from alkn_core.params import method_params
     from alkn_core.state import UnlearnState
     from alkn_core.train import build_optimizer
 
     model, tok, forget, retain = _load(args.model, args.data, args.forget)
     device = next(model.parameters()).device
     pad = pad_id(tok)
-    p = method_params("alkn", _params(args.batch_size))
+    p = get_method("alkn").Params.parse(_params(args.batch_size))
     f_ex = encode_items(forget, tok, p)
     r_ex = encode_items(retain, tok, p)
 

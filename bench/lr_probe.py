@@ -24,7 +24,7 @@ def main() -> int:
     from alkn_core.data import encode_items, pad_id
     from alkn_core.demo import demo_data_dir, demo_model_dir, read_jsonl
     from alkn_core.losses import mean_answer_probability
-    from alkn_core.params import LOOP_DEFAULTS, resolve_params
+    from alkn_core.params import LoopParams
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(demo_model_dir()))
@@ -44,7 +44,7 @@ def main() -> int:
     retain = read_jsonl(data / "retain90.json")
     general = (read_jsonl(data / "real_authors_perturbed.json")
                + read_jsonl(data / "world_facts_perturbed.json"))
-    p = resolve_params(LOOP_DEFAULTS, {})
+    p = LoopParams()
     sets = {"forget": encode_items(forget, tok, p),
             "retain": encode_items(retain[: args.retain_items], tok, p),
             "general": encode_items(general, tok, p)}

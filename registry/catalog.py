@@ -23,11 +23,8 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from alkn_core.items import validate_items
-from alkn_core.params import (
-    DEFAULT_QA_TEMPLATE,
-    METHOD_DEFAULTS,
-    resolve_params,
-)
+from alkn_core.methods import ALL_PARAMS
+from alkn_core.params import DEFAULT_QA_TEMPLATE, validate
 from alkn_core.quoting import quoted
 from archive_safety.tar import ArchiveTooLarge, UnsafeArchive, extract_tar
 
@@ -44,11 +41,6 @@ RESERVED_REFS = frozenset({"latest"})
 ACTIVE_JOB_STATUSES = ("queued", "running")
 # Version numbers are PostgreSQL integers: a larger number is simply not a version.
 MAX_VERSION = 2**31 - 1
-
-# Every parameter any method knows: a model's default_params may hold keys for several
-# methods, each request then takes the ones its method knows.
-ALL_PARAM_DEFAULTS: dict[str, Any] = {
-    k: v for defaults in METHOD_DEFAULTS.values() for k, v in defaults.items()}
 
 _PUBLISHED = "alkn_published_keys"  # session.info entry: store keys written this transaction
 
@@ -116,11 +108,12 @@ def _validated_sets(retain_set: Any, holdout_set: Any, eval_sets: Any
 def validate_default_params(params: dict[str, Any] | None, qa_template: str) -> dict[str, Any]:
     """A model's defaults: any method's keys, each checked like a request param."""
     try:
-        resolve_params(ALL_PARAM_DEFAULTS, {"qa_template": qa_template})
+        validate(ALL_PARAMS, {"qa_template": qa_template})
     except ValueError as e:
         raise Invalid(str(e), loc=["body", "qa_template"]) from None
     try:
-        resolve_params(ALL_PARAM_DEFAULTS, params or {})
+        # any method's keys: each request then takes the ones its method knows
+        validate(ALL_PARAMS, params or {})
     except ValueError as e:
         raise Invalid(str(e), loc=["body", "default_params"]) from None
     return dict(params or {})

@@ -15,7 +15,7 @@ from sqlalchemy import Connection, Row, Select, bindparam, func, select, update
 from sqlalchemy.orm import Session, defer
 
 from alkn_core.items import validate_items
-from alkn_core.params import METHOD_DEFAULTS, NEEDS_RETAIN, method_params
+from alkn_core.methods import METHOD_DEFAULTS, NEEDS_RETAIN, method_params
 from alkn_core.quoting import quoted
 
 from .catalog import (

@@ -22,7 +22,9 @@ OURS = {"api", "worker", "registry", "alkn_core", "alkn_client", "alkn_cli", "be
 # What the web tier is made of (none of it may load torch).
 WEB_TIER = ("api", "registry", "config", "observability", "archive_safety")
 # The modules of alkn_core the web tier may import: pure Python, no torch.
-TORCH_FREE_CORE = {"alkn_core.params", "alkn_core.items", "alkn_core.quoting"}
+# The method registry and its method modules reach torch through alkn_core.lazy_import only.
+TORCH_FREE_CORE = {"alkn_core.params", "alkn_core.items", "alkn_core.quoting",
+                   "alkn_core.methods", "alkn_core.lazy_import"}
 # package -> the packages of ours it may import
 SERVICE_BASE = {"config", "observability", "archive_safety"}
 ALLOWED = {
@@ -41,10 +43,16 @@ def _modules(package: str) -> list[Path]:
     return sorted((ROOT / package).rglob("*.py"))
 
 
-def _imports(path: Path) -> list[str]:
-    """Absolute module names imported by the file (relative imports stay inside it)."""
+def _imports(path: Path, *, runtime: bool = False) -> list[str]:
+    """Absolute module names imported by the file (relative imports stay inside it);
+    `runtime`: not those under `if TYPE_CHECKING:` (for annotations only)."""
     out: list[str] = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    if runtime:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+                node.body = []
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             out += [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -75,17 +83,37 @@ def test_web_tier_uses_only_the_torch_free_core() -> None:
     assert not bad, "\n".join(bad)
 
 
+def _files(name: str) -> list[Path]:
+    path = ROOT / name.replace(".", "/")
+    return _modules(str(path.relative_to(ROOT))) if path.is_dir() else [path.with_suffix(".py")]
+
+
 def test_torch_free_core_imports_no_torch_module() -> None:
     for name in TORCH_FREE_CORE:
-        path = ROOT / (name.replace(".", "/") + ".py")
-        heavy = [n for n in _imports(path) if n.split(".")[0] in {"torch", "transformers"}]
-        assert not heavy, f"{name} imports {heavy}"
+        for path in _files(name):
+            heavy = [n for n in _imports(path, runtime=True)
+                     if n.split(".")[0] in {"torch", "transformers", "numpy", "safetensors"}]
+            assert not heavy, f"{path.relative_to(ROOT)} imports {heavy}"
+
+
+
+def test_torch_free_core_loads_no_torch() -> None:
+    """Every module of the torch-free core (all method modules included) imported in one
+    fresh interpreter: neither torch nor transformers is loaded."""
+    names = [".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+             for name in sorted(TORCH_FREE_CORE) for p in _files(name)]
+    assert "alkn_core.methods.alkn" in names
+    _assert_no_torch_after_importing(names)
 
 
 def test_web_tier_never_loads_torch() -> None:
     """Every module of the web tier imported in one fresh interpreter: no torch."""
     names = [".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
              for pkg in WEB_TIER for p in _modules(pkg)]
+    _assert_no_torch_after_importing(names)
+
+
+def _assert_no_torch_after_importing(names: list[str]) -> None:
     code = ("import importlib, sys\n"
             f"for n in {names!r}: importlib.import_module(n)\n"
             "assert 'torch' not in sys.modules, 'torch loaded'\n"

@@ -22,7 +22,7 @@ from alkn_core.calibration import (
 )
 from alkn_core.data import encode_items, pad_id
 from alkn_core.losses import mean_answer_probability
-from alkn_core.params import method_params
+from alkn_core.methods import method_params
 
 from .conftest import TinyWorld
 from .test_worker import worker_world as worker_world  # noqa: F401  (the fixture)

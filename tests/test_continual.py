@@ -18,7 +18,7 @@ import torch
 from alkn_core import UnlearnState, unlearn
 from alkn_core.data import encode_items, pad_id
 from alkn_core.losses import mean_answer_probability
-from alkn_core.params import LOOP_DEFAULTS, resolve_params
+from alkn_core.params import LoopParams
 
 from .conftest import TinyWorld
 
@@ -38,7 +38,7 @@ COMMON = {"epochs": 5, "batch_size": 8, "grad_accum": 1}
 
 
 def _prob(model: torch.nn.Module, world: TinyWorld, items: list[dict[str, Any]]) -> float:
-    p = resolve_params(LOOP_DEFAULTS, {})
+    p = LoopParams()
     return mean_answer_probability(model, encode_items(items, world.tokenizer, p),
                                    pad_id(world.tokenizer))
 

@@ -75,7 +75,7 @@ def _probability(model_dir: Path, world: TinyWorld, items: list[dict[str, Any]])
 
     from alkn_core.data import encode_items, pad_id
     from alkn_core.losses import mean_answer_probability
-    from alkn_core.params import method_params
+    from alkn_core.methods import method_params
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(model_dir)

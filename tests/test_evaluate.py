@@ -15,7 +15,7 @@ from alkn_core import evaluate as ev
 from alkn_core.data import encode_items
 from alkn_core.demo_corpus import generate_corpus
 from alkn_core.losses import mean_answer_probability
-from alkn_core.params import LOOP_DEFAULTS
+from alkn_core.params import LoopParams
 from tests.conftest import TinyWorld, random_tiny_model
 
 # --------------------------------------------------------------------------------------------
@@ -185,7 +185,7 @@ def test_answer_probabilities_agree_with_losses(tiny_world: TinyWorld) -> None:
     p1 = ev.answer_probabilities(model, tok, items, batch_size=1)
     p3 = ev.answer_probabilities(model, tok, items, batch_size=3)
     assert p1 == pytest.approx(p3, abs=1e-6)
-    examples = encode_items(items, tok, dict(LOOP_DEFAULTS))
+    examples = encode_items(items, tok, LoopParams())
     assert sum(p1) / len(p1) == pytest.approx(
         mean_answer_probability(model, examples, tok.pad_token_id), abs=1e-6)
 

@@ -15,7 +15,7 @@ import torch
 from alkn_core import unlearn
 from alkn_core.data import collate, encode_items, pad_id
 from alkn_core.lr_probe import CANDIDATES, probe_lr
-from alkn_core.params import method_params
+from alkn_core.methods import method_params
 from alkn_core.unlearning import PROBED_LR
 
 from .conftest import TinyWorld

@@ -7,13 +7,8 @@ from typing import Any
 
 import pytest
 
-from alkn_core.params import (
-    FRACTIONS,
-    MAX_TEMPLATE_CHARS,
-    MAXIMA,
-    METHOD_DEFAULTS,
-    method_params,
-)
+from alkn_core.methods import ALL_PARAMS, METHODS, method_params
+from alkn_core.params import MAX_TEMPLATE_CHARS, param
 
 from .apikit import ApiWorld
 
@@ -22,19 +17,19 @@ BOUNDS = {"epochs": 100, "batch_size": 1024, "grad_accum": 1024, "max_length": 8
 
 
 def test_every_number_has_an_upper_bound() -> None:
-    numbers = {name for defaults in METHOD_DEFAULTS.values() for name, value in defaults.items()
-               if isinstance(value, int | float) and not isinstance(value, bool)
-               or name in ("alpha", "target_forget_prob")}
-    assert numbers - set(MAXIMA) - FRACTIONS == set()
-    assert {k: MAXIMA[k] for k in BOUNDS} == BOUNDS
+    numbers = {name for name, (_, spec) in ALL_PARAMS.items() if spec.kind in (int, float)}
+    assert numbers and {name for name in numbers if ALL_PARAMS[name][1].le is None} == set()
+    assert {k: ALL_PARAMS[k][1].le for k in BOUNDS} == BOUNDS
+    with pytest.raises(AssertionError, match="every number has an upper bound"):
+        param(3, "a new method's number, declared without a bound")
 
 
-@pytest.mark.parametrize("method", sorted(METHOD_DEFAULTS))
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_bounds_are_inclusive_and_past_them_is_refused(method: str) -> None:
-    for name, bound in MAXIMA.items():
-        if name not in METHOD_DEFAULTS[method]:
+    for name, (_, spec) in METHODS[method].Params.declared().items():
+        if spec.le is None:
             continue
-        at = int(bound) if isinstance(METHOD_DEFAULTS[method][name], int) else bound
+        at = int(spec.le) if spec.kind is int else spec.le
         assert method_params(method, {name: at})[name] == at
         past: Any = at + 1 if isinstance(at, int) else at * 1.5
         with pytest.raises(ValueError, match=rf"param '{name}' must be <= "):

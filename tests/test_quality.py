@@ -221,7 +221,7 @@ def test_utility_floor_is_validated(gate: Gate, floor: Any, why: str) -> None:
 
 
 def test_utility_floor_accepted_for_every_method(gate: Gate) -> None:
-    from alkn_core.params import METHOD_DEFAULTS
+    from alkn_core.methods import METHOD_DEFAULTS
 
     items = gate.world.items[gate.world.people[1]][:2]
     for method in METHOD_DEFAULTS:

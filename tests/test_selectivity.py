@@ -16,7 +16,7 @@ import torch
 from alkn_core import unlearn
 from alkn_core.data import encode_items, pad_id
 from alkn_core.losses import mean_answer_probability
-from alkn_core.params import method_params
+from alkn_core.methods import method_params
 
 from .conftest import TinyWorld
 

@@ -32,7 +32,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from alkn_core.params import QUALITY_DEFAULTS
+from alkn_core.params import QualityParams
 from registry.jobs import JobSpec
 
 from .metrics import count_quality_gate_failures
@@ -145,7 +145,7 @@ def _failures(floor: float, version: Any, ratios: Mapping[str, float | None],
 def assess(spec: JobSpec, before: Mapping[str, Any], after: Mapping[str, Any],
            stats: Mapping[str, Any]) -> dict[str, Any]:
     """The job's `quality` block (see the module docstring)."""
-    floor = float(spec.params.get("utility_floor", QUALITY_DEFAULTS["utility_floor"]))
+    floor = float(spec.params.get("utility_floor", QualityParams().utility_floor))
     reference, first = _reference(spec, before)
     ratios = {"retain_probability": _ratio(_metric(after, "retain", "probability"),
                                            _metric(first, "retain", "probability")),

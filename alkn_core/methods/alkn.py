@@ -11,35 +11,57 @@ thresholds and task index are carried to the next task in the UnlearnState.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+from ..lazy_import import LazyModule
+from ..params import NegationParams, param, redefault
+from .base import BaseParams, Method
 
-from ..data import IGNORE, cycle_batches, num_batches
-from ..data import collate as collate_batch
-from ..losses import nll, per_example_token_probs, weighted_nll
-from ..masking import (
-    accumulate_score,
-    low_lr_names,
-    robust_threshold,
-    sample_positions,
-    soft_label_weights,
-    unmask_ratio_at,
-)
-from ..params import METHOD_DEFAULTS
-from ..state import UnlearnState
-from .base import Batch, Method
+if TYPE_CHECKING:
+    import torch
+
+    from .. import data, losses, masking, state
+    from .base import Batch
+else:
+    torch = LazyModule("torch")
+    data = LazyModule("alkn_core.data")
+    losses = LazyModule("alkn_core.losses")
+    masking = LazyModule("alkn_core.masking")
+    state = LazyModule("alkn_core.state")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlknParams(NegationParams, BaseParams):
+    # "auto": forget exactly enough (bench/calibration.py: it reached its target on every
+    # task and kept more utility than the best fixed alpha, with either target).
+    alpha: float | str = redefault(NegationParams, "alpha", "auto")
+    unmask_ratio: float = param(0.8, "fraction of coordinates the mask keeps at the first "
+                                "step (falls to half by the last)", le=1)
+    mask_p_k: float = param(0.5, "push-out of coordinates earlier tasks used", le=100.0)
+    low_lr_ratio: float = param(0.1, "lr factor of the more-covered half of the tensors", le=1)
+    init_prob_k: float = param(1.5, "slope of the soft-label weights (tokens an earlier "
+                               "task already made improbable weigh less)", positive=True, le=100.0)
+    threshold_update_step: int = param(1, "recompute the thresholds every N steps "
+                                       "(first task)", positive=True, le=1_000_000)
+    trim_ratio: float = param(0.15, "trimming of the threshold's order statistics", le=1)
+    # retain_safe: measured far better than the reference rule (docs/bench/).
+    mask_rule: str = param("retain_safe", "which end of g * g_r the mask keeps (the lineage "
+                           "keeps its first task's rule)", choices=("reference", "retain_safe"))
+    retain_gradient_sets: str = param("retain", "what the mean retain gradient g_r is "
+                                      "computed on",
+                                      choices=("retain", "retain+eval"))
 
 
 class Alkn(Method):
+    """ALKN: masked fine-tuning on the forget set, then task-vector negation with alpha
+    calibrated to a forget target and a repair towards the lineage's first model."""
+
     name = "alkn"
-    defaults = METHOD_DEFAULTS["alkn"]
+    Params = AlknParams
     negates = True
     stateful = True
-
-    @classmethod
-    def needs_retain(cls, params: dict[str, Any]) -> bool:
-        return True  # the mean retain gradient decides what the mask protects
+    needs_retain = True  # the mean retain gradient decides what the mask protects
 
     # -- probing ---------------------------------------------------------------------------
 
@@ -50,7 +72,7 @@ class Alkn(Method):
             # A lineage keeps the rule of its first task: its thresholds (reused after the
             # first task) and its cumulative mask only mean something under that rule.
             ctx.stats["mask_rule_from_state"] = made_with
-            p["mask_rule"] = made_with
+            self.params = p = p.replace(mask_rule=made_with)
         self.named = [(n, q) for n, q in ctx.model.named_parameters() if q.requires_grad]
         self._soft_labels()
         self.g_r = self._mean_retain_gradient()
@@ -68,23 +90,23 @@ class Alkn(Method):
         self.score = {n: torch.zeros_like(q, dtype=torch.float32) for n, q in self.named}
         self.sign = 1.0 if p["mask_rule"] == "reference" else -1.0
         gen = torch.Generator().manual_seed(p["seed"])
-        self.positions = {n: sample_positions(q.numel(), gen) for n, q in self.named}
+        self.positions = {n: masking.sample_positions(q.numel(), gen) for n, q in self.named}
         self.positions = {n: i.to(where[n]) if i is not None else None
                           for n, i in self.positions.items()}
         self.kept_history: list[float] = []
 
     def _soft_labels(self) -> None:
         ctx, p = self.ctx, self.params
-        probs = per_example_token_probs(ctx.model, ctx.forget, ctx.pad, p["batch_size"],
-                                        ctx.device)
+        probs = losses.per_example_token_probs(ctx.model, ctx.forget, ctx.pad,
+                                               p["batch_size"], ctx.device)
         trained = 0
         prob_sum = 0.0
         for e, pr in zip(ctx.forget, probs, strict=True):
             pt = torch.tensor(pr)
-            w = soft_label_weights(pt, p["init_prob_k"])
-            w[torch.tensor(e.labels) == IGNORE] = 0.0
+            w = masking.soft_label_weights(pt, p["init_prob_k"])
+            w[torch.tensor(e.labels) == data.IGNORE] = 0.0
             e.extras["weights"] = w.tolist()
-            is_target = torch.tensor(e.labels) != IGNORE
+            is_target = torch.tensor(e.labels) != data.IGNORE
             trained += int(is_target.sum())
             prob_sum += float(pt[is_target].sum())
         ctx.stats["initial_token_prob"] = prob_sum / max(1, trained)
@@ -95,15 +117,15 @@ class Alkn(Method):
         pool = list(ctx.retain or [])
         if p["retain_gradient_sets"] == "retain+eval":
             pool += ctx.general or []
-        n = num_batches(len(ctx.forget), p["batch_size"])
-        batches = cycle_batches(len(pool), p["batch_size"],
-                                torch.Generator().manual_seed(p["seed"] + 1))
+        n = data.num_batches(len(ctx.forget), p["batch_size"])
+        batches = data.cycle_batches(len(pool), p["batch_size"],
+                                     torch.Generator().manual_seed(p["seed"] + 1))
         model = ctx.model
         model.zero_grad(set_to_none=True)
         model.eval()
         for i in range(n):
-            batch = collate_batch([pool[j] for j in next(batches)], ctx.pad, ctx.device)
-            (nll(model, batch) / n).backward()
+            batch = data.collate([pool[j] for j in next(batches)], ctx.pad, ctx.device)
+            (losses.nll(model, batch) / n).backward()
             ctx.report("probing", i + 1, n)
         g_r = {name: (q.grad.float() if q.grad is not None else torch.zeros_like(
             q, dtype=torch.float32)) for name, q in self.named}
@@ -120,19 +142,22 @@ class Alkn(Method):
             return None
         assert self.prev is not None
         coverage = {n: float(m.float().mean()) for n, m in self.prev.items()}
-        low = low_lr_names(coverage)
+        low = masking.low_lr_names(coverage)
         self.ctx.stats["low_lr_tensors"] = len(low)
         ratio = self.params["low_lr_ratio"]
         return lambda name: ratio if name in low else 1.0
 
     def loss(self, model: torch.nn.Module, forget: Batch, retain: Batch | None) -> torch.Tensor:
-        return weighted_nll(model, forget)
+        return losses.weighted_nll(model, forget)
 
-    @torch.no_grad()
     def grad_hook(self, step: int, total: int) -> None:  # type: ignore[override]
         """Score, penalise earlier tasks' coordinates, threshold, and mask the gradient."""
+        with torch.no_grad():
+            self._mask_gradient(step, total)
+
+    def _mask_gradient(self, step: int, total: int) -> None:
         p = self.params
-        u = unmask_ratio_at(step, total, p["unmask_ratio"])
+        u = masking.unmask_ratio_at(step, total, p["unmask_ratio"])
         update = self.first and step % p["threshold_update_step"] == 0
         kept: list[torch.Tensor] = []  # summed once at the end: one sync per step
         count = 0
@@ -140,12 +165,12 @@ class Alkn(Method):
             score = self.score[name]
             g = q.grad  # None when unused this step: a zero gradient adds nothing
             if g is not None:
-                accumulate_score(score, g, self.g_r[name], self.sign,
-                                 self.prev[name] if self.prev is not None else None,
-                                 p["mask_p_k"])
+                masking.accumulate_score(score, g, self.g_r[name], self.sign,
+                                         self.prev[name] if self.prev is not None else None,
+                                         p["mask_p_k"])
             if update or name not in self.thresholds:
-                self.thresholds[name] = robust_threshold(score, u, p["trim_ratio"],
-                                                         self.positions[name])
+                self.thresholds[name] = masking.robust_threshold(
+                    score, u, p["trim_ratio"], self.positions[name])
             keep = score > self.thresholds[name]
             if g is not None:
                 g.mul_(keep)
@@ -155,8 +180,11 @@ class Alkn(Method):
 
     # -- state -----------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def finish(self) -> UnlearnState:
+    def finish(self) -> state.UnlearnState:
+        with torch.no_grad():
+            return self._cumulative_state()
+
+    def _cumulative_state(self) -> state.UnlearnState:
         ctx = self.ctx
         masks: dict[str, torch.Tensor] = {}
         task_total = overlap = 0
@@ -174,12 +202,12 @@ class Alkn(Method):
                                if self.kept_history else None),
             overlap_with_previous=overlap / task_total if task_total and self.prev else 0.0,
         )
-        state = UnlearnState(
+        new_state = state.UnlearnState(
             method=self.name, task_index=ctx.task_index + 1,
             shapes={n: list(q.shape) for n, q in self.named}, masks=masks,
             thresholds=dict(self.thresholds),
             info={"mask_rule": self.params["mask_rule"],
                   "retain_gradient_sets": self.params["retain_gradient_sets"]},
         )
-        ctx.stats["mask_coverage"] = state.coverage()
-        return state
+        ctx.stats["mask_coverage"] = new_state.coverage()
+        return new_state

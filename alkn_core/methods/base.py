@@ -1,19 +1,28 @@
-"""What a method is: a loss, optional probing before training, optional gradient hook and
-per-tensor learning rates, and the state it leaves. The loop and negation live elsewhere."""
+"""What a method is: its name, its typed parameters (`Params`), a loss, optional probing
+before training, optional gradient hook and per-tensor learning rates, and the state it
+leaves. The loop and negation live elsewhere.
+
+A method module must import without torch (the web tier reads its `Params` to validate
+requests): it reaches torch and the torch parts of the core through `LazyModule`s, loaded
+when a job first calls into it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
+from .. import params
+from ..params import LoopParams, QualityParams
 
-from ..data import Example
-from ..params import LOOP_DEFAULTS
-from ..state import UnlearnState
+if TYPE_CHECKING:
+    import torch
 
-Batch = dict[str, torch.Tensor]
+    from ..data import Example
+    from ..state import UnlearnState
+
+    Batch = dict[str, torch.Tensor]
 Progress = Callable[[str, int, int], None]
 
 
@@ -23,7 +32,7 @@ class TaskContext:
 
     model: torch.nn.Module
     tokenizer: Any
-    params: dict[str, Any]
+    params: params.Params
     pad: int
     device: torch.device
     forget: list[Example]
@@ -42,11 +51,20 @@ class TaskContext:
             self.progress(stage, step, total)
 
 
+@dataclass(frozen=True, kw_only=True)
+class BaseParams(QualityParams, LoopParams):
+    """Every method's parameters: the loop and the quality gate."""
+
+
 class Method:
+    """One unlearning method. Subclasses set `name` and `Params` (and the flags below) and
+    define `loss`; the registry (methods/__init__.py) finds every subclass in the package."""
+
     name: ClassVar[str]
-    defaults: ClassVar[dict[str, Any]] = LOOP_DEFAULTS
+    Params: ClassVar[type[params.Params]] = BaseParams
     negates: ClassVar[bool] = False  # fine-tune, then theta - alpha * tau
     trains_on_retain: ClassVar[bool] = False  # the loop pairs a retain batch with each batch
+    needs_retain: ClassVar[bool] = False  # refused without a retain set
     stateful: ClassVar[bool] = False  # reads and writes an UnlearnState
 
     def __init__(self, ctx: TaskContext) -> None:
@@ -54,8 +72,9 @@ class Method:
         self.params = ctx.params
 
     @classmethod
-    def needs_retain(cls, params: dict[str, Any]) -> bool:
-        return cls.trains_on_retain
+    def summary(cls) -> str:
+        """The first paragraph of the method's docstring (the docs and the API show it)."""
+        return " ".join((cls.__doc__ or cls.name).strip().split("\n\n")[0].split())
 
     def prepare(self) -> None:
         """Probing before training (initial probabilities, reference values, ...)."""
@@ -64,7 +83,7 @@ class Method:
         raise NotImplementedError
 
     def lr(self) -> float:
-        return self.params["lr"]
+        return float(self.params["lr"])
 
     def lr_scale(self) -> Callable[[str], float] | None:
         return None
