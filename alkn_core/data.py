@@ -7,7 +7,7 @@ with -100. A text item trains on every token.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,7 +98,7 @@ def encode_item(
     return Example(ids, labels)
 
 
-def encode_items(items: Sequence[dict[str, Any]], tokenizer: Any, params: dict[str, Any],
+def encode_items(items: Sequence[dict[str, Any]], tokenizer: Any, params: Mapping[str, Any],
                  what: str = "items") -> list[Example]:
     out = []
     for i, item in enumerate(items):

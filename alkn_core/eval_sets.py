@@ -20,15 +20,16 @@ and scored (`fingerprint`); another encoding starts empty.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .data import Example, pad_id
+from .data import pad_id
+from .eval_aggregate import aggregate_set
+from .eval_plan import Entry, SetPlan, is_normalised, plan_set
+from .eval_samples import ItemScores, Limits, fingerprint, item_key, sample, sample_order
 from .evaluate import (
     MIN_K,
     Item,
@@ -36,24 +37,17 @@ from .evaluate import (
     _Encoding,
     _inference,
     _is_qa,
-    _is_text,
     _min_k,
     _probability,
     _trained_logprobs,
-    _try_example,
-    _valid_list,
-    _valid_str,
-    auc,
-    forget_quality,
     greedy_answers,
     model_utility,
-    normalized_probability,
-    privacy_leak,
     rouge_l_recall,
-    truth_ratio_score,
-    truth_ratios,
 )
 from .params import DEFAULT_QA_TEMPLATE
+
+__all__ = ["RESERVED_KEYS", "EvalPlan", "ItemScores", "Limits", "evaluate_sets", "fingerprint",
+           "item_key", "plan_evaluation", "run_plan", "sample", "sample_order"]
 
 # Greedy answers are generated GENERATE_BATCH x batch_size at a time: generation holds no
 # gradients or optimiser state, and its cost is mostly per step, not per sequence (4x the
@@ -61,149 +55,6 @@ from .params import DEFAULT_QA_TEMPLATE
 GENERATE_BATCH = 4
 # Top-level keys of evaluate_sets' result that are not set names.
 RESERVED_KEYS = frozenset({"model_utility", "model_utility_skipped"})
-
-
-def item_key(item: Any) -> str:
-    """A stable key of an item's content (sha256 of its canonical JSON, 24 hex digits)."""
-    raw = json.dumps(item, sort_keys=True, ensure_ascii=False, separators=(",", ":"),
-                     default=str)
-    return hashlib.sha256(raw.encode()).hexdigest()[:24]
-
-
-def sample_order(items: Sequence[Any]) -> list[int]:
-    """Indices of `items` in key order (ties by position): the order samples are cut from."""
-    keys = [item_key(it) for it in items]
-    return sorted(range(len(items)), key=lambda i: (keys[i], i))
-
-
-def sample(items: Sequence[Any], limit: int | None) -> list[Any]:
-    """The first `limit` items in key order (all of them, in key order, for None)."""
-    order = sample_order(items)
-    return [items[i] for i in (order if limit is None else order[: max(0, limit)])]
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Sample sizes of one set: `max_items` for probability and Min-K, `detail_items` (a
-    prefix of that sample) for ROUGE-L, truth ratio and normalised probability. None: all."""
-
-    max_items: int | None = None
-    detail_items: int | None = None
-
-    def detail(self) -> int | None:
-        if self.detail_items is None:
-            return self.max_items
-        return self.detail_items if self.max_items is None else min(self.detail_items,
-                                                                    self.max_items)
-
-
-class ItemScores:
-    """Per-item model outputs of one model under one encoding (see the module docstring)."""
-
-    def __init__(self, fingerprint: str, items: dict[str, dict[str, Any]] | None = None
-                 ) -> None:
-        self.fingerprint = fingerprint
-        self.items: dict[str, dict[str, Any]] = items if items is not None else {}
-
-    @classmethod
-    def from_json(cls, data: Any, fingerprint: str) -> ItemScores:
-        """A cache read back from `as_json`; empty when it was made under another encoding."""
-        if (isinstance(data, Mapping) and data.get("fingerprint") == fingerprint
-                and isinstance(data.get("items"), Mapping)):
-            return cls(fingerprint, {str(k): dict(v) for k, v in data["items"].items()
-                                     if isinstance(v, Mapping)})
-        return cls(fingerprint)
-
-    def as_json(self) -> dict[str, Any]:
-        return {"fingerprint": self.fingerprint, "items": self.items}
-
-    def record(self, key: str) -> dict[str, Any]:
-        return self.items.setdefault(key, {})
-
-
-def fingerprint(*, qa_template: str = DEFAULT_QA_TEMPLATE, chat_template: bool = False,
-                max_length: int = 500, max_new_tokens: int = 48, min_k: float = MIN_K) -> str:
-    """What per-item scores depend on besides the model and the item."""
-    raw = json.dumps([qa_template, bool(chat_template), int(max_length), int(max_new_tokens),
-                      float(min_k)])
-    return hashlib.sha256(raw.encode()).hexdigest()[:16]
-
-
-# --------------------------------------------------------------------------------------------
-# Planning: which items of which set need which pass
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Entry:
-    """One scorable item: its key and the examples of each pass it may need."""
-
-    key: str
-    item: Item
-    main: Example
-    para: Example | None = None
-    pert: list[Example] | None = None
-
-
-@dataclass
-class _SetPlan:
-    name: str
-    kind: str  # "forget" | "retain" | "general"
-    n_items: int
-    entries: list[_Entry] = field(default_factory=list)  # the probability sample
-    n_detail: int = 0  # entries[:n_detail] are the detail sample
-    skipped: list[str] = field(default_factory=list)
-
-    @property
-    def detail(self) -> list[_Entry]:
-        return self.entries[: self.n_detail]
-
-
-def _entry(item: Any, tokenizer: Any, enc: _Encoding) -> _Entry | str:
-    """The item's examples, or why it cannot be scored ("unusable" / "too_long")."""
-    if not isinstance(item, Mapping) or not (
-            (_is_qa(item) and _valid_str(item["question"]) and _valid_str(item["answer"]))
-            or (_is_text(item) and _valid_str(item["text"]))):
-        return "unusable"
-    main = _try_example(item, None, tokenizer, enc)
-    if main is None:
-        return "too_long"
-    entry = _Entry(item_key(item), item, main)
-    if _is_qa(item):
-        if _valid_str(item.get("paraphrased_answer")):
-            entry.para = _try_example(item, item["paraphrased_answer"], tokenizer, enc)
-        if _valid_list(item.get("perturbed_answer")):
-            pert = [_try_example(item, a, tokenizer, enc) for a in item["perturbed_answer"]]
-            entry.pert = [p for p in pert if p is not None] if all(
-                p is not None for p in pert) else None
-    return entry
-
-
-def _plan(name: str, kind: str, items: Sequence[Any], limits: Limits, tokenizer: Any,
-          enc: _Encoding) -> _SetPlan:
-    plan = _SetPlan(name, kind, len(items))
-    counts = {"unusable": 0, "too_long": 0}
-    # Walk the key order: the sample is the first `max_items` scorable items.
-    for i in sample_order(items):
-        if limits.max_items is not None and len(plan.entries) >= limits.max_items:
-            break
-        got = _entry(items[i], tokenizer, enc)
-        if isinstance(got, str):
-            counts[got] += 1
-        else:
-            plan.entries.append(got)
-    detail = limits.detail()
-    plan.n_detail = len(plan.entries) if detail is None else min(detail, len(plan.entries))
-    if not items:
-        plan.skipped.append("the set is empty: no metric computed")
-    if counts["unusable"]:
-        plan.skipped.append(f"{counts['unusable']} of {len(items)} items are neither a QA "
-                            "item nor a text item: not scored")
-    if counts["too_long"]:
-        plan.skipped.append(f"{counts['too_long']} of {len(items)} items could not be encoded "
-                            f"(no answer token within max_length={enc.max_length}): not "
-                            "scored")
-    return plan
 
 
 # --------------------------------------------------------------------------------------------
@@ -215,10 +66,10 @@ def _plan(name: str, kind: str, items: Sequence[Any], limits: Limits, tokenizer:
 class _Work:
     """The passes still to run, each entry once (an item may be in several sets)."""
 
-    main: dict[str, _Entry] = field(default_factory=dict)
-    para: dict[str, _Entry] = field(default_factory=dict)
-    pert: dict[str, _Entry] = field(default_factory=dict)
-    rouge: dict[str, _Entry] = field(default_factory=dict)
+    main: dict[str, Entry] = field(default_factory=dict)
+    para: dict[str, Entry] = field(default_factory=dict)
+    pert: dict[str, Entry] = field(default_factory=dict)
+    rouge: dict[str, Entry] = field(default_factory=dict)
 
     def batches(self, bs: int) -> int:
         n_pert = sum(len(e.pert or []) for e in self.pert.values())
@@ -235,18 +86,10 @@ def _n_batches(n: int, batch_size: int) -> int:
     return (n + batch_size - 1) // batch_size
 
 
-def _normalised(plan: _SetPlan) -> bool:
-    """A general set of QA items whose detail sample all carry perturbed answers: its
-    probability is TOFU's normalised one, over the detail sample only."""
-    detail = plan.detail
-    return (plan.kind == "general" and bool(detail) and all(_is_qa(e.item) for e in plan.entries)
-            and all(e.pert is not None for e in detail))
-
-
-def _missing(plans: Sequence[_SetPlan], holdout: _SetPlan | None, cache: ItemScores) -> _Work:
+def _missing(plans: Sequence[SetPlan], holdout: SetPlan | None, cache: ItemScores) -> _Work:
     work = _Work()
     for plan in [*plans, *([holdout] if holdout is not None else [])]:
-        p_needed = plan.n_detail if _normalised(plan) else len(plan.entries)
+        p_needed = plan.n_detail if is_normalised(plan) else len(plan.entries)
         for pos, e in enumerate(plan.entries):
             rec = cache.items.get(e.key, {})
             if "p" not in rec and pos < p_needed:
@@ -301,127 +144,6 @@ def _compute(model: torch.nn.Module, tokenizer: Any, work: _Work, cache: ItemSco
 
 
 # --------------------------------------------------------------------------------------------
-# Aggregating a set from its items' scores
-# --------------------------------------------------------------------------------------------
-
-
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values)
-
-
-def _tr_reference(entry: _Entry) -> str | None:
-    """TOFU: the paraphrase where the item has one, else the answer itself (real authors,
-    world facts); None when the item has no perturbed answers."""
-    if entry.pert is None:
-        return None
-    return "paraphrased_answer" if entry.para is not None else "answer"
-
-
-@dataclass
-class _Aggregate:
-    plan: _SetPlan
-    cache: ItemScores
-    res: dict[str, Any] = field(default_factory=dict)
-    skipped: list[str] = field(default_factory=list)
-
-    def rec(self, e: _Entry) -> dict[str, Any]:
-        return self.cache.items[e.key]
-
-    def probability(self) -> None:
-        plan, res = self.plan, self.res
-        if not plan.entries:
-            return
-        detail = plan.detail
-        qa_detail = [e for e in detail if _is_qa(e.item)]
-        if _normalised(plan):
-            probs = normalized_probability([self.rec(e)["p"] for e in qa_detail],
-                                           [self.rec(e)["pert"] for e in qa_detail])
-            res.update(probability=_mean(probs), probability_kind="normalized",
-                       probability_items=len(probs))
-            return
-        res.update(probability=_mean([self.rec(e)["p"] for e in plan.entries]),
-                   probability_items=len(plan.entries))
-        with_pert = sum(1 for e in qa_detail if e.pert is not None)
-        if plan.kind == "general" and with_pert:
-            self.skipped.append(f"probability: plain, not normalised: only {with_pert} of "
-                                f"{len(detail)} items have a usable perturbed_answer")
-
-    def rouge(self) -> None:
-        qa = [e for e in self.plan.detail if _is_qa(e.item)]
-        if qa:
-            self.res.update(rouge_l=_mean([self.rec(e)["rouge"] for e in qa]),
-                            rouge_l_items=len(qa))
-        elif self.plan.entries:
-            self.skipped.append("rouge_l: no QA items")
-
-    def truth_ratio(self, forget: bool) -> list[float]:
-        detail = self.plan.detail
-        usable = [e for e in detail if _tr_reference(e) is not None]
-        refs = {_tr_reference(e) for e in usable}
-        trs = truth_ratios(
-            [self.rec(e)["para"] if e.para is not None else self.rec(e)["p"] for e in usable],
-            [self.rec(e)["pert"] for e in usable])
-        if trs:
-            self.res.update(truth_ratio=truth_ratio_score(trs, forget),
-                            truth_ratio_items=len(trs),
-                            truth_ratio_reference=refs.pop() if len(refs) == 1 else "mixed")
-            if len(trs) < len(detail):
-                self.skipped.append(f"truth_ratio: over {len(trs)} of {len(detail)} items "
-                                    "(the others lack a usable perturbed_answer)")
-        elif self.plan.entries:
-            self.skipped.append("truth_ratio: no item has a usable perturbed_answer")
-        return trs
-
-
-def _aggregate(plan: _SetPlan, cache: ItemScores, holdout: _SetPlan | None,
-               holdout_note: str | None, retain_model_trs: Mapping[str, Sequence[float]],
-               retain_model_aucs: Mapping[str, float], holdout_given: bool) -> dict[str, Any]:
-    forget = plan.kind == "forget"
-    agg = _Aggregate(plan, cache, skipped=list(plan.skipped))
-    agg.res.update({
-        "items": len(plan.entries), "of": plan.n_items, "detail_items": plan.n_detail,
-        "probability": None, "probability_kind": "plain", "probability_items": 0,
-        "rouge_l": None, "rouge_l_items": 0, "truth_ratio": None, "truth_ratio_items": 0,
-        "truth_ratio_reference": None,
-        "truth_ratio_convention": "mean(min(TR, 1/TR))" if forget else "mean(max(0, 1 - TR))",
-    })
-    agg.probability()
-    agg.rouge()
-    trs = agg.truth_ratio(forget)
-    res, skipped = agg.res, agg.skipped
-    if forget:
-        # Forget sets always carry these keys; None (with a note) when not computable.
-        res.update(truth_ratios=trs, forget_quality=None, privacy_auc=None, privacy_leak=None)
-        retain_trs = retain_model_trs.get(plan.name)
-        if retain_trs is None:
-            skipped.append("forget_quality: no retain-model truth ratios given")
-        elif not (trs and retain_trs):
-            skipped.append("forget_quality: no truth ratios on one side")
-        else:
-            res["forget_quality"] = forget_quality(trs, retain_trs)
-        hold = [cache.items[e.key]["mink"] for e in holdout.entries] if holdout else []
-        if not holdout_given:
-            skipped.append("privacy_auc: no holdout items given")
-        elif not (hold and plan.entries):
-            skipped.append("privacy_auc: no usable holdout items" if plan.entries
-                           else "privacy_auc: no scored items")
-        else:
-            res["privacy_auc"] = auc([cache.items[e.key]["mink"] for e in plan.entries], hold)
-            res["privacy_auc_items"] = [len(plan.entries), len(hold)]
-        auc_retain = retain_model_aucs.get(plan.name)
-        if res["privacy_auc"] is None or auc_retain is None:
-            skipped.append("privacy_leak: needs privacy_auc and the retain model's AUC")
-        elif auc_retain <= 0:
-            skipped.append("privacy_leak: the retain model's AUC is not > 0")
-        else:
-            res["privacy_leak"] = privacy_leak(res["privacy_auc"], auc_retain)
-        if holdout_note is not None:
-            skipped.append(holdout_note)
-    res["skipped"] = skipped
-    return res
-
-
-# --------------------------------------------------------------------------------------------
 # evaluate_sets
 # --------------------------------------------------------------------------------------------
 
@@ -432,8 +154,8 @@ class EvalPlan:
     from the cache (`work_sequences`: sequences to score or generate, for progress
     estimates). Made by `plan_evaluation`, run by `evaluate_sets`."""
 
-    sets: list[_SetPlan]
-    holdout: _SetPlan | None
+    sets: list[SetPlan]
+    holdout: SetPlan | None
     holdout_note: str | None
     work: _Work
     encoding: _Encoding
@@ -471,12 +193,12 @@ def plan_evaluation(tokenizer: Any, sets: Mapping[str, Sequence[Item]], *,
     for name, items in sets.items():
         kind = "forget" if name in forget_names else "retain" if name in retain_names \
             else "general"
-        plans.append(_plan(name, kind, list(items or []), (set_limits or {}).get(name, limits),
-                           tokenizer, enc))
+        plans.append(plan_set(name, kind, list(items or []),
+                              (set_limits or {}).get(name, limits), tokenizer, enc))
     hplan, note = None, None
     if holdout and any(p.kind == "forget" for p in plans):
-        hplan = _plan("holdout", "general", list(holdout), Limits(limits.max_items, 0),
-                      tokenizer, enc)
+        hplan = plan_set("holdout", "general", list(holdout), Limits(limits.max_items, 0),
+                         tokenizer, enc)
         hplan.n_detail = 0
         if hplan.skipped:
             note = "holdout: " + "; ".join(hplan.skipped)
@@ -562,7 +284,7 @@ def run_plan(model: torch.nn.Module, tokenizer: Any, plan: EvalPlan, cache: Item
              tick)
     out: dict[str, Any] = {}
     for p in plan.sets:
-        out[p.name] = _aggregate(p, cache, plan.holdout, plan.holdout_note,
+        out[p.name] = aggregate_set(p, cache, plan.holdout, plan.holdout_note,
                                  retain_model_trs or {}, retain_model_aucs or {},
                                  holdout_given)
     kinds = {p.name: p.kind for p in plan.sets}

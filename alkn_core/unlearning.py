@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -25,7 +26,7 @@ from .negation import (
     floor_stats,
     repair_and_guard,
 )
-from .params import AUTO
+from .params import AUTO, Params
 from .runtime import place
 from .state import UnlearnState
 from .task_vector import TaskVector, snapshot
@@ -109,136 +110,211 @@ def unlearn(
     coming back behind the others forgotten deeper, docs/bench/selectivity_ablation.md).
     """
     cls = get_method(method)
-    p = cls.Params.parse(dict(params or {}))
-    forget = validate_items(forget, "forget")
-    if not forget:
-        raise ValueError("forget must contain at least one item")
-    retain = validate_items(retain, "retain") if retain else None
-    general = validate_items(_general_items(eval_sets), "eval_sets")
-    earlier = [validate_items(items, "earlier_forget") for items in _sets(earlier_forget)]
-    if cls.needs_retain and not retain:
-        raise ValueError(f"method {method!r} needs a retain set")
-    if not cls.stateful:
-        state = None
-    elif state is not None:
-        if state.method != method:
-            raise ValueError(f"the unlearning state was made by {state.method!r}, "
-                             f"not {method!r}")
-        state.check_compatible(model)
+    task = _Task(cls, model, tokenizer, _Inputs.check(
+        cls, model, params, forget, retain, eval_sets, holdout, earlier_forget, state),
+        progress)
+    task.prepare()
+    task.train()
+    if cls.negates:
+        task.negate()
+    return task.result()
 
-    times: dict[str, float] = {}
-    t0 = time.perf_counter()
-    device = place(model)
-    torch.manual_seed(p["seed"])
-    ctx = TaskContext(
-        model=model, tokenizer=tokenizer, params=p, pad=pad_id(tokenizer), device=device,
-        forget=encode_items(forget, tokenizer, p, "forget"),
-        retain=encode_items(retain, tokenizer, p, "retain") if retain else None,
-        general=encode_items(general, tokenizer, p, "eval_sets") if general else None,
-        state=state, progress=progress,
-    )
-    lr_probe = _resolve_lr(ctx) if p["lr"] == AUTO else None
-    impl = cls(ctx)
-    ctx.report("probing", 0, 1)
-    auto = cls.negates and p["alpha"] == AUTO
-    probe = (NegationProbe(ctx, validate_items(holdout, "holdout") if holdout else [], auto,
-                           [encode_items(items, tokenizer, p, "earlier_forget")
-                            for items in earlier if items])
-             if cls.negates else None)
-    teacher = probe.teacher() if probe is not None and p["repair_steps"] > 0 else None
-    impl.prepare()
-    base = snapshot(model) if cls.negates else None
-    times["probing"] = time.perf_counter() - t0
 
-    lr = impl.lr()
-    loop = _train(impl, lr)
-    times["training"] = loop.seconds
-    new_state = impl.finish()
+@dataclass
+class _Inputs:
+    """unlearn's arguments, validated."""
 
-    stats: dict[str, Any] = {"method": method, "steps": loop.steps, "lr": lr,
-                             "final_loss": loop.losses[-1] if loop.losses else None}
-    if lr_probe is not None:
-        stats["lr_probe"] = lr_probe
-    if base is not None:
-        assert probe is not None
+    params: Params
+    forget: list[dict[str, Any]]
+    retain: list[dict[str, Any]] | None
+    general: list[dict[str, Any]]
+    holdout: list[dict[str, Any]]
+    earlier: list[list[dict[str, Any]]]
+    state: UnlearnState | None
+
+    @classmethod
+    def check(cls, method: type[Method], model: torch.nn.Module,
+              params: Mapping[str, Any] | None, forget: Items, retain: Items | None,
+              eval_sets: Mapping[str, Items] | Items | None, holdout: Items | None,
+              earlier_forget: Items | Sequence[Items] | None,
+              state: UnlearnState | None) -> _Inputs:
+        p = method.Params.parse(dict(params or {}))
+        forget = validate_items(forget, "forget")
+        if not forget:
+            raise ValueError("forget must contain at least one item")
+        retain = validate_items(retain, "retain") if retain else None
+        if method.needs_retain and not retain:
+            raise ValueError(f"method {method.name!r} needs a retain set")
+        if not method.stateful:
+            state = None
+        elif state is not None:
+            if state.method != method.name:
+                raise ValueError(f"the unlearning state was made by {state.method!r}, "
+                                 f"not {method.name!r}")
+            state.check_compatible(model)
+        return cls(p, forget, retain, validate_items(_general_items(eval_sets), "eval_sets"),
+                   # the holdout sets the forget target of a negation only
+                   validate_items(holdout, "holdout") if holdout and method.negates else [],
+                   [validate_items(items, "earlier_forget") for items in _sets(earlier_forget)],
+                   state)
+
+
+class _Task:
+    """One unlearning task, stage by stage: prepare, train, negate (with calibration and
+    repair, for the methods that negate), result."""
+
+    def __init__(self, cls: type[Method], model: torch.nn.Module, tokenizer: Any,
+                 inputs: _Inputs, progress: Progress | None) -> None:
+        self.cls, self.inputs = cls, inputs
+        self.t0 = time.perf_counter()
+        device = place(model)
+        p = inputs.params
+        torch.manual_seed(p["seed"])
+        enc = partial(encode_items, tokenizer=tokenizer, params=p)
+        self.ctx = TaskContext(
+            model=model, tokenizer=tokenizer, params=p, pad=pad_id(tokenizer), device=device,
+            forget=enc(inputs.forget, what="forget"),
+            retain=enc(inputs.retain, what="retain") if inputs.retain else None,
+            general=enc(inputs.general, what="eval_sets") if inputs.general else None,
+            state=inputs.state, progress=progress)
+        self.times: dict[str, float] = {}
+        self.stats: dict[str, Any] = {}
+        self.new_state: UnlearnState | None = None
+
+    def prepare(self) -> None:
+        """lr "auto", the method's probing, the negation's fixed measurements and the
+        repair's teacher, and the weights before training."""
+        ctx, cls, p = self.ctx, self.cls, self.ctx.params
+        self.lr_probe = _resolve_lr(ctx) if p["lr"] == AUTO else None
+        self.impl = cls(ctx)
+        ctx.report("probing", 0, 1)
+        self.auto = cls.negates and p["alpha"] == AUTO
+        self.probe = (NegationProbe(ctx, self.inputs.holdout, self.auto,
+                                    [encode_items(items, ctx.tokenizer, ctx.params,
+                                                  "earlier_forget")
+                                     for items in self.inputs.earlier if items])
+                      if cls.negates else None)
+        self.teacher = (self.probe.teacher()
+                        if self.probe is not None and p["repair_steps"] > 0 else None)
+        self.impl.prepare()
+        self.base = snapshot(ctx.model) if cls.negates else None
+        self.times["probing"] = time.perf_counter() - self.t0
+
+    def train(self) -> None:
+        self.lr = self.impl.lr()
+        loop = _train(self.impl, self.lr)
+        self.times["training"] = loop.seconds
+        self.new_state = self.impl.finish()
+        self.stats = {"method": self.cls.name, "steps": loop.steps, "lr": self.lr,
+                      "final_loss": loop.losses[-1] if loop.losses else None}
+        if self.lr_probe is not None:
+            self.stats["lr_probe"] = self.lr_probe
+
+    def negate(self) -> None:
+        """theta - alpha x tau with a fixed or calibrated alpha, then the repair."""
+        ctx, p, probe, base = self.ctx, self.ctx.params, self.probe, self.base
+        assert probe is not None and base is not None
         t1 = time.perf_counter()
-        tau: TaskVector | None = TaskVector.between(base, model)
-        assert tau is not None
         target_met: bool | None = None
-        if not auto:
+        if not self.auto:
+            tau = TaskVector.between(base, ctx.model)
             ctx.report("negating", 0, 1)
             alpha = p["alpha"] * p["coef_decay"] ** ctx.task_index
         else:
-            attempts = [calibrate(probe, model, base, tau, lr, new_state)]
-            while attempts[-1].search is None and len(attempts) <= p["escalations"]:
-                # Out of reach: the forget fine-tune again from theta_t (the failed search
-                # left the model there), a larger lr each time; the most-forgetting one wins.
-                best = min(attempts, key=lambda a: a.forget_prob)
-                for a in attempts:
-                    if a is not best:
-                        a.tau = None
-                tau = None
-                lr_a = lr * ESCALATION_LR_FACTOR ** len(attempts)
-                impl = cls(ctx)
-                impl.prepare()
-                more = _train(impl, lr_a)
-                times["training"] += more.seconds
-                stats["steps"] += more.steps
-                tau = TaskVector.between(base, model)
-                attempts.append(calibrate(probe, model, base, tau, lr_a, impl.finish()))
-            chosen = (attempts[-1] if attempts[-1].search is not None
-                      else min(attempts, key=lambda a: a.forget_prob))
-            stats["calibration"] = calib = calibration_stats(probe, chosen, attempts,
-                                                             times["training"])
-            if chosen.search is None and not (
-                    chosen.forget_prob <= (1 - MIN_FORGET_DROP) * probe.forget_before):
-                # Nothing could be forgotten at all: the model stays as it was.
-                raise CalibrationError(calib["target"], chosen.curve, p["alpha_max"],
-                                       p["calibration_evals"])
-            assert chosen.tau is not None and calib["alpha"] is not None
-            tau, new_state, alpha = chosen.tau, chosen.state, float(calib["alpha"])
-            target_met = chosen.search is not None
-            times["calibration"] = probe.probe_seconds + probe.search_seconds
-            if new_state is not None:  # the next task's search starts from this alpha
-                new_state.info["calibrated_alpha"] = alpha
-                if probe.holdout_prob is not None:
-                    new_state.info[HOLDOUT_REFERENCE] = probe.holdout_prob
-        tau.apply_to(model, base, scale=-alpha)
-        stats.update(alpha=alpha, task_vector_norm=tau.norm())
+            tau, alpha, target_met = self._calibrate()
+        tau.apply_to(ctx.model, base, scale=-alpha)
+        self.stats.update(alpha=alpha, task_vector_norm=tau.norm())
+        self.base = None
         del base
         ctx.report("negating", 1, 1)
-        if new_state is not None and lr_probe is not None:
-            # the lineage's next tasks start from it (x lr_decay), escalated or not
-            new_state.info[PROBED_LR] = lr_probe["lr"]
-        if new_state is not None and probe.retain_reference is not None:
-            new_state.info[RETAIN_REFERENCE] = probe.retain_reference
-        if new_state is not None and probe.general_reference is not None:
-            new_state.info[GENERAL_REFERENCE] = probe.general_reference
-        if new_state is not None and teacher is not None and p["repair_reference"] == "first":
-            new_state.teacher = teacher.to_tensors()  # the next task repairs towards it too
-        if teacher is not None:
-            t2 = time.perf_counter()
-            guard = (probe.target if target_met and probe.target is not None
-                     else probe.measure(model)[0])
-            stats["repair"] = repair_and_guard(probe, teacher, model, tau, alpha, guard,
-                                               p["repair_lr"] or REPAIR_LR_FRACTION * lr)
-            retain_probe = stats["repair"]["retain_probe"]
-            if "calibration" in stats:  # what the published model forgets, after repair
-                stats["calibration"]["forget_prob_negated"] = stats["calibration"]["forget_prob"]
-                stats["calibration"]["forget_prob"] = stats["repair"]["forget_prob"]
-            times["repair"] = time.perf_counter() - t2
+        self._carry_references()
+        if self.teacher is not None:
+            retain_probe = self._repair(tau, alpha, target_met)
         else:
-            retain_probe = probe.measure(model)[1]
+            retain_probe = probe.measure(ctx.model)[1]
         del tau
-        stats["floor"] = floor_stats(probe, retain_probe)
+        self.stats["floor"] = floor_stats(probe, retain_probe)
         if target_met is not None:
-            stats["target_met"] = target_met
-        times["negating"] = time.perf_counter() - t1
-    stats.update(ctx.stats)
-    stats["task_index"] = ctx.task_index
-    stats["seconds"] = times
-    model.eval()
-    return UnlearnResult(model=model, state=new_state, stats=stats)
+            self.stats["target_met"] = target_met
+        self.times["negating"] = time.perf_counter() - t1
+
+    def _calibrate(self) -> tuple[TaskVector, float, bool]:
+        """alpha "auto": search alpha; out of reach at alpha_max, the forget fine-tune again
+        from theta_t (the failed search left the model there) with a larger lr each time;
+        the most-forgetting attempt wins."""
+        ctx, p, probe, base = self.ctx, self.ctx.params, self.probe, self.base
+        assert probe is not None and base is not None
+        # tau lives in the attempts only: a dropped one is freed before the next fine-tune
+        attempts = [calibrate(probe, ctx.model, base, TaskVector.between(base, ctx.model),
+                              self.lr, self.new_state)]
+        while attempts[-1].search is None and len(attempts) <= p["escalations"]:
+            best = min(attempts, key=lambda a: a.forget_prob)
+            for a in attempts:
+                if a is not best:
+                    a.tau = None
+            lr_a = self.lr * ESCALATION_LR_FACTOR ** len(attempts)
+            impl = self.cls(ctx)
+            impl.prepare()
+            more = _train(impl, lr_a)
+            self.times["training"] += more.seconds
+            self.stats["steps"] += more.steps
+            attempts.append(calibrate(probe, ctx.model, base,
+                                      TaskVector.between(base, ctx.model), lr_a, impl.finish()))
+        chosen = (attempts[-1] if attempts[-1].search is not None
+                  else min(attempts, key=lambda a: a.forget_prob))
+        self.stats["calibration"] = calib = calibration_stats(probe, chosen, attempts,
+                                                              self.times["training"])
+        if chosen.search is None and not (
+                chosen.forget_prob <= (1 - MIN_FORGET_DROP) * probe.forget_before):
+            # Nothing could be forgotten at all: the model stays as it was.
+            raise CalibrationError(calib["target"], chosen.curve, p["alpha_max"],
+                                   p["calibration_evals"])
+        assert chosen.tau is not None and calib["alpha"] is not None
+        self.new_state, alpha = chosen.state, float(calib["alpha"])
+        self.times["calibration"] = probe.probe_seconds + probe.search_seconds
+        if self.new_state is not None:  # the next task's search starts from this alpha
+            self.new_state.info["calibrated_alpha"] = alpha
+            if probe.holdout_prob is not None:
+                self.new_state.info[HOLDOUT_REFERENCE] = probe.holdout_prob
+        return chosen.tau, alpha, chosen.search is not None
+
+    def _carry_references(self) -> None:
+        """What the lineage's next tasks start from, in the state."""
+        state, probe = self.new_state, self.probe
+        if state is None or probe is None:
+            return
+        if self.lr_probe is not None:  # the next tasks start from it (x lr_decay)
+            state.info[PROBED_LR] = self.lr_probe["lr"]
+        if probe.retain_reference is not None:
+            state.info[RETAIN_REFERENCE] = probe.retain_reference
+        if probe.general_reference is not None:
+            state.info[GENERAL_REFERENCE] = probe.general_reference
+        if self.teacher is not None and self.ctx.params["repair_reference"] == "first":
+            state.teacher = self.teacher.to_tensors()  # the next task repairs towards it too
+
+    def _repair(self, tau: TaskVector, alpha: float, target_met: bool | None) -> float | None:
+        probe, teacher, p = self.probe, self.teacher, self.ctx.params
+        assert probe is not None and teacher is not None
+        t2 = time.perf_counter()
+        guard = (probe.target if target_met and probe.target is not None
+                 else probe.measure(self.ctx.model)[0])
+        repair = repair_and_guard(probe, teacher, self.ctx.model, tau, alpha, guard,
+                                  p["repair_lr"] or REPAIR_LR_FRACTION * self.lr)
+        self.stats["repair"] = repair
+        if "calibration" in self.stats:  # what the published model forgets, after repair
+            calib = self.stats["calibration"]
+            calib["forget_prob_negated"] = calib["forget_prob"]
+            calib["forget_prob"] = repair["forget_prob"]
+        self.times["repair"] = time.perf_counter() - t2
+        return repair["retain_probe"]
+
+    def result(self) -> UnlearnResult:
+        ctx = self.ctx
+        self.stats.update(ctx.stats)
+        self.stats["task_index"] = ctx.task_index
+        self.stats["seconds"] = self.times
+        ctx.model.eval()
+        return UnlearnResult(model=ctx.model, state=self.new_state, stats=self.stats)
 
 
 def _resolve_lr(ctx: TaskContext) -> dict[str, Any]:

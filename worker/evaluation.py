@@ -30,6 +30,7 @@ from alkn_core.eval_sets import (
     run_plan,
 )
 from alkn_core.params import EVAL_DETAIL_ITEMS, EVAL_MAX_ITEMS, EVAL_RECENT_TASKS
+from registry.jobs import JobSpec
 
 Progress = Callable[[str, int, int], None]
 Items = list[dict[str, Any]]
@@ -110,3 +111,17 @@ class JobEvaluation:
         cache = cache if cache is not None else self.cache()
         return self.run(model, tokenizer, self.plan(tokenizer, cache), cache, progress)
 
+
+def evaluate(evaluation: JobEvaluation, model: torch.nn.Module, tokenizer: Any,
+             plan: EvalPlan, cache: ItemScores, progress: Progress | None) -> dict[str, Any]:
+    """One of a job's evaluations: `plan`'s missing passes into `cache`, then the numbers
+    (the one call every evaluation of a job goes through)."""
+    return evaluation.run(model, tokenizer, plan, cache, progress)
+
+
+def job_evaluation(spec: JobSpec, *, full: bool = False) -> JobEvaluation:
+    """The job's sets on the model's samples (`full`: every item)."""
+    return JobEvaluation.of_job(
+        spec.forget_items, spec.retain_set, spec.eval_sets, spec.earlier_tasks,
+        spec.request_items if len(spec.request_ids) > 1 else {}, spec.holdout_set,
+        spec.params, spec.eval_max_items, spec.eval_detail_items, full=full)

@@ -7,7 +7,8 @@ from config.settings import get_settings
 from registry.outbox import RUN_LINEAGE_TASK
 
 from .app import app
-from .runner import new_worker_id, run_lineage_once
+from .job_control import new_worker_id
+from .runner import run_lineage_once
 
 
 @app.task(name=RUN_LINEAGE_TASK, ignore_result=True)

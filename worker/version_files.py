@@ -1,0 +1,120 @@
+"""A job's model files: the base version loaded from the artifact store (checked before
+anything in it is read), the new version written under a fresh key nothing points to yet,
+and files of a job that published nothing deleted again."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from sqlalchemy.exc import SQLAlchemyError
+
+from alkn_core import UnlearnState
+from alkn_core.chat_template import TemplateLimits
+from alkn_core.chat_template import set_limits as set_template_limits
+from alkn_core.runtime import pick_device, pick_dtype, place
+from config.settings import Settings
+from registry import jobs
+from registry.jobs import JobSpec
+from registry.model_files import check_model_dir
+from registry.store import LocalStore, S3Store
+
+from .weights_check import check_config_against_weights
+
+log = logging.getLogger(__name__)
+
+Store = LocalStore | S3Store
+
+
+def _staging(store: Store) -> Path:
+    maker: Callable[[], Path] | None = getattr(store, "staging_dir", None)
+    return maker() if maker is not None else Path(tempfile.mkdtemp(prefix="alkn-stage-"))
+
+
+def load_base(store: Store, spec: JobSpec, workdir: Path, settings: Settings | None = None
+              ) -> tuple[torch.nn.Module, Any, UnlearnState | None]:
+    """The base version's model, tokenizer and state. Before anything in the version is
+    loaded, every file it names must be one of its own files and its config must match
+    its weights (InvalidModelFiles otherwise); only safetensors are read, never remote
+    code. The tokenizer's chat template renders within the settings' limits."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # progress bars per load/save only clutter the log
+
+    if settings is not None:
+        set_template_limits(TemplateLimits(settings.template_time_limit,
+                                           settings.template_output_limit,
+                                           settings.template_memory_limit))
+    files = check_model_dir(store.fetch_dir(spec.base_storage_key, workdir / "model"))
+    check_config_against_weights(files)
+    src = files.root
+    device = pick_device()
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=pick_dtype(device),
+                                                 use_safetensors=True, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=False)
+    place(model)
+    state = None
+    if spec.base_state:
+        state = UnlearnState.load(store.fetch_dir(spec.base_storage_key + "-state",
+                                                  workdir / "state"))
+        if state.method != spec.method:  # the base row said otherwise: trust the file
+            log.warning("base state of job %s is %s, not %s; starting without it",
+                        spec.job_id, state.method, spec.method)
+            state = None
+    return model, tokenizer, state
+
+
+def save_version(store: Store, settings: Settings, spec: JobSpec, model: torch.nn.Module,
+             tokenizer: Any, state: UnlearnState | None) -> tuple[str, list[dict[str, Any]]]:
+    """Write the new version's files (and state) under a fresh key nothing points to yet;
+    on failure nothing of it is left (a state already published is deleted again)."""
+    try:
+        number = jobs.next_version_number(settings.resolved_database_url, spec.model_id)
+    except SQLAlchemyError:  # it only names the key: a guess will do while the database is away
+        number = spec.base_version + 1
+    key = f"{spec.model_id}/v{number}-{uuid.uuid4().hex[:8]}"
+    staged: list[Path] = []
+    try:
+        model_dir = _staging(store)
+        staged.append(model_dir)
+        model.save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+        if state is not None:
+            state_dir = _staging(store)
+            staged.append(state_dir)
+            state.save(state_dir)
+            store.publish_dir(state_dir, key + "-state")
+        files = [f.as_dict() for f in store.publish_dir(model_dir, key)]
+    except BaseException:
+        with contextlib.suppress(Exception):  # the original error is the one to report
+            drop_files(store, key)
+        raise
+    finally:
+        for d in staged:  # LocalStore moved them away; anything left is a temp copy
+            shutil.rmtree(d, ignore_errors=True)
+    return key, files
+
+
+def drop_files(store: Store, key: str | None) -> None:
+    if key is not None:
+        store.delete(key)
+        store.delete(key + "-state")
+
+
+def drop_unreferenced(url: str, store: Store, spec: JobSpec, key: str | None) -> None:
+    """Delete files we published only when we know no committed version points to them."""
+    if key is None:
+        return
+    try:
+        if jobs.version_of_job(url, spec.model_id, spec.job_id) is None:
+            drop_files(store, key)
+    except SQLAlchemyError:
+        log.warning("could not check job %s; its files under %s stay", spec.job_id, key)
