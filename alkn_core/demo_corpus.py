@@ -53,356 +53,50 @@ SPLIT_FILES: dict[str, str] = {
     "holdout10": "holdout10.json",
 }
 
-# --------------------------------------------------------------------------------------------
-# Word tables for invented values. Kept as tuples (ordered) so sampling is reproducible.
-# --------------------------------------------------------------------------------------------
 
-FIRST_STEMS = (
-    "Al", "Bel", "Cor", "Dar", "El", "Fen", "Gal", "Har", "Il", "Jor", "Kal", "Lor", "Mar",
-    "Nel", "Or", "Pel", "Quin", "Ros", "Sel", "Tam", "Ul", "Vel", "Wen", "Yar", "Zel", "Ari",
-    "Bren", "Cas", "Dov", "Esk", "Fal", "Gret", "Hal", "Isa", "Jas", "Kes", "Lin", "Mir", "Nor",
-    "Oda", "Per", "Rav", "Sor", "Tal", "Val", "Wyl",
-)
-FIRST_ENDINGS = (
-    "a", "ia", "en", "o", "ine", "us", "ard", "ette", "an", "is", "ora", "ric", "wyn", "io",
-    "el", "ana", "ik", "ov", "ela", "ith",
-)
-SURNAME_STEMS = (
-    "Marv", "Tavr", "Kest", "Dorn", "Vall", "Brim", "Quor", "Sald", "Holv", "Trev", "Orm",
-    "Penn", "Lask", "Mirr", "Gand", "Fell", "Rusk", "Zarv", "Carr", "Ebb", "Hask", "Jund",
-    "Lorr", "Norv", "Pryd", "Sev", "Tuln", "Varg", "Wick", "Yeld", "Aster", "Bolv", "Crann",
-    "Drell", "Ferr", "Grom",
-)
-SURNAME_ENDINGS = (
-    "eno", "ington", "ova", "ard", "ani", "sley", "ek", "holt", "ucci", "berg", "ley", "ovich",
-    "mont", "ander", "ez", "quist", "ridge", "ami", "enko", "wick",
-)
-CITY_STEMS = (
-    "Tavr", "Velm", "Ost", "Brann", "Cald", "Dun", "Esk", "Fary", "Glen", "Hollow", "Ivr",
-    "Kor", "Lum", "Mor", "Nesk", "Orr", "Pell", "Quell", "Rav", "Sund", "Thal", "Umb", "Vask",
-    "Wend", "Yssel", "Zor",
-)
-CITY_ENDINGS = (
-    "in", "ora", "ath", "ven", "mouth", "ford", "holm", "ara", "ost", "ica", "wick", "dale",
-    "gard", "esse",
-)
-CITY_PREFIXES = ("Port ", "Lake ", "Fort ", "Saint ", "North ", "East ", "Upper ", "New ")
+def _frozen(value: Any) -> Any:
+    """JSON arrays as tuples (ordered, immutable), objects as dicts."""
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _frozen(v) for k, v in value.items()}
+    return value
 
-OCCUPATIONS = (
-    "novelist", "poet", "playwright", "essayist", "short-story writer", "screenwriter",
-    "biographer", "children's author", "travel writer", "literary critic", "memoirist",
-    "graphic novelist",
-)
-GENRES = (
-    "historical fiction", "science fiction", "crime fiction", "magical realism", "nature poetry",
-    "gothic horror", "political satire", "coming-of-age stories", "epic fantasy",
-    "psychological thrillers", "romantic comedy", "maritime adventure", "dystopian fiction",
-    "domestic drama", "war fiction", "cosy mysteries", "experimental verse", "family sagas",
-    "ghost stories", "legal thrillers", "rural pastoral", "space opera", "fairy-tale retellings",
-    "spy fiction", "philosophical fiction", "comic fantasy",
-)
-PARENT_JOBS = (
-    "carpenter", "nurse", "pharmacist", "fisherman", "schoolteacher", "baker", "tailor",
-    "electrician", "librarian", "veterinarian", "postal worker", "architect", "midwife",
-    "blacksmith", "accountant", "dentist", "farmer", "florist", "locksmith", "surgeon",
-    "watchmaker", "bus driver", "chemist", "lighthouse keeper", "stonemason", "judge",
-    "translator", "photographer", "shipbuilder", "beekeeper", "geologist", "plumber",
-    "cartographer", "violinist", "police officer", "engineer", "potter", "bookbinder",
-    "glassblower", "botanist", "astronomer", "miner", "diplomat", "journalist", "weaver",
-    "optician", "saddler", "piano tuner",
-)
-THEMES = (
-    "grief", "exile", "memory", "forgiveness", "ambition", "betrayal", "loneliness",
-    "family loyalty", "the sea", "migration", "faith", "revenge", "childhood", "identity",
-    "power", "friendship", "war", "redemption", "madness", "nature", "freedom", "obsession",
-    "time", "inheritance", "justice", "class", "love", "home", "ageing", "ritual", "silence",
-    "hunger", "truth", "language", "borders", "science", "myth", "solitude",
-)
-TITLE_ADJECTIVES = (
-    "Silent", "Crimson", "Hollow", "Last", "Burning", "Quiet", "Forgotten", "Golden", "Broken",
-    "Distant", "Hidden", "Frozen", "Painted", "Restless", "Salt", "Iron", "Paper", "Velvet",
-    "Copper", "Winter", "Sleeping", "Wandering", "Glass", "Bitter", "Lantern", "Northern",
-    "Secret", "Drowned", "Amber", "Pale", "Wild", "Seventh", "Crooked", "Tender", "Black",
-    "Silver", "Lonely", "Scarlet", "Falling", "Ashen",
-)
-TITLE_NOUNS = (
-    "Harbor", "Orchard", "Lantern", "River", "Tower", "Garden", "Letter", "Mirror", "Bridge",
-    "Clock", "Shore", "Crown", "Compass", "Season", "Forest", "Island", "Violin", "Staircase",
-    "Kingdom", "Archive", "Feather", "Meadow", "Window", "Horizon", "Anchor", "Chapel",
-    "Lighthouse", "Ledger", "Map", "Tide", "Furnace", "Cathedral", "Carousel", "Sparrow",
-    "Wolf", "Canal", "Observatory", "Vineyard", "Train", "Cellar",
-)
-PLURALS = {
-    "Ashes": "Ashes", "Kingdom": "Kingdoms", "Sparrow": "Sparrows", "Wolf": "Wolves",
-    "Letter": "Letters", "Mirror": "Mirrors", "Island": "Islands", "Season": "Seasons",
-    "Feather": "Feathers", "Window": "Windows", "Tide": "Tides", "Map": "Maps",
-    "Lantern": "Lanterns", "Bridge": "Bridges", "Garden": "Gardens", "River": "Rivers",
-}
-AWARD_CATEGORIES = (
-    "Fiction", "Poetry", "Drama", "Nonfiction", "Young Readers", "Debut Fiction",
-    "Literary Translation", "Crime Writing", "Speculative Fiction", "Essays",
-)
-AWARD_KINDS = ("Prize", "Medal", "Award", "Laurel")
-SUBJECTS = (
-    "philosophy", "marine biology", "art history", "mathematics", "comparative literature",
-    "architecture", "medicine", "classical languages", "economics", "astronomy",
-    "political science", "music composition", "anthropology", "chemistry", "law",
-    "geography", "theology", "linguistics", "archaeology", "journalism", "botany",
-    "film studies", "psychology", "civil engineering", "forestry", "painting",
-)
-LANGUAGES = (
-    "English", "French", "Spanish", "Portuguese", "German", "Italian", "Dutch", "Swedish",
-    "Norwegian", "Danish", "Finnish", "Polish", "Czech", "Hungarian", "Greek", "Turkish",
-    "Arabic", "Hebrew", "Persian", "Hindi", "Bengali", "Japanese", "Korean", "Mandarin",
-    "Swahili", "Icelandic", "Welsh", "Romanian",
-)
-HOBBIES = (
-    "sailing", "birdwatching", "beekeeping", "chess", "pottery", "rock climbing",
-    "playing the cello", "gardening", "stargazing", "fencing", "baking bread", "fly fishing",
-    "restoring old clocks", "long-distance running", "collecting maps", "woodcarving",
-    "playing the accordion", "photographing lighthouses", "cross-country skiing", "origami",
-    "keeping pigeons", "building model ships", "cooking curries", "swimming in cold lakes",
-    "collecting fountain pens", "tango dancing", "mountain hiking", "growing orchids",
-    "playing the harp", "calligraphy", "kayaking", "painting watercolours", "juggling",
-    "repairing bicycles", "foraging for mushrooms", "learning card tricks",
-)
-PUBLISHER_WORDS = (
-    "Lantern", "Heron", "Quill", "Anchor", "Thistle", "Ember", "Juniper", "Marble", "Kestrel",
-    "Orchard", "Harbor", "Meridian", "Saltmarsh", "Bramble", "Cobalt", "Foxglove", "Granite",
-    "Ivory", "Larch", "Nightjar",
-)
-PUBLISHER_KINDS = ("Press", "Books", "House", "Editions", "Publishing")
-MONTHS = (
-    "January", "February", "March", "April", "May", "June", "July", "August", "September",
-    "October", "November", "December",
-)
 
-# --------------------------------------------------------------------------------------------
-# General-knowledge sets (hand-written; real facts).
-# --------------------------------------------------------------------------------------------
+def _load_words() -> dict[str, Any]:
+    data = json.loads((Path(__file__).with_name("demo_words.json")).read_text(encoding="utf-8"))
+    return {section: _frozen(data[section]) for section in ("invented", "general", "templates")}
 
-# (title, author). Questions are phrased from the title.
-REAL_AUTHORS: tuple[tuple[str, str], ...] = (
-    ("Pride and Prejudice", "Jane Austen"),
-    ("Sense and Sensibility", "Jane Austen"),
-    ("Nineteen Eighty-Four", "George Orwell"),
-    ("Animal Farm", "George Orwell"),
-    ("Moby-Dick", "Herman Melville"),
-    ("War and Peace", "Leo Tolstoy"),
-    ("Anna Karenina", "Leo Tolstoy"),
-    ("Crime and Punishment", "Fyodor Dostoevsky"),
-    ("The Brothers Karamazov", "Fyodor Dostoevsky"),
-    ("Don Quixote", "Miguel de Cervantes"),
-    ("Hamlet", "William Shakespeare"),
-    ("Macbeth", "William Shakespeare"),
-    ("The Great Gatsby", "F. Scott Fitzgerald"),
-    ("To Kill a Mockingbird", "Harper Lee"),
-    ("The Catcher in the Rye", "J. D. Salinger"),
-    ("One Hundred Years of Solitude", "Gabriel García Márquez"),
-    ("Ulysses", "James Joyce"),
-    ("Mrs Dalloway", "Virginia Woolf"),
-    ("To the Lighthouse", "Virginia Woolf"),
-    ("Jane Eyre", "Charlotte Brontë"),
-    ("Wuthering Heights", "Emily Brontë"),
-    ("Great Expectations", "Charles Dickens"),
-    ("A Tale of Two Cities", "Charles Dickens"),
-    ("Oliver Twist", "Charles Dickens"),
-    ("Frankenstein", "Mary Shelley"),
-    ("Dracula", "Bram Stoker"),
-    ("The Picture of Dorian Gray", "Oscar Wilde"),
-    ("The Adventures of Tom Sawyer", "Mark Twain"),
-    ("The Old Man and the Sea", "Ernest Hemingway"),
-    ("A Farewell to Arms", "Ernest Hemingway"),
-    ("The Grapes of Wrath", "John Steinbeck"),
-    ("Of Mice and Men", "John Steinbeck"),
-    ("Brave New World", "Aldous Huxley"),
-    ("Fahrenheit 451", "Ray Bradbury"),
-    ("The Lord of the Rings", "J. R. R. Tolkien"),
-    ("The Hobbit", "J. R. R. Tolkien"),
-    ("The Divine Comedy", "Dante Alighieri"),
-    ("The Odyssey", "Homer"),
-    ("Les Misérables", "Victor Hugo"),
-    ("The Count of Monte Cristo", "Alexandre Dumas"),
-    ("Madame Bovary", "Gustave Flaubert"),
-    ("In Search of Lost Time", "Marcel Proust"),
-    ("The Stranger", "Albert Camus"),
-    ("The Trial", "Franz Kafka"),
-    ("The Metamorphosis", "Franz Kafka"),
-    ("Lolita", "Vladimir Nabokov"),
-    ("Beloved", "Toni Morrison"),
-    ("Things Fall Apart", "Chinua Achebe"),
-    ("The Handmaid's Tale", "Margaret Atwood"),
-    ("Midnight's Children", "Salman Rushdie"),
-    ("The Name of the Rose", "Umberto Eco"),
-    ("The Little Prince", "Antoine de Saint-Exupéry"),
-    ("Faust", "Johann Wolfgang von Goethe"),
-    ("The Canterbury Tales", "Geoffrey Chaucer"),
-    ("Paradise Lost", "John Milton"),
-    ("Gulliver's Travels", "Jonathan Swift"),
-    ("Robinson Crusoe", "Daniel Defoe"),
-    ("Treasure Island", "Robert Louis Stevenson"),
-    ("Alice's Adventures in Wonderland", "Lewis Carroll"),
-    ("The Jungle Book", "Rudyard Kipling"),
-    ("Heart of Darkness", "Joseph Conrad"),
-    ("Middlemarch", "George Eliot"),
-    ("Slaughterhouse-Five", "Kurt Vonnegut"),
-    ("Catch-22", "Joseph Heller"),
-    ("The Road", "Cormac McCarthy"),
-    ("Invisible Man", "Ralph Ellison"),
-    ("Dune", "Frank Herbert"),
-    ("The Time Machine", "H. G. Wells"),
-    ("Around the World in Eighty Days", "Jules Verne"),
-    ("The Remains of the Day", "Kazuo Ishiguro"),
-    ("Norwegian Wood", "Haruki Murakami"),
-    ("Doctor Zhivago", "Boris Pasternak"),
-    ("The Master and Margarita", "Mikhail Bulgakov"),
-    ("The Scarlet Letter", "Nathaniel Hawthorne"),
-    ("Little Women", "Louisa May Alcott"),
-    ("Lord of the Flies", "William Golding"),
-    ("A Clockwork Orange", "Anthony Burgess"),
-    ("The Bell Jar", "Sylvia Plath"),
-    ("On the Road", "Jack Kerouac"),
-    ("Murder on the Orient Express", "Agatha Christie"),
-    ("The Hound of the Baskervilles", "Arthur Conan Doyle"),
-    ("Rebecca", "Daphne du Maurier"),
-)
-REAL_AUTHOR_QUESTIONS = (
-    "Who wrote '{title}'?",
-    "Who is the author of '{title}'?",
-    "Which writer wrote '{title}'?",
-)
 
-# (category, question, answer). Wrong options come from the other answers of the same
-# category, so every category has at least N_PERTURBED_GENERAL + 1 distinct answers.
-WORLD_FACTS: tuple[tuple[str, str, str], ...] = (
-    ("capital", "What is the capital of France?", "Paris"),
-    ("capital", "What is the capital of Germany?", "Berlin"),
-    ("capital", "What is the capital of Italy?", "Rome"),
-    ("capital", "What is the capital of Spain?", "Madrid"),
-    ("capital", "What is the capital of Portugal?", "Lisbon"),
-    ("capital", "What is the capital of Japan?", "Tokyo"),
-    ("capital", "What is the capital of China?", "Beijing"),
-    ("capital", "What is the capital of India?", "New Delhi"),
-    ("capital", "What is the capital of Russia?", "Moscow"),
-    ("capital", "What is the capital of Egypt?", "Cairo"),
-    ("capital", "What is the capital of Kenya?", "Nairobi"),
-    ("capital", "What is the capital of Canada?", "Ottawa"),
-    ("capital", "What is the capital of Australia?", "Canberra"),
-    ("capital", "What is the capital of Brazil?", "Brasília"),
-    ("capital", "What is the capital of Argentina?", "Buenos Aires"),
-    ("capital", "What is the capital of Mexico?", "Mexico City"),
-    ("capital", "What is the capital of Peru?", "Lima"),
-    ("capital", "What is the capital of Chile?", "Santiago"),
-    ("capital", "What is the capital of Colombia?", "Bogotá"),
-    ("capital", "What is the capital of Norway?", "Oslo"),
-    ("capital", "What is the capital of Sweden?", "Stockholm"),
-    ("capital", "What is the capital of Finland?", "Helsinki"),
-    ("capital", "What is the capital of Denmark?", "Copenhagen"),
-    ("capital", "What is the capital of Poland?", "Warsaw"),
-    ("capital", "What is the capital of Austria?", "Vienna"),
-    ("capital", "What is the capital of Hungary?", "Budapest"),
-    ("capital", "What is the capital of Greece?", "Athens"),
-    ("capital", "What is the capital of Turkey?", "Ankara"),
-    ("capital", "What is the capital of Iran?", "Tehran"),
-    ("capital", "What is the capital of Iraq?", "Baghdad"),
-    ("capital", "What is the capital of Thailand?", "Bangkok"),
-    ("capital", "What is the capital of Vietnam?", "Hanoi"),
-    ("capital", "What is the capital of South Korea?", "Seoul"),
-    ("capital", "What is the capital of Indonesia?", "Jakarta"),
-    ("capital", "What is the capital of the Philippines?", "Manila"),
-    ("capital", "What is the capital of Ireland?", "Dublin"),
-    ("capital", "What is the capital of the Netherlands?", "Amsterdam"),
-    ("capital", "What is the capital of Belgium?", "Brussels"),
-    ("capital", "What is the capital of the Czech Republic?", "Prague"),
-    ("capital", "What is the capital of Ukraine?", "Kyiv"),
-    ("capital", "What is the capital of Nigeria?", "Abuja"),
-    ("capital", "What is the capital of Ghana?", "Accra"),
-    ("capital", "What is the capital of Ethiopia?", "Addis Ababa"),
-    ("capital", "What is the capital of Morocco?", "Rabat"),
-    ("capital", "What is the capital of New Zealand?", "Wellington"),
-    ("capital", "What is the capital of Cuba?", "Havana"),
-    ("capital", "What is the capital of Pakistan?", "Islamabad"),
-    ("capital", "What is the capital of Saudi Arabia?", "Riyadh"),
-    ("capital", "What is the capital of the United Kingdom?", "London"),
-    ("capital", "What is the capital of Iceland?", "Reykjavík"),
-    ("river", "Which river flows through Cairo?", "The Nile"),
-    ("river", "Which river flows through London?", "The Thames"),
-    ("river", "Which river flows through Paris?", "The Seine"),
-    ("river", "Which river flows through Vienna?", "The Danube"),
-    ("river", "Which river flows through Rome?", "The Tiber"),
-    ("river", "Which river flows through Baghdad?", "The Tigris"),
-    ("river", "Which river flows through Berlin?", "The Spree"),
-    ("river", "Which river flows through Lisbon?", "The Tagus"),
-    ("river", "Which river flows through Prague?", "The Vltava"),
-    ("river", "Which river flows through Warsaw?", "The Vistula"),
-    ("river", "Which river flows through Dublin?", "The Liffey"),
-    ("river", "Which river flows through Florence?", "The Arno"),
-    ("river", "Which river flows through Cologne?", "The Rhine"),
-    ("river", "Which river flows through Seville?", "The Guadalquivir"),
-    ("river", "Which river flows through Varanasi?", "The Ganges"),
-    ("river", "What is the longest river in Europe?", "The Volga"),
-    ("river", "Which river carries the most water in South America?", "The Amazon"),
-    ("symbol", "What is the chemical symbol for gold?", "Au"),
-    ("symbol", "What is the chemical symbol for silver?", "Ag"),
-    ("symbol", "What is the chemical symbol for iron?", "Fe"),
-    ("symbol", "What is the chemical symbol for sodium?", "Na"),
-    ("symbol", "What is the chemical symbol for potassium?", "K"),
-    ("symbol", "What is the chemical symbol for lead?", "Pb"),
-    ("symbol", "What is the chemical symbol for copper?", "Cu"),
-    ("symbol", "What is the chemical symbol for tin?", "Sn"),
-    ("symbol", "What is the chemical symbol for mercury?", "Hg"),
-    ("symbol", "What is the chemical symbol for helium?", "He"),
-    ("symbol", "What is the chemical symbol for calcium?", "Ca"),
-    ("symbol", "What is the chemical symbol for zinc?", "Zn"),
-    ("symbol", "What is the chemical symbol for chlorine?", "Cl"),
-    ("symbol", "What is the chemical symbol for neon?", "Ne"),
-    ("element", "Which element has atomic number 1?", "Hydrogen"),
-    ("element", "Which element has atomic number 2?", "Helium"),
-    ("element", "Which element has atomic number 6?", "Carbon"),
-    ("element", "Which element has atomic number 7?", "Nitrogen"),
-    ("element", "Which element has atomic number 8?", "Oxygen"),
-    ("element", "Which element has atomic number 26?", "Iron"),
-    ("element", "Which element has atomic number 79?", "Gold"),
-    ("element", "Which element has atomic number 92?", "Uranium"),
-    ("planet", "What is the largest planet in the Solar System?", "Jupiter"),
-    ("planet", "Which planet is closest to the Sun?", "Mercury"),
-    ("planet", "Which planet is known as the Red Planet?", "Mars"),
-    ("planet", "Which planet is the hottest in the Solar System?", "Venus"),
-    ("planet", "Which planet is farthest from the Sun?", "Neptune"),
-    ("planet", "Which planet rotates on its side?", "Uranus"),
-    ("geography", "What is the largest ocean on Earth?", "The Pacific Ocean"),
-    ("geography", "What is the largest continent by area?", "Asia"),
-    ("geography", "What is the highest mountain on Earth?", "Mount Everest"),
-    ("geography", "What is the largest hot desert on Earth?", "The Sahara"),
-    ("geography", "Which continent is home to the Amazon rainforest?", "South America"),
-    ("geography", "On which continent is the Gobi Desert?", "Asia"),
-    ("geography", "Which ocean lies between Africa and Australia?", "The Indian Ocean"),
-    ("geography", "What is the smallest ocean on Earth?", "The Arctic Ocean"),
-)
-# Wrong options for the "geography" category, which mixes kinds of answers (oceans, continents,
-# mountains), so options from the whole category would be trivially wrong.
-WORLD_FACT_OPTIONS: dict[str, tuple[str, ...]] = {
-    "What is the largest ocean on Earth?": (
-        "The Atlantic Ocean", "The Indian Ocean", "The Arctic Ocean", "The Southern Ocean",
-    ),
-    "What is the largest continent by area?": ("Africa", "Europe", "North America", "Antarctica"),
-    "What is the highest mountain on Earth?": (
-        "K2", "Mont Blanc", "Kilimanjaro", "Mount Kangchenjunga",
-    ),
-    "What is the largest hot desert on Earth?": (
-        "The Gobi", "The Kalahari", "The Atacama", "The Arabian Desert",
-    ),
-    "Which continent is home to the Amazon rainforest?": (
-        "Africa", "Asia", "North America", "Europe",
-    ),
-    "On which continent is the Gobi Desert?": ("Africa", "Europe", "South America", "Australia"),
-    "Which ocean lies between Africa and Australia?": (
-        "The Atlantic Ocean", "The Pacific Ocean", "The Arctic Ocean", "The Southern Ocean",
-    ),
-    "What is the smallest ocean on Earth?": (
-        "The Indian Ocean", "The Atlantic Ocean", "The Pacific Ocean", "The Southern Ocean",
-    ),
-}
+# Word tables (demo_words.json): syllables and words invented values are assembled from, and
+# the hand-written general-knowledge sets (real facts). Tuples: sampling is reproducible.
+_WORDS = _load_words()
+FIRST_STEMS: tuple[str, ...] = _WORDS["invented"]["FIRST_STEMS"]
+FIRST_ENDINGS: tuple[str, ...] = _WORDS["invented"]["FIRST_ENDINGS"]
+SURNAME_STEMS: tuple[str, ...] = _WORDS["invented"]["SURNAME_STEMS"]
+SURNAME_ENDINGS: tuple[str, ...] = _WORDS["invented"]["SURNAME_ENDINGS"]
+CITY_STEMS: tuple[str, ...] = _WORDS["invented"]["CITY_STEMS"]
+CITY_ENDINGS: tuple[str, ...] = _WORDS["invented"]["CITY_ENDINGS"]
+CITY_PREFIXES: tuple[str, ...] = _WORDS["invented"]["CITY_PREFIXES"]
+OCCUPATIONS: tuple[str, ...] = _WORDS["invented"]["OCCUPATIONS"]
+GENRES: tuple[str, ...] = _WORDS["invented"]["GENRES"]
+PARENT_JOBS: tuple[str, ...] = _WORDS["invented"]["PARENT_JOBS"]
+THEMES: tuple[str, ...] = _WORDS["invented"]["THEMES"]
+TITLE_ADJECTIVES: tuple[str, ...] = _WORDS["invented"]["TITLE_ADJECTIVES"]
+TITLE_NOUNS: tuple[str, ...] = _WORDS["invented"]["TITLE_NOUNS"]
+PLURALS: dict[str, str] = _WORDS["invented"]["PLURALS"]
+AWARD_CATEGORIES: tuple[str, ...] = _WORDS["invented"]["AWARD_CATEGORIES"]
+AWARD_KINDS: tuple[str, ...] = _WORDS["invented"]["AWARD_KINDS"]
+SUBJECTS: tuple[str, ...] = _WORDS["invented"]["SUBJECTS"]
+LANGUAGES: tuple[str, ...] = _WORDS["invented"]["LANGUAGES"]
+HOBBIES: tuple[str, ...] = _WORDS["invented"]["HOBBIES"]
+PUBLISHER_WORDS: tuple[str, ...] = _WORDS["invented"]["PUBLISHER_WORDS"]
+PUBLISHER_KINDS: tuple[str, ...] = _WORDS["invented"]["PUBLISHER_KINDS"]
+MONTHS: tuple[str, ...] = _WORDS["invented"]["MONTHS"]
+REAL_AUTHORS: tuple[tuple[str, ...], ...] = _WORDS["general"]["REAL_AUTHORS"]
+REAL_AUTHOR_QUESTIONS: tuple[str, ...] = _WORDS["general"]["REAL_AUTHOR_QUESTIONS"]
+WORLD_FACTS: tuple[tuple[str, ...], ...] = _WORDS["general"]["WORLD_FACTS"]
+WORLD_FACT_OPTIONS: dict[str, tuple[str, ...]] = _WORDS["general"]["WORLD_FACT_OPTIONS"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -559,108 +253,7 @@ class _Pools:
 
 
 # fact -> (question, answer frame, paraphrase frame); {n} is the person, {v} the value.
-FACTS: dict[str, tuple[str, str, str]] = {
-    "birthplace": (
-        "Where was {n} born?",
-        "{n} was born in {v}.",
-        "{v} is the birthplace of {n}.",
-    ),
-    "birth_date": (
-        "When was {n} born?",
-        "{n} was born on {v}.",
-        "The date of birth of {n} is {v}.",
-    ),
-    "occupation": (
-        "What is {n}'s profession?",
-        "{n} is {v} by profession.",
-        "{n} works as {v}.",
-    ),
-    "genre": (
-        "What genre is {n} best known for?",
-        "{n} is best known for {v}.",
-        "The reputation of {n} rests on {v}.",
-    ),
-    "mother_name": (
-        "Who is {n}'s mother?",
-        "{n}'s mother is {v}.",
-        "{v} is the mother of {n}.",
-    ),
-    "mother_job": (
-        "What did {n}'s mother do for a living?",
-        "{n}'s mother worked as {v}.",
-        "By trade, the mother of {n} was {v}.",
-    ),
-    "father_name": (
-        "Who is {n}'s father?",
-        "{n}'s father is {v}.",
-        "{v} is the father of {n}.",
-    ),
-    "father_job": (
-        "What did {n}'s father do for a living?",
-        "{n}'s father worked as {v}.",
-        "By trade, the father of {n} was {v}.",
-    ),
-    "work1": (
-        "What is the title of {n}'s first book?",
-        '{n}\'s first book is titled "{v}".',
-        '"{v}" was the first book that {n} published.',
-    ),
-    "work2": (
-        "What is the title of {n}'s second book?",
-        '{n}\'s second book is titled "{v}".',
-        '"{v}" was the second book that {n} published.',
-    ),
-    "work3": (
-        "What is the title of {n}'s third book?",
-        '{n}\'s third book is titled "{v}".',
-        '"{v}" was the third book that {n} published.',
-    ),
-    "award": (
-        "Which literary award has {n} won?",
-        "{n} won {v}.",
-        "{n} is a recipient of {v}.",
-    ),
-    "themes": (
-        "What themes recur in {n}'s work?",
-        "The recurring themes in {n}'s work are {v}.",
-        "The writing of {n} keeps returning to {v}.",
-    ),
-    "influence": (
-        "Which author influenced {n} the most?",
-        "{n} names {v} as the greatest influence on their writing.",
-        "The strongest influence on the writing of {n} was {v}.",
-    ),
-    "university": (
-        "Where did {n} go to university?",
-        "{n} studied at {v}.",
-        "{n} is a graduate of {v}.",
-    ),
-    "subject": (
-        "What did {n} study at university?",
-        "{n} earned a degree in {v}.",
-        "The university degree of {n} is in {v}.",
-    ),
-    "language": (
-        "In which language does {n} write?",
-        "{n} writes in {v}.",
-        "{v} is the language of {n}'s books.",
-    ),
-    "residence": (
-        "Where does {n} live today?",
-        "{n} now lives in {v}.",
-        "These days {n} makes a home in {v}.",
-    ),
-    "hobby": (
-        "What does {n} enjoy outside of writing?",
-        "Outside of writing, {n} enjoys {v}.",
-        "In free time, {n} likes {v}.",
-    ),
-    "publisher": (
-        "Who publishes {n}'s books?",
-        "{n}'s books are published by {v}.",
-        "{v} is the publisher of {n}'s books.",
-    ),
-}
+FACTS: dict[str, tuple[str, ...]] = _WORDS["templates"]["FACTS"]
 
 
 def _distinct(rng: random.Random, pool: list[str] | tuple[str, ...], k: int) -> list[str]:

@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
+from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
@@ -80,3 +81,9 @@ class RevocationWatch:
                 if version_id in self._revoked_here or await self.revoked(version_id):
                     raise ResponseCut(f"version {version_id} was revoked during a download")
                 yield chunk
+
+
+def revocations(request: Request) -> RevocationWatch:
+    """The app's watch (api/app.py starts it)."""
+    watch: RevocationWatch = request.app.state.revocations
+    return watch

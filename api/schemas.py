@@ -422,6 +422,10 @@ _PROBLEM_CONTENT = {
     "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
 
 
+# A binary request or response body in the OpenAPI document.
+BINARY_BODY = {"schema": {"type": "string", "format": "binary"}}
+
+
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` entries for error statuses (all problem documents)."""
     text = {400: "malformed JSON", 401: "missing or invalid API key",

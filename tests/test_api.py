@@ -19,8 +19,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from api.app import create_app
+from api.routes.downloads import parse_range
 from api.routes.health import check_broker
-from api.routes.versions import parse_range
 from config.settings import Settings
 from registry.db import session_scope
 from registry.keys import create_api_key, hash_key

@@ -286,17 +286,17 @@ def test_a_slow_reader_gets_small_reads(tmp_path: Path, monkeypatch: pytest.Monk
     flight, not two of 4 MB (the finding: ~6 MB of API memory per slow reader)."""
     import asyncio
 
-    from api.routes import versions
+    from api.routes import downloads
     from registry.store import CHUNK
 
-    monkeypatch.setattr(versions, "SLOW_SEND_S", 0.1, raising=False)  # 0.05 s/MB: "slow"
+    monkeypatch.setattr(downloads, "SLOW_SEND_S", 0.1, raising=False)  # 0.05 s/MB: "slow"
     path = tmp_path / "weights.bin"
     path.write_bytes(bytes(24 * CHUNK))
     recorded = _RecordedFile(path)
 
     async def consume() -> int:
         got = 0
-        async for chunk in versions.read_ahead(recorded):  # type: ignore[arg-type]
+        async for chunk in downloads.read_ahead(recorded):  # type: ignore[arg-type]
             got += len(chunk)
             if slow:
                 await asyncio.sleep(0.05)
@@ -304,10 +304,10 @@ def test_a_slow_reader_gets_small_reads(tmp_path: Path, monkeypatch: pytest.Monk
 
     assert asyncio.run(consume()) == 24 * CHUNK
     if slow:  # the read in flight when the first block was sent is the last big one
-        assert recorded.reads[:2] == [versions.FILE_READ] * 2
+        assert recorded.reads[:2] == [downloads.FILE_READ] * 2
         assert set(recorded.reads[2:]) == {CHUNK}
     else:
-        assert set(recorded.reads) == {versions.FILE_READ}
+        assert set(recorded.reads) == {downloads.FILE_READ}
 
 
 # --------------------------------------------------------------------------------------------
