@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from registry.catalog import RegistryError
+from registry.errors import RegistryError
 
 log = logging.getLogger("api")
 

@@ -16,7 +16,8 @@ from fastapi import Depends, Query
 from sqlalchemy import Select, and_, or_
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from registry.catalog import Invalid, as_utc
+from registry.catalog import as_utc
+from registry.errors import Invalid
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500

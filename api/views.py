@@ -11,8 +11,9 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session
 
 from alkn_core.params import EVAL_DETAIL_ITEMS, EVAL_MAX_ITEMS
-from registry.catalog import aliases_of, as_utc, latest_numbers
+from registry.catalog import as_utc
 from registry.models import ForgetRequest, Job, JobEvent, Model, Version
+from registry.versions import aliases_of, latest_numbers
 
 
 def progress_dict(progress: dict[str, Any] | None, status: str) -> dict[str, Any]:

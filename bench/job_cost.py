@@ -141,10 +141,10 @@ def shares_row(label: str, t: dict[str, float]) -> str:
 
 def full_evaluation(svc: Service, model_id: str) -> dict[str, float]:
     """Evaluate the lineage's newest version in full (POST .../versions/{ref}:evaluate)."""
-    from registry.catalog import latest_ready
     from registry.db import session_scope
     from registry.evaluations import enqueue_evaluation
     from registry.models import Job, Model
+    from registry.versions import latest_ready
     from worker.runner import run_lineage_once
 
     with session_scope(svc.url) as s:

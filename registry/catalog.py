@@ -1,4 +1,6 @@
-"""Torch-free operations on tenants' models, versions and aliases (used by the API and CLI).
+"""Torch-free operations on tenants and their models: register (from a directory or an
+uploaded archive), look up, lock (used by the API and CLI). Versions and aliases:
+versions.py.
 
 Functions flush but do not commit, so a caller can add its own rows (an idempotency record)
 to the same transaction; bytes they publish are remembered on the session and
@@ -13,7 +15,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
@@ -28,48 +30,17 @@ from alkn_core.params import DEFAULT_QA_TEMPLATE, validate
 from alkn_core.quoting import quoted
 from archive_safety.tar import ArchiveTooLarge, UnsafeArchive, extract_tar
 
+from .errors import Conflict, Invalid, NotFound, TooLarge
 from .model_files import InvalidModelFiles, check_model_dir
-from .models import Alias, Job, Model, Tenant, Version, utcnow
+from .models import Model, Tenant, Version, utcnow
 from .source_roots import REFUSAL, NotAllowed, check_source_dir
 from .store import ArtifactStore, FileInfo, LocalStore, regular_files
 
 log = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-ALIAS_RE = re.compile(r"[a-z][a-z0-9._-]{0,63}")  # starts with a letter: never a number
-RESERVED_REFS = frozenset({"latest"})
-ACTIVE_JOB_STATUSES = ("queued", "running")
-# Version numbers are PostgreSQL integers: a larger number is simply not a version.
-MAX_VERSION = 2**31 - 1
 
 _PUBLISHED = "alkn_published_keys"  # session.info entry: store keys written this transaction
-
-
-class RegistryError(Exception):
-    """A refusal the caller can show to a client; `status` is the matching HTTP status."""
-
-    status = 400
-
-    def __init__(self, message: str, loc: Sequence[str | int] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.loc = list(loc) if loc is not None else None
-
-
-class NotFound(RegistryError):
-    status = 404
-
-
-class Conflict(RegistryError):
-    status = 409
-
-
-class Invalid(RegistryError):
-    status = 422
-
-
-class TooLarge(RegistryError):
-    status = 413
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,133 +274,3 @@ def register_upload(session: Session, store: ArtifactStore, model: Model, archiv
     session.add(version)
     session.flush()
     return version
-
-
-# --------------------------------------------------------------------------------------------
-# Versions and aliases
-# --------------------------------------------------------------------------------------------
-
-
-def versions_query(model: Model) -> Select[Version]:
-    return select(Version).where(Version.model_id == model.id)
-
-
-def latest_ready(session: Session, model: Model) -> Version | None:
-    return session.scalar(select(Version)
-                          .where(Version.model_id == model.id, Version.status == "ready")
-                          .order_by(Version.number.desc()).limit(1))
-
-
-def get_version(session: Session, model: Model, number: int) -> Version:
-    if not 1 <= number <= MAX_VERSION:  # out of the column's range: no such version
-        raise NotFound(f"model {model.name!r} has no version {number}")
-    version = session.scalar(select(Version).where(Version.model_id == model.id,
-                                                   Version.number == number))
-    if version is None:
-        raise NotFound(f"model {model.name!r} has no version {number}")
-    return version
-
-
-def resolve_version(session: Session, model: Model, ref: str | int) -> Version:
-    """`ref` is a version number, `latest` (the newest ready version) or an alias."""
-    # ASCII digits only: str.isdigit() is also true for '²', which int() refuses.
-    if isinstance(ref, int) or (ref.isascii() and ref.isdigit()):
-        return get_version(session, model, int(ref))
-    if ref == "latest":
-        version = latest_ready(session, model)
-        if version is None:
-            raise NotFound(f"model {model.name!r} has no ready version")
-        return version
-    number = session.scalar(select(Alias.version).where(Alias.model_id == model.id,
-                                                        Alias.name == ref)) \
-        if ALIAS_RE.fullmatch(ref) else None
-    if number is None:
-        raise NotFound(f"model {model.name!r} has no version or alias {quoted(ref)}")
-    return get_version(session, model, number)
-
-
-def require_ready(version: Version) -> Version:
-    if version.status != "ready":
-        raise Conflict(f"version {version.number} is {version.status}, not ready")
-    return version
-
-
-def aliases_of(session: Session, model_ids: Iterable[str]) -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = {}
-    ids = list(model_ids)
-    if ids:
-        for a in session.scalars(select(Alias).where(Alias.model_id.in_(ids))
-                                 .order_by(Alias.name)):
-            out.setdefault(a.model_id, {})[a.name] = a.version
-    return out
-
-
-def latest_numbers(session: Session, model_ids: Iterable[str]) -> dict[str, int]:
-    ids = list(model_ids)
-    if not ids:
-        return {}
-    rows = session.execute(select(Version.model_id, func.max(Version.number))
-                           .where(Version.model_id.in_(ids), Version.status == "ready")
-                           .group_by(Version.model_id))
-    return {mid: n for mid, n in rows}
-
-
-def set_alias(session: Session, model: Model, alias: str, number: int) -> Alias:
-    if not ALIAS_RE.fullmatch(alias) or alias in RESERVED_REFS:
-        raise Invalid("alias must match [a-z][a-z0-9._-]{0,63} and not be 'latest'",
-                      loc=["path", "alias"])
-    require_ready(get_version(session, model, number))
-    row = session.get(Alias, (model.id, alias))
-    if row is None:
-        row = Alias(model_id=model.id, name=alias, version=number)
-        session.add(row)
-    else:
-        row.version = number
-    session.flush()
-    return row
-
-
-def delete_alias(session: Session, model: Model, alias: str) -> None:
-    row = session.get(Alias, (model.id, alias)) if ALIAS_RE.fullmatch(alias) else None
-    if row is None:
-        raise NotFound(f"model {model.name!r} has no alias {quoted(alias)}")
-    session.delete(row)
-    session.flush()
-
-
-def revoke_version(session: Session, store: ArtifactStore, model: Model, ref: str | int) -> Version:
-    """Mark the version revoked, COMMIT, then delete its bytes and ALKN state.
-
-    The row stays (lineage, audit). Revoking an already revoked version deletes its bytes
-    again, so a deletion that failed half-way can be retried. 409 while a queued or running
-    job starts from it.
-    """
-    lock_model(session, model.id)
-    version = resolve_version(session, model, ref)
-    # The version row too: a worker that locks its base version while creating a job is
-    # ordered with us, so it never starts from bytes we are deleting.
-    version = session.scalars(select(Version).where(Version.id == version.id).with_for_update()
-                              .execution_options(populate_existing=True)).one()
-    busy = session.scalar(select(Job.id).where(Job.model_id == model.id,
-                                               Job.base_version == version.number,
-                                               Job.status.in_(ACTIVE_JOB_STATUSES)).limit(1))
-    if busy is not None:
-        raise Conflict(f"version {version.number} is the base of job {busy}, which has not "
-                       "finished; cancel it or wait")
-    if version.status == "pending":
-        raise Conflict(f"version {version.number} is still being written")
-    if version.status != "revoked":
-        version.status = "revoked"
-        version.revoked_at = utcnow()
-    session.commit()
-    store.delete(version.storage_key)
-    store.delete(version.storage_key + "-state")
-    return version
-
-
-def version_evaluation(version: Version) -> dict[str, Any]:
-    if version.evaluation:
-        return version.evaluation
-    if version.metrics:
-        return version.metrics
-    raise NotFound(f"version {version.number} has no evaluation (it has not been evaluated)")

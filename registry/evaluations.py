@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .catalog import Conflict, Invalid, require_ready
+from .errors import Conflict, Invalid
 from .forget_requests import DEFAULT_METHOD, resolve_params
 from .jobs.common import (
     DONE_PROGRESS,
@@ -28,6 +28,7 @@ from .jobs.common import (
 )
 from .models import Job, Model, Version, new_id, utcnow
 from .outbox import enqueue_lineage
+from .versions import require_ready
 
 KIND = "evaluate"
 

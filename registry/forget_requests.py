@@ -18,16 +18,8 @@ from alkn_core.items import validate_items
 from alkn_core.methods import METHOD_DEFAULTS, NEEDS_RETAIN, method_params
 from alkn_core.quoting import quoted
 
-from .catalog import (
-    Conflict,
-    Invalid,
-    NotFound,
-    RegistryError,
-    get_version,
-    latest_ready,
-    lock_model,
-    require_ready,
-)
+from .catalog import lock_model
+from .errors import Conflict, Invalid, NotFound, RegistryError
 from .models import (
     FINISHED,
     REQUEST_STATUSES,
@@ -38,6 +30,7 @@ from .models import (
     utcnow,
 )
 from .outbox import enqueue_lineage
+from .versions import get_version, latest_ready, require_ready
 
 DEFAULT_METHOD = "alkn"
 # Retry-After of a 429: about what a queued job takes to make room.

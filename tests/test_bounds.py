@@ -30,7 +30,7 @@ from sqlalchemy import select
 
 from api.app import create_app
 from config.settings import Settings
-from registry import catalog
+from registry import versions as model_versions
 from registry.db import session_scope
 from registry.jobs import add_event
 from registry.models import ForgetRequest, Job, Model
@@ -390,7 +390,7 @@ def _revoke_elsewhere(db_url: str, artifact_root: Path, name: str) -> None:
     it only through the database."""
     with session_scope(db_url) as s:
         model = s.scalars(select(Model).where(Model.name == name)).one()
-        catalog.revoke_version(s, open_store(str(artifact_root)), model, 1)
+        model_versions.revoke_version(s, open_store(str(artifact_root)), model, 1)
 
 
 @pytest.mark.parametrize("route,revoker", [("files/model.safetensors", "api"),

@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from registry import catalog
+from registry import versions as model_versions
 
 from ..auth import TenantDep
 from ..deps import SessionDep
@@ -20,7 +21,7 @@ def set_alias(name: str, alias: str, body: AliasIn, session: SessionDep,
               tenant: TenantDep) -> AliasOut:
     """Point `alias` at a ready version (created or moved)."""
     model = catalog.get_model(session, tenant, name)
-    row = catalog.set_alias(session, model, alias, body.version)
+    row = model_versions.set_alias(session, model, alias, body.version)
     session.commit()
     return AliasOut(alias=row.name, version=row.version)
 
@@ -28,6 +29,6 @@ def set_alias(name: str, alias: str, body: AliasIn, session: SessionDep,
 @router.delete("/aliases/{alias}", status_code=204, response_class=Response)
 def delete_alias(name: str, alias: str, session: SessionDep, tenant: TenantDep) -> Response:
     model = catalog.get_model(session, tenant, name)
-    catalog.delete_alias(session, model, alias)
+    model_versions.delete_alias(session, model, alias)
     session.commit()
     return Response(status_code=204)

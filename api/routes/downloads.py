@@ -18,6 +18,8 @@ from sqlalchemy.orm import Session
 
 from alkn_core.quoting import quoted
 from registry import catalog
+from registry import versions as model_versions
+from registry.errors import Conflict, NotFound
 from registry.models import Version
 from registry.store import CHUNK, ArtifactStore
 
@@ -85,12 +87,12 @@ def _etag_matches(header: str | None, etag: str) -> bool:
 def _ready_file(session: Session, store: ArtifactStore, tenant: str, name: str, ref: str,
                 path: str) -> tuple[Version, dict[str, Any]]:
     model = catalog.get_model(session, tenant, name)
-    version = catalog.require_ready(catalog.resolve_version(session, model, ref))
+    version = model_versions.require_ready(model_versions.resolve_version(session, model, ref))
     entry = next((f for f in version.files or [] if f["path"] == path), None)
     if entry is None:
-        raise catalog.NotFound(f"version {version.number} has no file {quoted(path)}")
+        raise NotFound(f"version {version.number} has no file {quoted(path)}")
     if not store.exists(version.storage_key, path):  # revoked since the row was read
-        raise catalog.Conflict(f"version {version.number} is no longer available")
+        raise Conflict(f"version {version.number} is no longer available")
     return version, entry
 
 
@@ -209,9 +211,9 @@ def download_archive(name: str, ref: str, request: Request, session: SessionDep,
     """The whole directory as an uncompressed tar, built while streaming (files are read
     chunk by chunk, never whole); unpack it and load with from_pretrained."""
     model = catalog.get_model(session, tenant, name)
-    version = catalog.require_ready(catalog.resolve_version(session, model, ref))
+    version = model_versions.require_ready(model_versions.resolve_version(session, model, ref))
     if version.files and not store.exists(version.storage_key, version.files[0]["path"]):
-        raise catalog.Conflict(f"version {version.number} is no longer available")
+        raise Conflict(f"version {version.number} is no longer available")
     created = catalog.as_utc(version.created_at)
     mtime = int(created.timestamp()) if created else 0
     members = []

@@ -16,6 +16,8 @@ from sqlalchemy.orm import defer
 from starlette.requests import ClientDisconnect
 
 from registry import catalog
+from registry import versions as model_versions
+from registry.errors import Invalid
 from registry.evaluations import enqueue_evaluation, latest_full_evaluation
 from registry.models import Version
 from registry.store import CHUNK, LocalStore
@@ -61,7 +63,7 @@ def list_versions(name: str, session: SessionDep, tenant: TenantDep,
     """Versions without their `files` (not even read from the database): a version may
     hold ALKN_MAX_VERSION_FILES files; GET .../versions/{ref} lists them."""
     model = catalog.get_model(session, tenant, name)
-    query = catalog.versions_query(model).options(defer(Version.files))
+    query = model_versions.versions_query(model).options(defer(Version.files))
     rows, next_cursor = paginate(session, query, Version.created_at, Version.id, page)
     return {"items": [views.version_dict(v, model.name, files=False) for v in rows],
             "next_cursor": next_cursor}
@@ -101,7 +103,7 @@ async def upload_version(name: str, request: Request, session: SessionDep, store
                 raise HTTPException(400, "the upload was interrupted") from None
             await run_in_threadpool(f.write, bytes(buffer))
         if received == 0:
-            raise catalog.Invalid("empty body: send a .tar or .tar.gz of a model directory",
+            raise Invalid("empty body: send a .tar or .tar.gz of a model directory",
                                   loc=["body"])
 
         def create() -> Created:
@@ -123,7 +125,7 @@ async def upload_version(name: str, request: Request, session: SessionDep, store
 def get_version(name: str, ref: str, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
     """`ref`: a version number, `latest` (newest ready) or an alias."""
     model = catalog.get_model(session, tenant, name)
-    return views.version_dict(catalog.resolve_version(session, model, ref), model.name)
+    return views.version_dict(model_versions.resolve_version(session, model, ref), model.name)
 
 
 @router.post("/versions/{ref}:revoke", response_model=VersionOut, responses=problems(409))
@@ -133,7 +135,7 @@ def revoke_version(name: str, ref: str, request: Request, session: SessionDep,
     Downloads of it still running are cut (at once in this process, within a second in
     any other)."""
     model = catalog.get_model(session, tenant, name)
-    version = catalog.revoke_version(session, store, model, ref)
+    version = model_versions.revoke_version(session, store, model, ref)
     revocations(request).mark_revoked(version.id)
     return views.version_dict(version, model.name)
 
@@ -150,7 +152,7 @@ def evaluate_version(name: str, ref: str, session: SessionDep,
     `metrics.evaluation` holds the numbers. While one is queued or running for the version,
     that job is returned."""
     model = catalog.get_model(session, tenant, name)
-    version = catalog.resolve_version(session, model, ref)
+    version = model_versions.resolve_version(session, model, ref)
     job, created = enqueue_evaluation(session, model, version)
     session.commit()
     session.refresh(job)
@@ -167,6 +169,6 @@ def get_evaluation(name: str, ref: str, session: SessionDep,
     measured after unlearning (its metrics when no evaluation was stored); 404 when it has
     none (a registered or uploaded root version never evaluated)."""
     model = catalog.get_model(session, tenant, name)
-    version = catalog.resolve_version(session, model, ref)
+    version = model_versions.resolve_version(session, model, ref)
     full = latest_full_evaluation(session, model.id, version.number)
-    return full if full is not None else catalog.version_evaluation(version)
+    return full if full is not None else model_versions.version_evaluation(version)

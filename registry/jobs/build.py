@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from ..catalog import Invalid
+from ..errors import Invalid
 from ..forget_requests import resolve_params
 from ..models import ForgetRequest, Job, Model, Version, new_id, utcnow
 from ..quality import first_version_reference

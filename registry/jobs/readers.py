@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from alkn_core.quoting import quoted
 
-from ..catalog import NotFound
+from ..errors import NotFound
 from ..forget_requests import is_id
 from ..models import Job, JobEvent
 
