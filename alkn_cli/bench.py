@@ -26,5 +26,6 @@ def run_bench(name: str, rest: list[str]) -> int:
               file=sys.stderr)
         return 2
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
     spec.loader.exec_module(module)
     return int(module.main(rest) or 0)

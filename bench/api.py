@@ -127,12 +127,91 @@ def _pin(server_pid: int, cpu: int | None) -> None:
         os.sched_setaffinity(0, others)
 
 
+def _parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=int, default=10, help="per route per round")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--size-mb", type=int, default=200)
+    ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    ap.add_argument("--server-cpu", type=int, default=None,
+                    help="during the GET rounds, pin the server (--workers 1) to this CPU and "
+                         "wrk to the others, so the load generator does not steal its core")
+    return ap.parse_args()
+
+
+def _model_dir(tmp: Path, size_mb: int) -> Path:
+    model_dir = tmp / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text('{"model_type": "llama"}')
+    with (model_dir / "blob.bin").open("wb") as f:  # incompressible, like weights
+        for _ in range(size_mb):
+            f.write(os.urandom(1 << 20))
+    return model_dir
+
+
+def _get_rounds(args: argparse.Namespace, base: str, auth: dict[str, str], server_pid: int,
+                status_url: str) -> dict[str, tuple[float, ...]]:
+    """The status route against a bare route, alternating rounds; medians per route."""
+    runs: dict[str, list[tuple[float, float, float]]] = {"status": [], "constant": []}
+    moved = _isolate(server_pid, args.server_cpu) if args.server_cpu is not None else {}
+    try:
+        for _ in range(args.rounds):  # alternate, so noise hits both alike
+            for name, url in (("status", status_url), ("constant", f"{base}/bench/constant")):
+                runs[name].append(_wrk(url, args.seconds, args.connections, auth))
+    finally:
+        _restore(moved)
+    pinned = "" if args.server_cpu is None else f", server pinned to CPU {args.server_cpu}"
+    print(f"GET at {args.connections} connections (wrk), {args.rounds} rounds x "
+          f"{args.seconds} s, uvicorn --workers {args.workers}{pinned}")
+    summary = {}
+    for name, rows in runs.items():
+        summary[name] = tuple(statistics.median(r[i] for r in rows) for i in range(3))
+        print(f"  {name:9s} {summary[name][0]:8.0f} req/s   p50 {summary[name][1]:6.1f} ms"
+              f"   p99 {summary[name][2]:6.1f} ms   (medians of rounds; p99 by round: "
+              f"{', '.join(f'{r[2]:.0f}' for r in rows)})")
+    return summary
+
+
+def _download_rates(args: argparse.Namespace, base: str, auth: dict[str, str], tmp: Path
+                    ) -> tuple[float, float]:
+    """Medians of 5 downloads through the API and of 5 reads of the file from disk."""
+    import httpx
+
+    blob = httpx.get(f"{base}/v1/models/bench/versions/1", headers=auth, timeout=120).json()
+    assert any(f["path"] == "blob.bin" for f in blob["files"])
+    on_disk = next((tmp / "artifacts").rglob("blob.bin"))
+    api_rates, disk_rates = [], []
+    for _ in range(5):
+        api_rates.append(_download(f"{base}/v1/models/bench/versions/1/files/blob.bin",
+                                   auth, on_disk))
+        disk_rates.append(_disk(on_disk))
+    api_rate, disk_rate = statistics.median(api_rates), statistics.median(disk_rates)
+    print(f"download of {args.size_mb} MB, page cache dropped before each, unpinned: "
+          f"API (curl) {api_rate / 2**20:6.0f} MiB/s   "
+          f"disk read {disk_rate / 2**20:6.0f} MiB/s")
+    return api_rate, disk_rate
+
+
+def _verdict(summary: dict[str, tuple[float, ...]], api_rate: float, disk_rate: float) -> int:
+    status_ratio = summary["status"][0] / summary["constant"][0]
+    download_ratio = api_rate / disk_rate
+    print(f"\nRATIO status/bare throughput = {status_ratio:.2f} (target >= {TARGET_STATUS}),"
+          f" status p99 = {summary['status'][2]:.1f} ms (target <= {TARGET_P99_MS})")
+    print(f"RATIO download API/disk = {download_ratio:.2f} (target >= {TARGET_DOWNLOAD})")
+    ok = (status_ratio >= TARGET_STATUS and summary["status"][2] <= TARGET_P99_MS
+          and download_ratio >= TARGET_DOWNLOAD)
+    print("targets met" if ok else "TARGETS MISSED")
+    return 0 if ok else 1
+
+
 def main() -> int:
     import httpx
 
     for tool in ("wrk", "curl"):
         if shutil.which(tool) is None:
             raise SystemExit(f"bench/api.py needs {tool} (Debian: apt-get install {tool})")
+    from registry.migrate import upgrade
     from tests.services import (
         HTTP_PROTOCOL,
         drop_pg_database,
@@ -143,28 +222,11 @@ def main() -> int:
         wait_http,
     )
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=int, default=10, help="per route per round")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--connections", type=int, default=64)
-    ap.add_argument("--size-mb", type=int, default=200)
-    ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
-    ap.add_argument("--server-cpu", type=int, default=None,
-                    help="during the GET rounds, pin the server (--workers 1) to this CPU and "
-                         "wrk to the others, so the load generator does not steal its core")
-    args = ap.parse_args()
-
-    from registry.migrate import upgrade
-
+    args = _parse_args()
     db = fresh_pg_database()
     upgrade(db)
     tmp = Path(tempfile.mkdtemp(prefix="alkn-bench-"))
-    model_dir = tmp / "model"
-    model_dir.mkdir()
-    (model_dir / "config.json").write_text('{"model_type": "llama"}')
-    with (model_dir / "blob.bin").open("wb") as f:  # incompressible, like weights
-        for _ in range(args.size_mb):
-            f.write(os.urandom(1 << 20))
+    model_dir = _model_dir(tmp, args.size_mb)
     env = {"ALKN_DATABASE_URL": db, "ALKN_BROKER_URL": "redis://127.0.0.1:6379/14",
            "ALKN_ARTIFACT_ROOT": str(tmp / "artifacts"), "ALKN_HOME": str(tmp),
            "ALKN_MODEL_SOURCE_ROOTS": str(tmp), "ALKN_BOOTSTRAP_API_KEY": KEY}
@@ -187,53 +249,13 @@ def main() -> int:
         r = httpx.post(f"{base}/v1/models/bench/forget-requests", headers=auth,
                        json={"items": [{"question": "Who?", "answer": "Nobody."}]})
         assert r.status_code == 202, r.text
-        status_url = f"{base}/v1/forget-requests/{r.json()['id']}"
-
-        runs: dict[str, list[tuple[float, float, float]]] = {"status": [], "constant": []}
-        moved = _isolate(server.pid, args.server_cpu) if args.server_cpu is not None else {}
-        try:
-            for _ in range(args.rounds):  # alternate, so noise hits both alike
-                for name, url in (("status", status_url),
-                                  ("constant", f"{base}/bench/constant")):
-                    runs[name].append(_wrk(url, args.seconds, args.connections, auth))
-        finally:
-            _restore(moved)
-        pinned = "" if args.server_cpu is None else f", server pinned to CPU {args.server_cpu}"
-        print(f"GET at {args.connections} connections (wrk), {args.rounds} rounds x "
-              f"{args.seconds} s, uvicorn --workers {args.workers}{pinned}")
-        summary = {}
-        for name, rows in runs.items():
-            summary[name] = tuple(statistics.median(r[i] for r in rows) for i in range(3))
-            print(f"  {name:9s} {summary[name][0]:8.0f} req/s   p50 {summary[name][1]:6.1f} ms"
-                  f"   p99 {summary[name][2]:6.1f} ms   (medians of rounds; p99 by round: "
-                  f"{', '.join(f'{r[2]:.0f}' for r in rows)})")
-
+        summary = _get_rounds(args, base, auth, server.pid,
+                              f"{base}/v1/forget-requests/{r.json()['id']}")
         if args.server_cpu is not None:
             # Downloads unpinned: the server reads the next chunk in a thread while it sends
             # the current one, which needs a second CPU, as it has in any deployment.
             _pin(server.pid, None)
-        blob = httpx.get(f"{base}/v1/models/bench/versions/1", headers=auth, timeout=120).json()
-        assert any(f["path"] == "blob.bin" for f in blob["files"])
-        on_disk = next((tmp / "artifacts").rglob("blob.bin"))
-        api_rates, disk_rates = [], []
-        for _ in range(5):
-            api_rates.append(_download(f"{base}/v1/models/bench/versions/1/files/blob.bin",
-                                       auth, on_disk))
-            disk_rates.append(_disk(on_disk))
-        api_rate, disk_rate = statistics.median(api_rates), statistics.median(disk_rates)
-        print(f"download of {args.size_mb} MB, page cache dropped before each, unpinned: "
-              f"API (curl) {api_rate / 2**20:6.0f} MiB/s   "
-              f"disk read {disk_rate / 2**20:6.0f} MiB/s")
-
-        status_ratio = summary["status"][0] / summary["constant"][0]
-        download_ratio = api_rate / disk_rate
-        print(f"\nRATIO status/bare throughput = {status_ratio:.2f} (target >= {TARGET_STATUS}),"
-              f" status p99 = {summary['status'][2]:.1f} ms (target <= {TARGET_P99_MS})")
-        print(f"RATIO download API/disk = {download_ratio:.2f} (target >= {TARGET_DOWNLOAD})")
-        ok = (status_ratio >= TARGET_STATUS and summary["status"][2] <= TARGET_P99_MS
-              and download_ratio >= TARGET_DOWNLOAD)
-        print("targets met" if ok else "TARGETS MISSED")
-        return 0 if ok else 1
+        return _verdict(summary, *_download_rates(args, base, auth, tmp))
     finally:
         stop_process(server)
         drop_pg_database(db)

@@ -24,23 +24,28 @@ import argparse
 import copy
 import json
 import random
-import runpy
 import statistics
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType
 from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script: bench.* importable
 
 Record = dict[str, Any]
 SEARCH_COST_GOAL = 0.3
 TARGET_KINDS = ("holdout", "ratio")
 
 
-def _continual() -> SimpleNamespace:
-    # bench/ is not a package: run the sibling script's definitions (not its CLI).
-    path = Path(__file__).resolve().parent / "continual.py"
-    return SimpleNamespace(**runpy.run_path(str(path), run_name="bench_continual"))
+def _continual() -> ModuleType:
+    """bench/continual.py's definitions (not its CLI): the same data, models and evaluation."""
+    import bench.continual
+
+    return bench.continual
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -253,11 +258,27 @@ def run_settings(alphas: str, auto_targets: list[str]) -> list[Record]:
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    import torch
+@dataclass
+class _World:
+    """What every setting's run shares: models, tasks and evaluation sets (bench/continual.py's
+    data, capped and sampled the same way)."""
 
-    from alkn_core import CalibrationError, unlearn
+    args: argparse.Namespace
+    tok: Any
+    target: Any
+    tasks: list[list[Record]]
+    names: list[str]
+    retain_train: list[Record]
+    general: dict[str, list[Record]]
+    holdout: list[Record]
+    params: dict[str, Any]
+    prob: Callable[[Any, list[Record]], float]
+    evaluate: Callable[..., Record]
+    retain_trs: dict[str, list[float]]
+
+
+def _world(args: argparse.Namespace, out: Path) -> tuple[_World, Any]:
+    """The shared world, and the retain model (for the reference evaluation)."""
     from alkn_core.data import encode_items, pad_id
     from alkn_core.eval_sets import evaluate_sets
     from alkn_core.losses import mean_answer_probability
@@ -265,26 +286,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from alkn_core.tofu import load_tofu_dir
 
     cont = _continual()
-    auto_targets = [k.strip() for k in args.auto_targets.split(",") if k.strip()]
-    if not set(auto_targets) <= set(TARGET_KINDS):
-        raise SystemExit(f"--auto-targets: one or more of {', '.join(TARGET_KINDS)}")
-    random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     data = load_tofu_dir(args.data_dir)
-    if not data.holdout10 and "holdout" in auto_targets:
+    if not data.holdout10 and "holdout" in args.auto_targets:
         raise SystemExit("the holdout target needs holdout10.json in --data-dir")
     rng = random.Random(args.seed)
-
     tokenizer = None
     if not args.target and not (out / "target" / "config.json").is_file():
         tokenizer = cont.build_data_tokenizer(data, args.vocab_size)
     target, tok = cont.load_or_train("target", args.target, out, data.full, tokenizer, args)
     retain_model, retain_tok = cont.load_or_train("retain", args.retain, out, data.retain90,
                                                   tok, args)
-
-    # The data of bench/continual.py, capped and sampled the same way.
     tasks = [cont._cap(t, args.max_items) for t in cont.split_tasks(list(data.forget10),
                                                                     args.tasks)]
     names = [f"task{i}" for i in range(1, len(tasks) + 1)]
@@ -308,70 +319,96 @@ def main(argv: Sequence[str] | None = None) -> int:
                              holdout=holdout or None, batch_size=args.eval_batch_size,
                              max_new_tokens=args.max_new_tokens, **kw)
 
+    world = _World(args, tok, target, tasks, names, retain_train, general, holdout, params,
+                   prob, evaluate, {})
+    return world, (retain_model, retain_tok)
+
+
+def _run_setting(w: _World, setting: Record) -> Record:
+    """One setting (alpha "auto" with a target, or a fixed alpha) over the tasks."""
+    import torch
+
+    from alkn_core import CalibrationError, unlearn
+
+    cont = _continual()
+    run: Record = {**setting, "tasks": []}
+    run_params = {**w.params, "alpha": setting["alpha"]}
+    torch.manual_seed(w.args.seed)
+    model, state = copy.deepcopy(w.target), None
+    holdout_ref = w.prob(model, w.holdout) if w.holdout else None
+    kw = {"retain_model_trs": w.retain_trs}
+    for i, items in enumerate(w.tasks):
+        # The targets the service would set for this task, on this run's model: the
+        # holdout level of the model before the first task (the service keeps it in the
+        # lineage's state), the ratio of this task's own forget probability.
+        forget_before = w.prob(model, items)
+        targets = {"holdout": holdout_ref, "ratio": 0.1 * forget_before}
+        t1 = time.perf_counter()
+        failed = None
+        try:
+            r = unlearn(model, w.tok, items, w.retain_train, method="alkn", params=run_params,
+                        state=state, eval_sets=w.general,
+                        holdout=w.holdout if setting["target_kind"] == "holdout" else None)
+            model, state, stats = r.model, r.state, r.stats
+        except CalibrationError as exc:  # the service fails the job: the model stays
+            failed, stats = str(exc), {"alpha": None, "seconds": {"training": None}}
+        t2 = time.perf_counter()
+        forget_after = w.prob(model, items)
+        seen = w.names[: i + 1]
+        s = cont.summarize(w.evaluate(model, w.tok, seen, **kw), seen, w.retain_trs)
+        task = {
+            "task": i + 1, "alpha": stats.get("alpha"), "failed": failed,
+            "forget_before": forget_before, "forget_after": forget_after,
+            "targets": targets,
+            "reached": {k: v is not None and forget_after <= v for k, v in targets.items()},
+            "mean_forget_probability": s["mean_forget_probability"],
+            "forget_quality": s["forget_quality"], "model_utility": s["model_utility"],
+            "calibration": stats.get("calibration"),
+            "seconds": {"training": stats["seconds"].get("training"),
+                        "unlearn": t2 - t1, "evaluate": time.perf_counter() - t2},
+        }
+        run["tasks"].append(task)
+        c = task["calibration"]
+        print(f"[{run['label']}] task {i + 1}/{len(w.tasks)} alpha "
+              f"{'failed' if failed else _fmt(task['alpha'], '.3g')} forget "
+              f"{_fmt(forget_before)} -> {_fmt(forget_after)} (holdout target "
+              f"{_fmt(targets['holdout'])}, ratio target {_fmt(targets['ratio'])}) "
+              f"mu {_fmt(s['model_utility'])} unlearn {t2 - t1:.1f}s"
+              + (f" evals {c['evaluations']} search/train "
+                 f"{_fmt(c['search_vs_training'], '.2f')}" if c else ""), flush=True)
+    run["search_cost"] = search_costs(run)
+    return run
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    cont = _continual()
+    args.auto_targets = [k.strip() for k in args.auto_targets.split(",") if k.strip()]
+    if not set(args.auto_targets) <= set(TARGET_KINDS):
+        raise SystemExit(f"--auto-targets: one or more of {', '.join(TARGET_KINDS)}")
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    w, (retain_model, retain_tok) = _world(args, out)
+
     t0 = time.perf_counter()
-    ref = evaluate(retain_model, retain_tok, names)
-    retain_trs = {n: ref[n].get("truth_ratios") or [] for n in names}
-    kw = {"retain_model_trs": retain_trs}
-    tgt = evaluate(target, tok, names, **kw)
+    ref = w.evaluate(retain_model, retain_tok, w.names)
+    w.retain_trs = {n: ref[n].get("truth_ratios") or [] for n in w.names}
+    tgt = w.evaluate(w.target, w.tok, w.names, retain_model_trs=w.retain_trs)
     res: Record = {
-        "config": {**vars(args), "auto_targets": auto_targets, "run_params": params,
-                   "task_sizes": [len(t) for t in tasks], "holdout_items": len(holdout)},
-        "target_forget_probability": cont.summarize(tgt, names, retain_trs)[
+        "config": {**vars(args), "run_params": w.params,
+                   "task_sizes": [len(t) for t in w.tasks], "holdout_items": len(w.holdout)},
+        "target_forget_probability": cont.summarize(tgt, w.names, w.retain_trs)[
             "mean_forget_probability"],
         "target_utility": tgt["model_utility"],
         "runs": [],
     }
     print(f"reference evaluations {time.perf_counter() - t0:.1f}s", flush=True)
-
-    for setting in run_settings(args.alphas, auto_targets):
-        run: Record = {**setting, "tasks": []}
-        res["runs"].append(run)
-        run_params = {**params, "alpha": setting["alpha"]}
-        torch.manual_seed(args.seed)
-        model, state = copy.deepcopy(target), None
-        holdout_ref = prob(model, holdout) if holdout else None
-        for i, items in enumerate(tasks):
-            # The targets the service would set for this task, on this run's model: the
-            # holdout level of the model before the first task (the service keeps it in the
-            # lineage's state), the ratio of this task's own forget probability.
-            forget_before = prob(model, items)
-            targets = {"holdout": holdout_ref, "ratio": 0.1 * forget_before}
-            t1 = time.perf_counter()
-            failed = None
-            try:
-                r = unlearn(model, tok, items, retain_train, method="alkn", params=run_params,
-                            state=state, eval_sets=general,
-                            holdout=holdout if setting["target_kind"] == "holdout" else None)
-                model, state, stats = r.model, r.state, r.stats
-            except CalibrationError as exc:  # the service fails the job: the model stays
-                failed, stats = str(exc), {"alpha": None, "seconds": {"training": None}}
-            t2 = time.perf_counter()
-            forget_after = prob(model, items)
-            seen = names[: i + 1]
-            m = evaluate(model, tok, seen, **kw)
-            s = cont.summarize(m, seen, retain_trs)
-            task = {
-                "task": i + 1, "alpha": stats.get("alpha"), "failed": failed,
-                "forget_before": forget_before, "forget_after": forget_after,
-                "targets": targets,
-                "reached": {k: v is not None and forget_after <= v for k, v in targets.items()},
-                "mean_forget_probability": s["mean_forget_probability"],
-                "forget_quality": s["forget_quality"], "model_utility": s["model_utility"],
-                "calibration": stats.get("calibration"),
-                "seconds": {"training": stats["seconds"].get("training"),
-                            "unlearn": t2 - t1, "evaluate": time.perf_counter() - t2},
-            }
-            run["tasks"].append(task)
-            c = task["calibration"]
-            print(f"[{run['label']}] task {i + 1}/{len(tasks)} alpha "
-                  f"{'failed' if failed else _fmt(task['alpha'], '.3g')} forget "
-                  f"{_fmt(forget_before)} -> {_fmt(forget_after)} (holdout target "
-                  f"{_fmt(targets['holdout'])}, ratio target {_fmt(targets['ratio'])}) "
-                  f"mu {_fmt(s['model_utility'])} unlearn {t2 - t1:.1f}s"
-                  + (f" evals {c['evaluations']} search/train "
-                     f"{_fmt(c['search_vs_training'], '.2f')}" if c else ""), flush=True)
-        run["search_cost"] = search_costs(run)
-        del model, state
+    for setting in run_settings(args.alphas, args.auto_targets):
+        res["runs"].append(_run_setting(w, setting))
         cont._dump(res, out)  # partial results survive an interrupted run
 
     res["verdict"] = verdict(res)

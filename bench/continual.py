@@ -30,13 +30,19 @@ import copy
 import json
 import math
 import random
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script: bench.* importable
+
+from bench.continual_report import fmt, matched, short, write_markdown, write_plots  # noqa: E402
+
 ALL_METHODS = "alkn,task_vector,grad_ascent,grad_diff,npo,npo_gd"
-MATCH_FRACTION = 0.10  # matched forgetting: forget probability <= 10% of the target's
 Record = dict[str, Any]
 
 
@@ -276,256 +282,36 @@ def ratios(m: dict[str, Any], tgt: dict[str, Any], seen: list[str],
     }
 
 
-def _short(r: dict[str, Any]) -> str:
-    return " ".join(f"{k.replace('forget_vs_never_seen', 'fvn')}={_fmt(v, '.3f')}"
-                    for k, v in r.items())
+@dataclass
+class _Setup:
+    """What every method's run shares: the models, the tasks, the evaluation sets and the
+    reference evaluations (the retain model's and the target's)."""
+
+    args: argparse.Namespace
+    out: Path
+    tok: Any
+    target: Any
+    tasks: list[list[Record]]
+    task_names: list[str]
+    retain_train: list[Record]
+    general_train: dict[str, list[Record]]
+    holdout: list[Record] | None
+    evaluate: Callable[..., dict[str, Any]]
+    reference_kw: dict[str, Any]
+    retain_trs: dict[str, list[float]]
+    tgt: dict[str, Any]
+    retain_metrics: dict[str, Any]
+    never_seen: float | None
+    reference_started: float  # perf_counter() when the reference evaluations began
 
 
-def _fmt(x: Any, spec: str = ".4f") -> str:
-    if x is None:
-        return "n/a"
-    return format(x, ".2e") if spec == "e" else format(x, spec)
-
-
-def write_markdown(res: dict[str, Any], path: Path) -> None:
-    T = res["config"]["tasks"]
-    target = res["target"]["summary"]
-    lines = ["# Continual unlearning benchmark", "",
-             f"{T} tasks, methods {', '.join(res['config']['methods'])}; target mean forget "
-             f"probability {_fmt(target['mean_forget_probability'])}, model utility "
-             f"{_fmt(target['model_utility'])}.", ""]
-    if res["notes"]:
-        lines += ["Notes:", *[f"- {n}" for n in res["notes"]], ""]
-    lines += [f"## After task {T}", "",
-              "| method | setting | mean forget prob | forget quality | model utility |",
-              "|---|---|---|---|---|"]
-    for r in res["runs"]:
-        s = r["tasks"][-1]["summary"] if r["tasks"] else {}
-        lines.append(f"| {r['method']} | {r['setting'] or 'default'} | "
-                     f"{_fmt(s.get('mean_forget_probability'))} | "
-                     f"{_fmt(s.get('forget_quality'), 'e')} | {_fmt(s.get('model_utility'))} |")
-    lines += ["", *selectivity_lines(res), *per_task_lines(res)]
-    lines += ["", "## Utility at matched forgetting (every forget set at the never-seen level; "
-              f"without one, mean forget prob <= {MATCH_FRACTION:.0%} of the target's = "
-              f"{_fmt(res['matched']['threshold'])})", "",
-              "| method | best model utility | setting |", "|---|---|---|"]
-    for method, m in res["matched"]["per_method"].items():
-        lines.append(f"| {method} | {_fmt(m['model_utility'])} | {m['setting'] or 'n/a'} |")
-    head = " | ".join(["target"] + [f"task {t}" for t in range(1, T + 1)])
-    lines += ["", "## Model utility per task", "", f"| run | {head} |",
-              "|---" * (T + 2) + "|"]
-    for r in res["runs"]:
-        cells = [_fmt(target["model_utility"])] + [_fmt(t["summary"]["model_utility"])
-                                                   for t in r["tasks"]]
-        lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
-    path.write_text("\n".join(lines) + "\n")
-
-
-def write_plots(res: dict[str, Any], out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on a server or in CI
-    import matplotlib.pyplot as plt
-
-    # One colour per run from a 20-colour map, one line style and marker per method: runs
-    # stay apart however many settings a sweep has.
-    colours = plt.get_cmap("tab20").colors
-    methods = list(dict.fromkeys(r["method"] for r in res["runs"]))
-    styles = ["-", "--", ":", "-.", (0, (5, 1)), (0, (1, 1))]
-    markers = "osD^vP*X"
-
-    def look(i: int, r: dict[str, Any]) -> dict[str, Any]:
-        m = methods.index(r["method"])
-        return {"color": colours[i % len(colours)], "marker": markers[m % len(markers)]}
-
-    base = res["target"]["summary"]["model_utility"]
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for i, r in enumerate(res["runs"]):
-        ys = [base] + [t["summary"]["model_utility"] for t in r["tasks"]]
-        xs = [i for i, y in enumerate(ys) if y is not None]
-        ax.plot(xs, [y for y in ys if y is not None], label=r["label"],
-                linestyle=styles[methods.index(r["method"]) % len(styles)], **look(i, r))
-    ax.set_xlabel("task (0 = target)")
-    ax.set_ylabel("model utility")
-    ax.set_title("Model utility over the continual sequence")
-    ax.legend(fontsize=7)
-    p1 = out / "utility_per_task.png"
-    fig.tight_layout()
-    fig.savefig(p1, dpi=100)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for i, r in enumerate(res["runs"]):
-        s = r["tasks"][-1]["summary"] if r["tasks"] else {}
-        fq, mu = s.get("forget_quality"), s.get("model_utility")
-        if fq is None or mu is None:
-            continue
-        ax.scatter([mu], [max(fq, 1e-300)], label=r["label"], **look(i, r))  # log: no zeros
-    ax.set_yscale("log")
-    ax.set_xlabel("model utility")
-    ax.set_ylabel("forget quality (KS p-value)")
-    ax.set_title(f"After task {res['config']['tasks']}")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
-    p2 = out / "fq_vs_utility.png"
-    fig.tight_layout()
-    fig.savefig(p2, dpi=100)
-    plt.close(fig)
-    return [p1, p2, write_front(res, out / "front.png")]
-
-
-# What issue 13 asks after the last task, as fractions of the target model's.
-GOALS = {"retain": 0.85, "model_utility": 0.85, "general": 0.9}
-NEVER_SEEN_TOL = 1.05  # a forget set within 5% above the never-seen level counts as there
-
-
-def forgets_enough(run: dict[str, Any]) -> bool | None:
-    """Every task's forget set at (or below) the never-seen level, right after its task and
-    after the last one; None without a never-seen level."""
-    rs = [t["summary"].get("ratios") or {} for t in run["tasks"]]
-    own = [r.get("forget_vs_never_seen_this_task") for r in rs]
-    last = rs[-1].get("forget_vs_never_seen_worst") if rs else None
-    if not rs or last is None or any(x is None for x in own):
-        return None
-    return max([*own, last]) <= NEVER_SEEN_TOL
-
-
-def keeps_enough(run: dict[str, Any]) -> bool | None:
-    r = run["tasks"][-1]["summary"].get("ratios") if run["tasks"] else None
-    if not r or r.get("retain") is None or r.get("model_utility") is None:
-        return None
-    general = [v for k, v in r.items() if k.startswith("general:")]
-    return (r["retain"] >= GOALS["retain"] and r["model_utility"] >= GOALS["model_utility"]
-            and all(v is not None and v >= GOALS["general"] for v in general))
-
-
-def selectivity_lines(res: dict[str, Any]) -> list[str]:
-    """Per run after the last task: forget level vs never seen, what was kept, the verdict."""
-    T = res["config"]["tasks"]
-    runs = [r for r in res["runs"] if r["tasks"]]
-    if not runs:
-        return []
-    names = [k for k in (runs[0]["tasks"][-1]["summary"].get("ratios") or {})
-             if k.startswith("general:")]
-    head = ["method", "setting", "worst forget / never seen (own task)",
-            f"all forget / never seen (after task {T})", "retain (people not requested)",
-            *[n.split(":", 1)[1] for n in names], "model utility", "forgets enough",
-            "keeps enough"]
-    lines = [f"## Selectivity after task {T} (fractions of the target model's; never-seen "
-             f"level {_fmt(res.get('never_seen'))})", "",
-             "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    for r in runs:
-        rs = [t["summary"].get("ratios") or {} for t in r["tasks"]]
-        own = [x for x in (q.get("forget_vs_never_seen_this_task") for q in rs) if x is not None]
-        last = rs[-1]
-        cells = [r["method"], r["setting"] or "default", _fmt(max(own) if own else None, ".3f"),
-                 _fmt(last.get("forget_vs_never_seen_worst"), ".3f"),
-                 _fmt(last.get("retain"), ".3f"), *[_fmt(last.get(n), ".3f") for n in names],
-                 _fmt(last.get("model_utility"), ".3f"), _yes(forgets_enough(r)),
-                 _yes(keeps_enough(r))]
-        lines.append("| " + " | ".join(cells) + " |")
-    return [*lines, ""]
-
-
-def per_task_lines(res: dict[str, Any]) -> list[str]:
-    """Every run, every task: this task's forget set / never seen, the worst of the forgotten
-    sets, retain, each general set and model utility (fractions of the target's)."""
-    runs = [r for r in res["runs"] if r["tasks"]]
-    if not runs:
-        return []
-    keys = list(runs[0]["tasks"][0]["summary"].get("ratios") or {})
-    head = ["run", "task", *[k.replace("forget_vs_never_seen_", "forget/never seen: ")
-                             .replace("general:", "") for k in keys]]
-    lines = ["## Per task (fractions of the target model's)", "",
-             "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    for r in runs:
-        for t in r["tasks"]:
-            q = t["summary"].get("ratios") or {}
-            lines.append("| " + " | ".join([r["label"], str(t["task"]),
-                                            *[_fmt(q.get(k), ".3f") for k in keys]]) + " |")
-    return [*lines, ""]
-
-
-def _yes(x: bool | None) -> str:
-    return "n/a" if x is None else "yes" if x else "no"
-
-
-def write_front(res: dict[str, Any], path: Path) -> Path:
-    """Forget level (worst forget set / never seen, after the last task) vs model utility
-    (fraction of the target's): the front every run sits on."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    markers = "osD^vP*X"
-    methods = list(dict.fromkeys(r["method"] for r in res["runs"]))
-    for i, r in enumerate(res["runs"]):
-        last = r["tasks"][-1]["summary"].get("ratios") if r["tasks"] else None
-        if not last or last.get("forget_vs_never_seen_worst") is None:
-            continue
-        ax.scatter([last["forget_vs_never_seen_worst"]], [last.get("model_utility") or 0.0],
-                   marker=markers[methods.index(r["method"]) % len(markers)],
-                   color=plt.get_cmap("tab20").colors[i % 20], label=r["label"])
-    ax.axvline(1.0, color="grey", linestyle=":", label="never-seen level")
-    ax.axhline(GOALS["model_utility"], color="grey", linestyle="--", label="0.85 x target")
-    ax.set_xscale("log")
-    ax.set_xlabel("worst forget set / never-seen level after the last task (lower: forgets more)")
-    ax.set_ylabel("model utility / target model's")
-    ax.set_title(f"Forgetting vs utility after task {res['config']['tasks']}")
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def matched(res: dict[str, Any]) -> dict[str, Any]:
-    """Per method, the run with the most model utility among those that forget enough (at
-    the never-seen level; without one, mean forget probability <= MATCH_FRACTION x the
-    target's)."""
-    target_p = res["target"]["summary"]["mean_forget_probability"]
-    threshold = None if target_p is None else MATCH_FRACTION * target_p
-    per: dict[str, Any] = {}
-    for r in res["runs"]:
-        best = per.setdefault(r["method"], {"model_utility": None, "setting": None})
-        s = r["tasks"][-1]["summary"] if r["tasks"] else {}
-        p, mu = s.get("mean_forget_probability"), s.get("model_utility")
-        enough = forgets_enough(r) if res.get("never_seen") is not None else None
-        if enough is None:
-            enough = threshold is not None and p is not None and p <= threshold
-        if not enough or mu is None:
-            continue
-        if best["model_utility"] is None or mu > best["model_utility"]:
-            best.update(model_utility=mu, setting=r["setting"] or "default")
-    return {"fraction": MATCH_FRACTION, "threshold": threshold, "per_method": per}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.render:
-        res = json.loads((Path(args.out) / "results.json").read_text())
-        res["matched"] = matched(res)
-        write_markdown(res, Path(args.out) / "results.md")
-        write_plots(res, Path(args.out))
-        return 0
-    import torch
-
-    from alkn_core import unlearn
+def _setup(args: argparse.Namespace, notes: list[str]) -> _Setup:
     from alkn_core.eval_sets import evaluate_sets
     from alkn_core.tofu import load_tofu_dir
 
-    random.seed(args.seed)
-    torch.manual_seed(args.seed)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    user_params = json.loads(args.params)
-    sweep = parse_sweep(args.sweep)
-    check_params(methods, user_params, sweep, args.epochs, args.seed)
     data = load_tofu_dir(args.data_dir)
-    notes = list(data.notes)
+    notes += data.notes
     rng = random.Random(args.seed)
 
     # Models: a shared tokenizer so target and retain see the same text the same way.
@@ -571,7 +357,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         general[name] = _cap(items, args.max_items, rng)
         seen = {r["question"] for r in general[name]}
         general_train[name] = [r for r in items if r["question"] not in seen]
-    general_train = {k: v for k, v in general_train.items() if v}
     holdout = _cap(data.holdout10, args.max_items, rng) or None
     eval_kw = {"forget_names": task_names, "retain_names": ["retain"], "holdout": holdout,
                "batch_size": args.eval_batch_size, "max_new_tokens": args.max_new_tokens}
@@ -580,25 +365,84 @@ def main(argv: Sequence[str] | None = None) -> int:
         sets = {**{n: task_eval[n] for n in names}, "retain": retain_eval, **general}
         return evaluate_sets(model, tok_, sets, **{**eval_kw, "forget_names": names}, **kw)
 
-    t0 = time.perf_counter()
+    started = time.perf_counter()
     ref = evaluate(retain_model, retain_tok, task_names)
     retain_trs = {n: ref[n].get("truth_ratios") or [] for n in task_names}
     retain_aucs = {n: ref[n]["privacy_auc"] for n in task_names
                    if ref[n].get("privacy_auc") is not None}
     kw = {"retain_model_trs": retain_trs, "retain_model_aucs": retain_aucs}
-    tgt = evaluate(target, tok, task_names, **kw)
-    never_seen = _never_seen(target, tok, holdout)
-    print(f"reference evaluations {time.perf_counter() - t0:.1f}s; never-seen level "
-          f"{_fmt(never_seen)}", flush=True)
+    return _Setup(args, out, tok, target, tasks, task_names, retain_train,
+                  {k: v for k, v in general_train.items() if v}, holdout, evaluate, kw,
+                  retain_trs, evaluate(target, tok, task_names, **kw), ref,
+                  _never_seen(target, tok, holdout), started)
 
+
+def _run(setup: _Setup, method: str, params: dict[str, Any], run: dict[str, Any],
+         label: str) -> None:
+    """One method over the tasks in sequence, from the target (state carried), evaluated
+    after every task."""
+    import torch
+
+    from alkn_core import unlearn
+
+    args, tasks, task_names = setup.args, setup.tasks, setup.task_names
+    kw = setup.reference_kw
+    torch.manual_seed(args.seed)
+    model, state = copy.deepcopy(setup.target), None
+    for i, forget_items in enumerate(tasks):
+        t1 = time.perf_counter()
+        r = unlearn(model, setup.tok, forget_items, setup.retain_train, method=method,
+                    params=params, state=state, eval_sets=setup.general_train or None,
+                    holdout=setup.holdout, earlier_forget=None if args.no_earlier_forget
+                    else tasks[:i] or None)
+        model, state = r.model, r.state
+        t2 = time.perf_counter()
+        seen = task_names[: i + 1]
+        m = setup.evaluate(model, setup.tok, seen, **kw)
+        t3 = time.perf_counter()
+        s = summarize(m, seen, setup.retain_trs)
+        s["ratios"] = ratios(m, setup.tgt, seen, setup.never_seen)
+        run["tasks"].append({"task": i + 1, "stats": r.stats, "metrics": m, "summary": s,
+                             "seconds": {"unlearn": t2 - t1, "evaluate": t3 - t2}})
+        print(f"[{label}] task {i + 1}/{len(tasks)} unlearn {t2 - t1:.1f}s "
+              f"eval {t3 - t2:.1f}s forget_p {fmt(s['mean_forget_probability'])} "
+              f"fq {fmt(s['forget_quality'], 'e')} mu {fmt(s['model_utility'])} "
+              f"ratios {short(s['ratios'])}", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out)
+    if args.render:
+        res = json.loads((out / "results.json").read_text())
+        res["matched"] = matched(res)
+        write_markdown(res, out / "results.md")
+        write_plots(res, out)
+        return 0
+    import torch
+
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    user_params = json.loads(args.params)
+    sweep = parse_sweep(args.sweep)
+    check_params(methods, user_params, sweep, args.epochs, args.seed)
+    notes: list[str] = []
+    setup = _setup(args, notes)
+    t0 = setup.reference_started
+    print(f"reference evaluations {time.perf_counter() - t0:.1f}s; never-seen level "
+          f"{fmt(setup.never_seen)}", flush=True)
+    tasks, task_names = setup.tasks, setup.task_names
     res: dict[str, Any] = {
         "config": {**vars(args), "methods": methods, "sweep": sweep,
                    "task_sizes": [len(t) for t in tasks],
                    "task_people": [sorted({str(r.get("person")) for r in t}) for t in tasks]},
         "notes": notes,
-        "retain_model": {"metrics": ref},
-        "target": {"metrics": tgt, "summary": summarize(tgt, task_names, retain_trs)},
-        "never_seen": never_seen,
+        "retain_model": {"metrics": setup.retain_metrics},
+        "target": {"metrics": setup.tgt,
+                   "summary": summarize(setup.tgt, task_names, setup.retain_trs)},
+        "never_seen": setup.never_seen,
         "runs": [],
     }
 
@@ -609,37 +453,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                       **user_params.get(method, {}), **overrides}
             setting = setting_label(overrides)
             label = f"{method} {setting}".strip()
-            run: dict[str, Any] = {"method": method, "setting": setting, "label": label,
-                                   "params": params, "tasks": []}
             if label in done:
                 res["runs"].append(done[label])
                 print(f"[{label}] reused from {out / 'results.json'}", flush=True)
                 continue
+            run: dict[str, Any] = {"method": method, "setting": setting, "label": label,
+                                   "params": params, "tasks": []}
             res["runs"].append(run)
-            torch.manual_seed(args.seed)
-            model, state = copy.deepcopy(target), None
-            for i, forget_items in enumerate(tasks):
-                t1 = time.perf_counter()
-                r = unlearn(model, tok, forget_items, retain_train, method=method,
-                            params=params, state=state, eval_sets=general_train or None,
-                            holdout=holdout, earlier_forget=None if args.no_earlier_forget
-                            else tasks[:i] or None)
-                model, state = r.model, r.state
-                t2 = time.perf_counter()
-                seen = task_names[: i + 1]
-                m = evaluate(model, tok, seen, **kw)
-                t3 = time.perf_counter()
-                s = summarize(m, seen, retain_trs)
-                s["ratios"] = ratios(m, tgt, seen, never_seen)
-                run["tasks"].append({"task": i + 1, "stats": r.stats, "metrics": m,
-                                     "summary": s, "seconds": {"unlearn": t2 - t1,
-                                                               "evaluate": t3 - t2}})
-                print(f"[{label}] task {i + 1}/{len(tasks)} unlearn {t2 - t1:.1f}s "
-                      f"eval {t3 - t2:.1f}s forget_p {_fmt(s['mean_forget_probability'])} "
-                      f"fq {_fmt(s['forget_quality'], 'e')} mu {_fmt(s['model_utility'])} "
-                      f"ratios {_short(s['ratios'])}",
-                      flush=True)
-            del model, state
+            _run(setup, method, params, run, label)
             _dump(res, out)  # partial results survive an interrupted long run
 
     res["matched"] = matched(res)

@@ -1,5 +1,5 @@
 """Module and function sizes of the project's Python code: every module over `--module-lines`
-and every function over `--function-lines` (default 400 and 60), largest first, each with the
+and every function over `--function-lines` (default 400 and 80), largest first, each with the
 reason it may stay that long where docs/development.md's list gives one. `--check` exits 1
 when a module or function is over its limit without a listed reason."""
 
@@ -15,7 +15,16 @@ PACKAGES = ("alkn_core", "alkn_client", "alkn_cli", "api", "archive_safety", "be
             "observability", "registry", "worker", "scripts")
 
 # Longer than the limit and one cohesive thing: why each may stay so.
-COHESIVE: dict[str, str] = {}
+COHESIVE: dict[str, str] = {
+    "alkn_core/demo_corpus.py": "the seeded generator of the synthetic corpus; its word "
+                                "tables are data (demo_words.json)",
+    "api/schemas.py": "the HTTP API's request and response models, section by resource",
+    "alkn_client/client.py": "Client and AsyncClient: one method per route each, mirrored",
+    "alkn_client/_core.py": "the calls both clients share: method, path, body, parsing",
+    "bench/continual.py": "the continual benchmark's protocol: data, runs, resume (its "
+                          "report is continual_report.py)",
+    "bench/calibration.py": "the calibration benchmark: settings, runs, verdict, report",
+}
 
 
 def _lines(node: ast.AST) -> int:
@@ -47,7 +56,7 @@ def sizes() -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--module-lines", type=int, default=400)
-    ap.add_argument("--function-lines", type=int, default=60)
+    ap.add_argument("--function-lines", type=int, default=80)
     ap.add_argument("--check", action="store_true")
     args = ap.parse_args()
     modules, functions = sizes()

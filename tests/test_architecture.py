@@ -128,3 +128,11 @@ def test_client_imports_nothing_of_the_service() -> None:
     bad = [f"{p.relative_to(ROOT)} imports {n}" for p in _modules("alkn_client")
            for n in _imports(p) if _ours(n) not in (None, "alkn_client")]
     assert not bad, "\n".join(bad)
+
+
+def test_module_and_function_sizes() -> None:
+    """No module over 400 lines and no function over 80 without a stated reason
+    (scripts/code_sizes.py prints them)."""
+    out = subprocess.run([sys.executable, "scripts/code_sizes.py", "--check"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout
