@@ -1,5 +1,5 @@
-"""Response bodies built from registry rows: the shapes docs/api.md documents (the Out models of
-api/schemas.py validate them). Reads only what a body shows; never writes."""
+"""Response bodies: the Out models of api/schemas.py (the shapes docs/api.md documents) built
+from registry rows, here and nowhere else. Reads only what a body shows; never writes."""
 
 from __future__ import annotations
 
@@ -14,6 +14,15 @@ from alkn_core.params import EVAL_DETAIL_ITEMS, EVAL_MAX_ITEMS
 from registry.catalog import as_utc
 from registry.models import ForgetRequest, Job, JobEvent, Model, Version
 from registry.versions import aliases_of, latest_numbers
+
+from .schemas import (
+    ForgetRequestOut,
+    JobEventOut,
+    JobOut,
+    ModelOut,
+    VersionOut,
+    VersionSummaryOut,
+)
 
 
 def progress_dict(progress: dict[str, Any] | None, status: str) -> dict[str, Any]:
@@ -39,12 +48,12 @@ def _loaded(obj: Any, name: str) -> bool:
     return state is None or name not in state.unloaded
 
 
-def request_dict(req: ForgetRequest, model_name: str | None,
-                 job: Job | None = None) -> dict[str, Any]:
+def request_out(req: ForgetRequest, model_name: str | None, job: Job | None = None, *,
+                job_base: int | None = None) -> ForgetRequestOut:
     # base_version as submitted; once a job runs it, the version that job really started from.
     base = req.base_version if req.base_version is not None else (
-        job.base_version if job is not None else None)
-    return {
+        job.base_version if job is not None else job_base)
+    return ForgetRequestOut.model_validate({
         "id": req.id,
         "model": model_name,
         "status": req.status,
@@ -65,20 +74,20 @@ def request_dict(req: ForgetRequest, model_name: str | None,
         "created_at": as_utc(req.created_at),
         "started_at": as_utc(req.started_at),
         "finished_at": as_utc(req.finished_at),
-    }
+    })
 
 
-def request_dicts(session: Session, reqs: Sequence[ForgetRequest]) -> list[dict[str, Any]]:
+def request_outs(session: Session, reqs: Sequence[ForgetRequest]) -> list[ForgetRequestOut]:
     names = model_names(session, (r.model_id for r in reqs))
     job_ids = {r.job_id for r in reqs if r.job_id is not None}
     jobs = {j.id: j for j in session.scalars(select(Job).where(Job.id.in_(job_ids)))} \
         if job_ids else {}
-    return [request_dict(r, names.get(r.model_id), jobs.get(r.job_id or "")) for r in reqs]
+    return [request_out(r, names.get(r.model_id), jobs.get(r.job_id or "")) for r in reqs]
 
 
-def job_dict(job: Job, model_name: str | None) -> dict[str, Any]:
+def job_out(job: Job, model_name: str | None) -> JobOut:
     metrics = job.metrics or {}
-    return {
+    return JobOut.model_validate({
         "id": job.id,
         "model": model_name,
         "kind": job.kind or "unlearn",
@@ -99,32 +108,38 @@ def job_dict(job: Job, model_name: str | None) -> dict[str, Any]:
         "started_at": as_utc(job.started_at),
         "finished_at": as_utc(job.finished_at),
         "quality": job.quality,
-    }
+    })
 
 
-def job_dicts(session: Session, jobs: Sequence[Job]) -> list[dict[str, Any]]:
+def job_outs(session: Session, jobs: Sequence[Job]) -> list[JobOut]:
     names = model_names(session, (j.model_id for j in jobs))
-    return [job_dict(j, names.get(j.model_id)) for j in jobs]
+    return [job_out(j, names.get(j.model_id)) for j in jobs]
 
 
-def event_dict(event: JobEvent) -> dict[str, Any]:
-    return {"id": event.seq, "at": as_utc(event.at), "stage": event.stage,
-            "message": event.message, "data": dict(event.data or {})}
+def event_out(event: JobEvent) -> JobEventOut:
+    return JobEventOut.model_validate({
+        "id": event.seq, "at": as_utc(event.at), "stage": event.stage,
+        "message": event.message, "data": dict(event.data or {})})
 
 
-def request_row_dict(row: Row[Any]) -> dict[str, Any]:
+def request_row_out(row: Row[Any]) -> ForgetRequestOut:
     """The body of `registry.forget_requests.request_view`'s row (a Row reads like the ORM
     object here)."""
-    out = request_dict(row, row.model_name)  # type: ignore[arg-type]
-    if out["base_version"] is None:
-        out["base_version"] = row.job_base
-    return out
+    return request_out(row, row.model_name, job_base=row.job_base)  # type: ignore[arg-type]
 
 
-def version_dict(version: Version, model_name: str | None = None, *,
-                 files: bool = True) -> dict[str, Any]:
-    """A version as docs/api.md shows it; `files=False` (lists) leaves the file list out and
-    does not read it."""
+def version_out(version: Version, model_name: str | None = None) -> VersionOut:
+    """A version as docs/api.md shows it."""
+    return VersionOut.model_validate(_version_fields(version, model_name, files=True))
+
+
+def version_summary_out(version: Version, model_name: str | None = None) -> VersionSummaryOut:
+    """A version in a list: without its file list (not read)."""
+    return VersionSummaryOut.model_validate(_version_fields(version, model_name, files=False))
+
+
+def _version_fields(version: Version, model_name: str | None, *,
+                    files: bool) -> dict[str, Any]:
     out = {
         "model": model_name,
         "version": version.number,
@@ -146,9 +161,9 @@ def version_dict(version: Version, model_name: str | None = None, *,
     return out
 
 
-def model_dict(model: Model, latest_version: int | None,
-               aliases: dict[str, int] | None = None) -> dict[str, Any]:
-    return {
+def model_out(model: Model, latest_version: int | None,
+              aliases: dict[str, int] | None = None) -> ModelOut:
+    return ModelOut.model_validate({
         "id": model.id,
         "name": model.name,
         "description": model.description,
@@ -163,10 +178,10 @@ def model_dict(model: Model, latest_version: int | None,
         "eval_sets": {k: len(v or []) for k, v in (model.eval_sets or {}).items()},
         "eval_max_items": model.eval_max_items or EVAL_MAX_ITEMS,
         "eval_detail_items": model.eval_detail_items or EVAL_DETAIL_ITEMS,
-    }
+    })
 
 
-def model_dicts(session: Session, models: Sequence[Model]) -> list[dict[str, Any]]:
+def model_outs(session: Session, models: Sequence[Model]) -> list[ModelOut]:
     ids = [m.id for m in models]
     latest, aliases = latest_numbers(session, ids), aliases_of(session, ids)
-    return [model_dict(m, latest.get(m.id), aliases.get(m.id)) for m in models]
+    return [model_out(m, latest.get(m.id), aliases.get(m.id)) for m in models]

@@ -25,12 +25,12 @@ def list_jobs(session: SessionDep, tenant: TenantDep, page: PageDep,
     model_id = catalog.get_model(session, tenant, model).id if model is not None else None
     rows, next_cursor = paginate(session, jobs.jobs_query(tenant, model_id, status),
                                  Job.created_at, Job.id, page)
-    return {"items": views.job_dicts(session, rows), "next_cursor": next_cursor}
+    return {"items": views.job_outs(session, rows), "next_cursor": next_cursor}
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
-    return views.job_dicts(session, [jobs.get_job(session, tenant, job_id)])[0]
+def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobOut:
+    return views.job_outs(session, [jobs.get_job(session, tenant, job_id)])[0]
 
 
 @router.get("/{job_id}/events", response_model=Page[JobEventOut], responses=problems(422))
@@ -41,4 +41,4 @@ def list_events(job_id: str, session: SessionDep, tenant: TenantDep,
     job = jobs.get_job(session, tenant, job_id)
     rows, next_cursor = paginate(session, jobs.job_events_query(job), JobEvent.at,
                                  JobEvent.seq, page)
-    return {"items": [views.event_dict(e) for e in rows], "next_cursor": next_cursor}
+    return {"items": [views.event_out(e) for e in rows], "next_cursor": next_cursor}

@@ -38,7 +38,7 @@ def create_model(body: ModelCreate, request: Request, session: SessionDep, store
             body.holdout_set, body.eval_sets, allowed_roots=roots,
             max_files=settings.max_version_files, eval_max_items=body.eval_max_items,
             eval_detail_items=body.eval_detail_items)
-        out = ModelOut.model_validate(views.model_dicts(session, [model])[0])
+        out = views.model_outs(session, [model])[0]
         return Created(201, out.model_dump(mode="json"), {"Location": f"/v1/models/{model.name}"})
 
     return idempotency.run(
@@ -52,10 +52,10 @@ def create_model(body: ModelCreate, request: Request, session: SessionDep, store
 def list_models(session: SessionDep, tenant: TenantDep, page: PageDep) -> dict[str, Any]:
     rows, next_cursor = paginate(session, catalog.models_query(tenant), Model.created_at,
                                  Model.id, page)
-    return {"items": views.model_dicts(session, rows), "next_cursor": next_cursor}
+    return {"items": views.model_outs(session, rows), "next_cursor": next_cursor}
 
 
 @router.get("/{name}", response_model=ModelOut, responses=problems(404))
-def get_model(name: str, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
+def get_model(name: str, session: SessionDep, tenant: TenantDep) -> ModelOut:
     model = catalog.get_model(session, tenant, name)
-    return views.model_dicts(session, [model])[0]
+    return views.model_outs(session, [model])[0]

@@ -25,8 +25,7 @@ router = APIRouter(tags=["forget requests"], responses=problems(401, 404))
 
 
 def request_out(session: Session, req: ForgetRequest) -> dict[str, Any]:
-    return ForgetRequestOut.model_validate(views.request_dicts(session, [req])[0]
-                                           ).model_dump(mode="json")
+    return views.request_outs(session, [req])[0].model_dump(mode="json")
 
 
 @router.post("/v1/models/{name}/forget-requests", status_code=202,
@@ -59,13 +58,13 @@ def list_requests(session: SessionDep, tenant: TenantDep, page: PageDep,
     model_id = catalog.get_model(session, tenant, model).id if model is not None else None
     rows, next_cursor = paginate(session, forget.requests_query(tenant, model_id, status),
                                  ForgetRequest.created_at, ForgetRequest.id, page)
-    return {"items": views.request_dicts(session, rows), "next_cursor": next_cursor}
+    return {"items": views.request_outs(session, rows), "next_cursor": next_cursor}
 
 
 def _status_body(db_url: str, tenant: str, request_id: str) -> bytes:
     with read_connection(db_url) as conn:
-        view = views.request_row_dict(forget.request_view(conn, tenant, request_id))
-    return ForgetRequestOut.model_validate(view).model_dump_json().encode()
+        view = views.request_row_out(forget.request_view(conn, tenant, request_id))
+    return view.model_dump_json().encode()
 
 
 @router.get("/v1/forget-requests/{request_id}", response_model=ForgetRequestOut)
@@ -85,7 +84,7 @@ async def get_request(request_id: str, request: Request, tenant: TenantDep) -> R
 @router.post("/v1/forget-requests/{request_id}:cancel", response_model=ForgetRequestOut,
              responses=problems(409))
 def cancel_request(request_id: str, request: Request, session: SessionDep,
-                   tenant: TenantDep) -> dict[str, Any]:
+                   tenant: TenantDep) -> ForgetRequestOut:
     """A queued request is cancelled at once; a running one gets `cancel_requested` and
     its job stops at the next step; a finished one answers 409."""
     req = forget.cancel_request(session, tenant, request_id)
@@ -93,4 +92,4 @@ def cancel_request(request_id: str, request: Request, session: SessionDep,
     # The change notification follows; dropping it here too means our own client's next
     # poll reads its cancel even if that poll beats the notification.
     request.app.state.read_cache.invalidate("r:" + request_id)
-    return views.request_dicts(session, [req])[0]
+    return views.request_outs(session, [req])[0]

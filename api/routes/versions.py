@@ -48,8 +48,7 @@ def is_upload_path(path: str) -> bool:
 
 
 def _version_out(version: Version, model_name: str) -> dict[str, Any]:
-    return VersionOut.model_validate(views.version_dict(version, model_name)
-                                     ).model_dump(mode="json")
+    return views.version_out(version, model_name).model_dump(mode="json")
 
 
 # --------------------------------------------------------------------------------------------
@@ -65,7 +64,7 @@ def list_versions(name: str, session: SessionDep, tenant: TenantDep,
     model = catalog.get_model(session, tenant, name)
     query = model_versions.versions_query(model).options(defer(Version.files))
     rows, next_cursor = paginate(session, query, Version.created_at, Version.id, page)
-    return {"items": [views.version_dict(v, model.name, files=False) for v in rows],
+    return {"items": [views.version_summary_out(v, model.name) for v in rows],
             "next_cursor": next_cursor}
 
 
@@ -122,22 +121,22 @@ async def upload_version(name: str, request: Request, session: SessionDep, store
 
 
 @router.get("/versions/{ref}", response_model=VersionOut)
-def get_version(name: str, ref: str, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
+def get_version(name: str, ref: str, session: SessionDep, tenant: TenantDep) -> VersionOut:
     """`ref`: a version number, `latest` (newest ready) or an alias."""
     model = catalog.get_model(session, tenant, name)
-    return views.version_dict(model_versions.resolve_version(session, model, ref), model.name)
+    return views.version_out(model_versions.resolve_version(session, model, ref), model.name)
 
 
 @router.post("/versions/{ref}:revoke", response_model=VersionOut, responses=problems(409))
 def revoke_version(name: str, ref: str, request: Request, session: SessionDep,
-                   store: StoreDep, tenant: TenantDep) -> dict[str, Any]:
+                   store: StoreDep, tenant: TenantDep) -> VersionOut:
     """Delete the version's files (and ALKN state) from the store; the row stays, revoked.
     Downloads of it still running are cut (at once in this process, within a second in
     any other)."""
     model = catalog.get_model(session, tenant, name)
     version = model_versions.revoke_version(session, store, model, ref)
     revocations(request).mark_revoked(version.id)
-    return views.version_dict(version, model.name)
+    return views.version_out(version, model.name)
 
 
 @router.post("/versions/{ref}:evaluate", status_code=202, response_model=JobOut,
@@ -156,7 +155,7 @@ def evaluate_version(name: str, ref: str, session: SessionDep,
     job, created = enqueue_evaluation(session, model, version)
     session.commit()
     session.refresh(job)
-    body = JobOut.model_validate(views.job_dict(job, model.name)).model_dump(mode="json")
+    body = views.job_out(job, model.name).model_dump(mode="json")
     return JSONResponse(body, status_code=202 if created else 200,
                         headers={"Location": f"/v1/jobs/{job.id}"})
 
