@@ -27,7 +27,7 @@ from registry.store import open_store
 from . import dashboard, errors, metrics
 from .read_cache import ReadCache
 from .revocation import RevocationWatch
-from .routes import aliases, downloads, health, jobs, models, requests, versions
+from .routes import aliases, downloads, health, hub, jobs, models, requests, versions
 
 log = logging.getLogger("api")
 
@@ -101,7 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.revocations = RevocationWatch(app.state.db_url)
     errors.install(app, settings.max_json_bytes, settings.max_upload_bytes,
                    versions.is_upload_path)
-    for module in (health, models, versions, downloads, aliases, requests, jobs):
+    for module in (health, models, versions, downloads, aliases, requests, jobs, hub):
         app.include_router(module.router)
     dashboard.install(app)
     metrics.install(app, app.state.db_url)  # its middleware last: the outermost

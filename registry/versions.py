@@ -4,6 +4,7 @@ except `revoke_version` (its bytes are deleted only after the row says so)."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -23,6 +24,7 @@ RESERVED_REFS = frozenset({"latest"})
 ACTIVE_JOB_STATUSES = ("queued", "running")
 # Version numbers are PostgreSQL integers: a larger number is simply not a version.
 MAX_VERSION = 2**31 - 1
+COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 
 
 def versions_query(model: Model) -> Select[Version]:
@@ -61,6 +63,31 @@ def resolve_version(session: Session, model: Model, ref: str | int) -> Version:
     if number is None:
         raise NotFound(f"model {model.name!r} has no version or alias {quoted(ref)}")
     return get_version(session, model, number)
+
+
+def commit_sha(version: Version) -> str:
+    """The version as a Hugging Face commit: 40 hex digits, fixed for the version's bytes
+    (its model, number and storage key)."""
+    raw = f"{version.model_id}/{version.number}/{version.storage_key}"
+    return hashlib.sha1(raw.encode(), usedforsecurity=False).hexdigest()
+
+
+def resolve_revision(session: Session, model: Model, revision: str) -> Version:
+    """A Hugging Face revision: `main` (the newest ready version), `v<N>`, an alias, or a
+    version's commit sha (`commit_sha`); NotFound otherwise."""
+    if revision == "main":
+        return resolve_version(session, model, "latest")
+    if revision[:1] == "v" and revision[1:].isascii() and revision[1:].isdigit():
+        return get_version(session, model, int(revision[1:]))
+    if COMMIT_RE.fullmatch(revision):
+        for version in session.scalars(versions_query(model)):
+            if commit_sha(version) == revision:
+                return version
+        raise NotFound(f"model {model.name!r} has no commit {revision}")
+    if revision.isascii() and revision.isdigit():  # a number is not a revision name here
+        raise NotFound(f"model {model.name!r} has no revision {quoted(revision)}; "
+                       f"versions are v<N>")
+    return resolve_version(session, model, revision)
 
 
 def require_ready(version: Version) -> Version:

@@ -602,3 +602,57 @@ def test_cli_status_exits_3_below_the_quality_floor(server: str, client: Client,
         assert line == [f"alkn: {model} version {done.result_version}: {job.quality['message']}"]
         assert "quality gate failed" in line[0] and "below the floor 0.999" in line[0]
     assert job_run.watch.returncode == 0 and "quality gate" not in job_run.watch.stderr
+
+
+HUB_SCRIPT = """
+import hashlib, json, sys
+from pathlib import Path
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+endpoint, key, other_key, cache, expected = sys.argv[1:6]
+for ref, files in json.loads(expected).items():
+    d = Path(snapshot_download("default/tiny", revision=ref, endpoint=endpoint, token=key,
+                               cache_dir=cache))
+    got = {p.relative_to(d).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+           for p in d.rglob("*") if p.is_file()}
+    assert got == files, (ref, sorted(got), sorted(files))
+for token, repo, rev, error in ((other_key, "default/tiny", "v2", RepositoryNotFoundError),
+                                (key, "other/tiny", "main", RepositoryNotFoundError),
+                                (key, "default/tiny", "v99", RevisionNotFoundError)):
+    try:
+        snapshot_download(repo, revision=rev, endpoint=endpoint, token=token,
+                          cache_dir=cache + "-denied")
+        raise SystemExit(f"{repo}@{rev} was readable")
+    except error:
+        pass
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained("default/tiny", revision="v2", token=key)
+tok = AutoTokenizer.from_pretrained("default/tiny", revision="golden", token=key)
+print(json.dumps({"dtype": str(model.dtype), "vocab": len(tok),
+                  "params": sum(p.numel() for p in model.parameters())}))
+"""
+
+
+def test_hugging_face_tools_read_versions(server: str, client: Client, model: str,
+                                          job_run: JobRun, module_pg_url: str,
+                                          tmp_path: Path) -> None:
+    """snapshot_download and from_pretrained through the service (the Hub's read API): v2,
+    an alias and main give the versions' bytes; another tenant's key, another namespace and
+    a missing revision are not found."""
+    from registry.db import session_scope
+    from registry.keys import create_api_key
+
+    with session_scope(module_pg_url) as s:
+        other_key = create_api_key(s, "hub-other-tenant")
+    client.set_alias(model, "golden", 2)
+    files = {ref: {f.path: f.sha256 for f in client.get_version(model, n).files}
+             for ref, n in (("v2", 2), ("golden", 2), ("main", 2), ("v1", 1))}
+    env = {**os.environ, "HF_ENDPOINT": server, "HF_HOME": str(tmp_path / "hf"),
+           "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("HF_HUB_OFFLINE", None)
+    out = subprocess.run([sys.executable, "-c", HUB_SCRIPT, server, KEY, other_key,
+                          str(tmp_path / "cache"), json.dumps(files)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-4000:]
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert loaded["params"] > 0 and loaded["vocab"] > 0

@@ -119,8 +119,29 @@ def download_file(name: str, ref: str, path: str, request: Request, session: Ses
                   store: StoreDep, tenant: TenantDep) -> Response:
     """One file of the version, streamed; `ETag` is its sha256; `Range` resumes."""
     version, entry = _ready_file(session, store, tenant, name, ref, path)
+    return file_response(request, store, version, entry)
+
+
+@router.head("/versions/{ref}/files/{path:path}", include_in_schema=False)
+def head_file(name: str, ref: str, path: str, session: SessionDep, store: StoreDep,
+              tenant: TenantDep) -> Response:
+    _, entry = _ready_file(session, store, tenant, name, ref, path)
+    return file_head(entry)
+
+
+def file_head(entry: dict[str, Any], extra: dict[str, str] | None = None) -> Response:
+    """The headers a GET of the file would send, without its body."""
+    headers = {**_file_headers(entry), "Content-Length": str(entry["size"]),
+               "Content-Type": "application/octet-stream", **(extra or {})}
+    return Response(status_code=200, headers=headers)
+
+
+def file_response(request: Request, store: ArtifactStore, version: Version,
+                  entry: dict[str, Any], extra: dict[str, str] | None = None) -> Response:
+    """A version's file streamed: If-None-Match (304), Range and If-Range (206, 416), cut
+    when the version is revoked meanwhile. `extra`: more headers."""
     size = int(entry["size"])
-    headers = _file_headers(entry)
+    headers = {**_file_headers(entry), **(extra or {})}
     if _etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
         return Response(status_code=304, headers=headers)
     if_range = request.headers.get("if-range")
@@ -137,19 +158,10 @@ def download_file(name: str, ref: str, path: str, request: Request, session: Ses
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     headers["Content-Length"] = str(end - start + 1)
     body = revocations(request).guard(
-        read_ahead(store.open_range(version.storage_key, path, start, end)), version.id) \
-        if size else iter(())
+        read_ahead(store.open_range(version.storage_key, entry["path"], start, end)),
+        version.id) if size else iter(())
     return StreamingResponse(body, status_code=status, headers=headers,
                              media_type="application/octet-stream")
-
-
-@router.head("/versions/{ref}/files/{path:path}", include_in_schema=False)
-def head_file(name: str, ref: str, path: str, session: SessionDep, store: StoreDep,
-              tenant: TenantDep) -> Response:
-    _, entry = _ready_file(session, store, tenant, name, ref, path)
-    headers = {**_file_headers(entry), "Content-Length": str(entry["size"]),
-               "Content-Type": "application/octet-stream"}
-    return Response(status_code=200, headers=headers)
 
 
 async def read_ahead(chunks: Iterator[bytes]) -> AsyncIterator[bytes | memoryview]:
