@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -96,10 +97,23 @@ def client(server: str) -> Iterator[Client]:
 
 
 @pytest.fixture(scope="module")
-def model(client: Client, worker_world: World) -> str:  # noqa: F811
+def source_dir(worker_world: World) -> Path:  # noqa: F811
+    """The tiny model with what a real repo holds beyond save_pretrained's files (beside it:
+    under the service's source root)."""
+    src = worker_world.model_dir.parent / f"client-source-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(worker_world.model_dir, src)
+    (src / "LICENSE").write_text("Apache-2.0 (a test's licence)\n")
+    (src / "README.md").write_text("# tiny\n\nThe source's own model card.\n")
+    (src / "extra").mkdir()
+    (src / "extra" / "notes.txt").write_text("kept byte for byte\n")
+    return src
+
+
+@pytest.fixture(scope="module")
+def model(client: Client, worker_world: World, source_dir: Path) -> str:  # noqa: F811
     people = worker_world.people
     m = client.register_model(
-        "tiny", source_path=str(worker_world.model_dir), description="client test model",
+        "tiny", source_path=str(source_dir), description="client test model",
         # Small sets and batches of 8: evaluation before and after is most of a job's time.
         default_params={**PARAMS, "batch_size": 8}, retain_set=worker_world.items[people[3]][:4],
         eval_sets={"world_facts": worker_world.general[:2]})
@@ -194,7 +208,7 @@ def test_health_and_problem_errors(server: str, client: Client, model: str) -> N
 
 
 def test_models_versions_files_aliases_revoke(client: Client, model: str, tmp_path: Path,
-                                              worker_world: World) -> None:  # noqa: F811
+                                              source_dir: Path) -> None:
     base = client.get_model(model)
     assert base.latest_version and base.default_params["epochs"] == PARAMS["epochs"]
     v1 = client.get_version(model, 1)
@@ -215,10 +229,10 @@ def test_models_versions_files_aliases_revoke(client: Client, model: str, tmp_pa
     # A model without a source gets its versions by upload: a directory, then a .tar.gz.
     up = client.register_model("uploaded", description="by upload")
     assert up.latest_version is None
-    first = client.upload_version("uploaded", worker_world.model_dir)
+    first = client.upload_version("uploaded", source_dir)
     assert first.version == 1 and first.status == "ready" and first.parent_version is None
     assert {f.path: f.sha256 for f in first.files} == {p: f.sha256 for p, f in listing.items()}
-    gz = _tar_of(worker_world.model_dir, gz=True)
+    gz = _tar_of(source_dir, gz=True)
     key = uuid.uuid4().hex
     second = client.upload_version("uploaded", gz, idempotency_key=key)
     assert client.upload_version("uploaded", gz, idempotency_key=key).version == \
@@ -638,15 +652,23 @@ def test_hugging_face_tools_read_versions(server: str, client: Client, model: st
                                           tmp_path: Path) -> None:
     """snapshot_download and from_pretrained through the service (the Hub's read API): v2,
     an alias and main give the versions' bytes; another tenant's key, another namespace and
-    a missing revision are not found."""
+    a missing revision are not found. v2 is a faithful Hugging Face directory: every file
+    but the weights is v1's bytes (tokenizer, config, licence, README, a file in a
+    subdirectory), and the weights keep the source's dtype (fp32)."""
     from registry.db import session_scope
     from registry.keys import create_api_key
+
+    v1, v2 = ({f.path: f.sha256 for f in client.get_version(model, n).files} for n in (1, 2))
+    assert set(v1) == set(v2) and {"LICENSE", "README.md", "extra/notes.txt"} <= set(v2)
+    assert {p for p in v1 if v1[p] != v2[p]} == {WEIGHTS}
+    assert _safetensors_dtypes(client.read_file(model, 2, WEIGHTS)) == \
+        _safetensors_dtypes(client.read_file(model, 1, WEIGHTS)) == {"F32"}
 
     with session_scope(module_pg_url) as s:
         other_key = create_api_key(s, "hub-other-tenant")
     client.set_alias(model, "golden", 2)
     files = {ref: {f.path: f.sha256 for f in client.get_version(model, n).files}
-             for ref, n in (("v2", 2), ("golden", 2), ("main", 2), ("v1", 1))}
+             for ref, n in (("v2", 2), ("golden", 2), ("main", "latest"), ("v1", 1))}
     env = {**os.environ, "HF_ENDPOINT": server, "HF_HOME": str(tmp_path / "hf"),
            "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONPATH": str(ROOT)}
     env.pop("HF_HUB_OFFLINE", None)
@@ -656,3 +678,9 @@ def test_hugging_face_tools_read_versions(server: str, client: Client, model: st
     assert out.returncode == 0, out.stderr[-4000:]
     loaded = json.loads(out.stdout.strip().splitlines()[-1])
     assert loaded["params"] > 0 and loaded["vocab"] > 0
+
+
+def _safetensors_dtypes(data: bytes) -> set[str]:
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    return {t["dtype"] for name, t in header.items() if name != "__metadata__"}

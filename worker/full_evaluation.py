@@ -35,7 +35,9 @@ def run_full_evaluation(settings: Settings, store: Store, spec: JobSpec,
     report.spans = dict(EVALUATION_SPANS)
     with tempfile.TemporaryDirectory(prefix="alkn-job-") as tmp:
         report.begin("loading")
-        model, tokenizer, _ = load_base(store, spec, Path(tmp), settings)
+        base = load_base(store, spec, Path(tmp), settings)
+        model, tokenizer = base.model, base.tokenizer
+        del base
         report("loading", 1, 1)
         timings["loading"] = time.perf_counter() - t_start
         evaluation = job_evaluation(spec, full=True)

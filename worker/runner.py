@@ -112,7 +112,9 @@ class _UnlearningJob:
         with tempfile.TemporaryDirectory(prefix="alkn-job-") as tmp:
             t = time.perf_counter()
             report.begin("loading")
-            model, tokenizer, state = load_base(self.store, spec, Path(tmp), self.settings)
+            base = load_base(self.store, spec, Path(tmp), self.settings)
+            model, tokenizer, state, base_root = base.model, base.tokenizer, base.state, base.root
+            del base  # `del model` below frees the model
             report("loading", 1, 1)
             self._timed("loading", t)
 
@@ -133,8 +135,8 @@ class _UnlearningJob:
 
             t = time.perf_counter()
             report.begin("saving")
-            self.key, files = save_version(self.store, self.settings, spec, model, tokenizer,
-                                           state)
+            self.key, files = save_version(self.store, self.settings, spec, model, state,
+                                           base_root)
             report("saving", 1, 1)  # a cancel that came meanwhile stops it here
             self._timed("saving", t)
             self._timed("total", t_start)

@@ -10,6 +10,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,9 @@ from alkn_core.runtime import pick_device, pick_dtype, place
 from config.settings import Settings
 from registry import jobs
 from registry.jobs import JobSpec
-from registry.model_files import check_model_dir
-from registry.store import LocalStore, S3Store
+from registry.model_files import INDEX_FILES, check_model_dir
+from registry.safetensors_header import read_header
+from registry.store import LocalStore, S3Store, regular_files
 
 from .weights_check import check_config_against_weights
 
@@ -38,8 +40,16 @@ def _staging(store: Store) -> Path:
     return maker() if maker is not None else Path(tempfile.mkdtemp(prefix="alkn-stage-"))
 
 
+@dataclass
+class BaseVersion:
+    model: torch.nn.Module
+    tokenizer: Any
+    state: UnlearnState | None
+    root: Path  # its model directory (the new version copies what unlearning did not change)
+
+
 def load_base(store: Store, spec: JobSpec, workdir: Path, settings: Settings | None = None
-              ) -> tuple[torch.nn.Module, Any, UnlearnState | None]:
+              ) -> BaseVersion:
     """The base version's model, tokenizer and state. Before anything in the version is
     loaded, every file it names must be one of its own files and its config must match
     its weights (InvalidModelFiles otherwise); only safetensors are read, never remote
@@ -69,13 +79,58 @@ def load_base(store: Store, spec: JobSpec, workdir: Path, settings: Settings | N
             log.warning("base state of job %s is %s, not %s; starting without it",
                         spec.job_id, state.method, spec.method)
             state = None
-    return model, tokenizer, state
+    return BaseVersion(model, tokenizer, state, src)
+
+
+# safetensors dtype names -> torch dtypes of the floating weights a version may hold
+FLOAT_DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16,
+                "F16": torch.float16}
+
+
+@dataclass(frozen=True)
+class SourceLayout:
+    """How the base version stores its weights: the new version is written alike."""
+
+    weights: frozenset[str]  # the weight files (and their index), relative to the root
+    dtype: torch.dtype | None  # of the floating weights (the one holding most elements)
+    max_shard_bytes: int | None  # the largest shard; None: one file
+
+
+def source_layout(root: Path) -> SourceLayout:
+    files = check_model_dir(root)
+    counts: dict[str, int] = {}
+    for name in files.weights:
+        for info in read_header(files.root / name).values():
+            if info.dtype in FLOAT_DTYPES:
+                counts[info.dtype] = counts.get(info.dtype, 0) + info.numel
+    dtype = FLOAT_DTYPES[max(counts, key=lambda d: counts[d])] if counts else None
+    sizes = [(files.root / name).stat().st_size for name in files.weights]
+    return SourceLayout(frozenset(files.weights) | frozenset(INDEX_FILES), dtype,
+                        max(sizes) if len(sizes) > 1 else None)
+
+
+def write_model_dir(model: torch.nn.Module, base_root: Path, out: Path) -> None:
+    """The new version's directory: the weights in the base's dtype and sharding, and every
+    other file of the base (config, tokenizer, README, licence, anything else) byte for
+    byte: unlearning changed the weights only."""
+    layout = source_layout(base_root)
+    if layout.dtype is not None:
+        model.to(dtype=layout.dtype)  # a bf16 compute copy of an fp32 source goes back
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    model.save_pretrained(out, max_shard_size=layout.max_shard_bytes or 2 * total + 1)
+    for path in regular_files(base_root):
+        rel = path.relative_to(base_root).as_posix()
+        if rel not in layout.weights:
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, out / rel)
 
 
 def save_version(store: Store, settings: Settings, spec: JobSpec, model: torch.nn.Module,
-             tokenizer: Any, state: UnlearnState | None) -> tuple[str, list[dict[str, Any]]]:
-    """Write the new version's files (and state) under a fresh key nothing points to yet;
-    on failure nothing of it is left (a state already published is deleted again)."""
+                 state: UnlearnState | None, base_root: Path
+                 ) -> tuple[str, list[dict[str, Any]]]:
+    """Write the new version's files (`write_model_dir`) and state under a fresh key
+    nothing points to yet; on failure nothing of it is left (a state already published is
+    deleted again)."""
     try:
         number = jobs.next_version_number(settings.resolved_database_url, spec.model_id)
     except SQLAlchemyError:  # it only names the key: a guess will do while the database is away
@@ -85,8 +140,7 @@ def save_version(store: Store, settings: Settings, spec: JobSpec, model: torch.n
     try:
         model_dir = _staging(store)
         staged.append(model_dir)
-        model.save_pretrained(model_dir)
-        tokenizer.save_pretrained(model_dir)
+        write_model_dir(model, base_root, model_dir)
         if state is not None:
             state_dir = _staging(store)
             staged.append(state_dir)
