@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 import pytest
+from huggingface_hub import ModelCard
 
 from alkn_client import (
     ApiError,
@@ -130,6 +131,7 @@ class JobRun:
     cancelled: ForgetRequest  # submitted and cancelled with the client
     key: str  # the Idempotency-Key `cancelled` was submitted with
     items: list[dict[str, Any]]  # and its items
+    forgotten: list[dict[str, Any]]  # the items of `done`
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +165,7 @@ def job_run(server: str, client: Client, model: str, worker_world: World,  # noq
     assert later.status == "queued" and later.item_count == 3
     client.cancel_request(later.id)
     cancelled = client.wait(later.id, timeout=60, poll=0.1)
-    return JobRun(done, submitted, watched, updates, cancelled, key, later_items)
+    return JobRun(done, submitted, watched, updates, cancelled, key, later_items, items)
 
 
 def _sha(path: Path) -> str:
@@ -660,7 +662,21 @@ def test_hugging_face_tools_read_versions(server: str, client: Client, model: st
 
     v1, v2 = ({f.path: f.sha256 for f in client.get_version(model, n).files} for n in (1, 2))
     assert set(v1) == set(v2) and {"LICENSE", "README.md", "extra/notes.txt"} <= set(v2)
-    assert {p for p in v1 if v1[p] != v2[p]} == {WEIGHTS}
+    assert {p for p in v1 if v1[p] != v2[p]} == {WEIGHTS, "README.md"}  # and its model card
+    card = client.read_file(model, 2, "README.md").decode()
+    meta = ModelCard(card).data.to_dict()
+    assert meta["base_model"] == "default/tiny" and meta["library_name"] == "transformers"
+    lineage = meta["alkn"]
+    assert lineage["parent_version"] == 1 and lineage["method"] == "alkn"
+    assert lineage["job_id"] == job_run.done.job_id and lineage["params"]["epochs"] == 1
+    assert [r["id"] for r in lineage["forget_requests"]] == [job_run.done.id]
+    hashes = lineage["forget_requests"][0]["item_hashes"]
+    assert len(hashes) == 4 and all(len(h) == 64 for h in hashes)
+    assert lineage["evaluation"]["before"] and lineage["evaluation"]["after"]
+    assert lineage["quality"]["passed"] in (True, False)
+    for item in job_run.forgotten:  # the card names the items by keyed hash only
+        assert item["answer"] not in card and item["question"] not in card
+    assert "The source's own model card." in card  # carried on, under "Original model card"
     assert _safetensors_dtypes(client.read_file(model, 2, WEIGHTS)) == \
         _safetensors_dtypes(client.read_file(model, 1, WEIGHTS)) == {"F32"}
 

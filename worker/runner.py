@@ -15,21 +15,22 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from alkn_core import CalibrationError, UnlearnState, unlearn
 from alkn_core.eval_sets import sample
 from config.settings import Settings
 from registry import jobs
+from registry.hashing import hash_secret, keyed_hash
 from registry.jobs import JobError, JobSpec
 from registry.store import open_store
 
 from . import metrics as worker_metrics
+from . import model_card
 from .evaluation import evaluate, job_evaluation
 from .full_evaluation import run_full_evaluation
 from .job_control import (
@@ -43,6 +44,7 @@ from .job_control import (
 )
 from .job_errors import describe_error
 from .job_process import model_modules, run_in_child, warm_imports
+from .job_records import calibration_event, publish_row, settle
 from .metrics import observe_stages, track_job
 from .progress_plan import eval_work, spans, unlearning_work
 from .quality import assess as assess_quality
@@ -135,14 +137,16 @@ class _UnlearningJob:
 
             t = time.perf_counter()
             report.begin("saving")
+            quality = assess_quality(spec, before, after, stats)
+            card = self._card(before, after, quality, base_root)
             self.key, files = save_version(self.store, self.settings, spec, model, state,
-                                           base_root)
+                                           base_root, card)
             report("saving", 1, 1)  # a cancel that came meanwhile stops it here
             self._timed("saving", t)
             self._timed("total", t_start)
             observe_stages(self.timings)
             del model
-        return self._publish(before, after, stats, files, has_state=state is not None)
+        return self._publish(before, after, stats, quality, files, has_state=state is not None)
 
     def _plan(self, tokenizer: Any) -> None:
         """Both evaluations' passes: "before" reads what the base's stored scores hold."""
@@ -176,19 +180,35 @@ class _UnlearningJob:
                                          sorted(spec.earlier_tasks.items())] or None)
         stats = dict(result.stats)
         if "calibration" in stats:
-            _calibration_event(self.settings.resolved_database_url, spec, stats["calibration"])
+            calibration_event(self.settings.resolved_database_url, spec, stats["calibration"])
         self.timings.update(stats.pop("seconds", {}))
         return result.model, result.state, stats
 
+    def _card(self, before: dict[str, Any], after: dict[str, Any], quality: dict[str, Any],
+              base_root: Path) -> str:
+        """The new version's README.md (worker/model_card.py)."""
+        spec = self.spec
+        secret = hash_secret(self.settings.resolved_database_url, self.settings.hash_secret)
+        readme = base_root / "README.md"
+        job_part = _split_metrics(before, after, spec)[0]
+        return model_card.render(
+            repo_id=spec.repo_id, parent_version=spec.base_version, method=spec.method,
+            params=spec.params, job_id=spec.job_id,
+            requests={rid: [keyed_hash(secret, item) for item in spec.request_items[rid]]
+                      for rid in spec.request_ids},
+            before=job_part["before"], after=job_part["after"], quality=quality,
+            base_readme=readme.read_text(encoding="utf-8", errors="replace")
+            if readme.is_file() else None)
+
     def _publish(self, before: dict[str, Any], after: dict[str, Any], stats: dict[str, Any],
-                 files: list[dict[str, Any]], *, has_state: bool) -> str:
+                 quality: dict[str, Any], files: list[dict[str, Any]], *,
+                 has_state: bool) -> str:
         """The version row, with the metrics and the quality gate's verdict."""
         spec = self.spec
         job_metrics, request_metrics = _split_metrics(before, after, spec)
         job_metrics["unlearning"] = stats
-        quality = assess_quality(spec, before, after, stats)
         job_metrics["kept"] = quality["kept"]
-        outcome = _publish_row(
+        outcome = publish_row(
             self.settings.resolved_database_url, spec, self.settings.lease_seconds,
             storage_key=self.key, files=files, has_state=has_state, metrics=job_metrics,
             request_metrics=request_metrics, timings=self.timings,
@@ -211,7 +231,7 @@ def _job_ended(exc: Exception, settings: Settings, store: Store, spec: JobSpec,
     url = settings.resolved_database_url
     if isinstance(exc, Cancelled):
         log.info("job %s: cancelled", spec.job_id)
-        if not _settle(jobs.cancel_job, url, spec.job_id):
+        if not settle(jobs.cancel_job, url, spec.job_id):
             return "db_lost"
         drop_unreferenced(url, store, spec, key)
         return "cancelled"
@@ -231,74 +251,12 @@ def _job_ended(exc: Exception, settings: Settings, store: Store, spec: JobSpec,
         return "db_lost"
     log.error("job %s failed at %s", spec.job_id, report.stage, exc_info=exc)
     if isinstance(exc, CalibrationError):
-        _calibration_event(url, spec, exc.details())
-    if not _settle(jobs.fail_job, url, spec.job_id,
+        calibration_event(url, spec, exc.details())
+    if not settle(jobs.fail_job, url, spec.job_id,
                    describe_error(exc, (report.stage or "").split(":")[0])):
         return "db_lost"
     drop_unreferenced(url, store, spec, key)
     return "failed"
-
-
-def _publish_row(url: str, spec: JobSpec, retry_for: float, **kwargs: Any
-                 ) -> jobs.PublishOutcome:
-    """jobs.publish_version, retried while the database is unreachable: the files are
-    written, so waiting is worth it, for about our lease (after that another worker may
-    have taken the lineage over; publishing stays idempotent either way). DatabaseLost when
-    it stays down."""
-    deadline = time.monotonic() + retry_for
-    delay = 0.25
-    while True:
-        try:
-            return jobs.publish_version(url, spec.job_id, **kwargs)
-        except DBAPIError as exc:
-            if not db_unreachable(exc):
-                raise
-            if time.monotonic() + delay > deadline:
-                raise DatabaseLost(f"the database stayed unreachable for {retry_for:g} s "
-                                   "while publishing") from exc
-            log.warning("job %s: database unreachable while publishing; retrying in %.2g s",
-                        spec.job_id, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
-
-
-def _settle(record: Callable[..., None], *args: Any) -> bool:
-    """Record a job's end (fail_job, cancel_job); False when the database is unreachable (the
-    job then stays running and is requeued: its end is recorded by the next attempt)."""
-    try:
-        record(*args)
-        return True
-    except SQLAlchemyError as exc:
-        if not db_unreachable(exc):
-            raise
-        log.error("could not record the end of job %s: the database is unreachable", args[1])
-        return False
-
-
-def _calibration_event(url: str, spec: JobSpec, calibration: dict[str, Any]) -> None:
-    """The alpha search's target and curve [[alpha, forget_prob, retain_prob], ...] as an
-    event of the negating stage (also in the job's metrics["unlearning"] on success)."""
-    data = {k: calibration.get(k) for k in ("alpha", "target", "target_source", "curve",
-                                            "evaluations", "best_alpha", "best_forget_prob",
-                                            "target_met", "attempts")
-            if k in calibration}
-    if "alpha" in data and data.get("target_met") is False:
-        # The escalated fine-tunes could not reach the target either: the most-forgetting
-        # model is published, and the quality block says the target was missed.
-        message = (f"forget target {data['target']:.4g} ({data['target_source']}) not "
-                   f"reached: alpha {data['alpha']:.4g} left the forget probability at "
-                   f"{calibration['forget_prob']:.4g} after "
-                   f"{len(calibration.get('attempts') or []) or 1} fine-tune(s)")
-    elif "alpha" in data:
-        message = (f"alpha {data['alpha']:.4g} chosen: forget probability "
-                   f"{calibration['forget_prob']:.4g} <= target {data['target']:.4g} "
-                   f"({data['target_source']}) after {data['evaluations']} evaluations")
-    else:
-        message = f"no alpha reached the forget target {data['target']:.4g}"
-    try:
-        jobs.add_event(url, spec.job_id, "negating", message, jobs.jsonable(data))
-    except SQLAlchemyError as exc:  # the numbers are also in the metrics: not worth a failure
-        log.warning("calibration event of job %s not written: %s", spec.job_id, exc)
 
 
 def run_job_bounded(settings: Settings, store: Store, spec: JobSpec, owner: str,
@@ -333,7 +291,7 @@ def run_job_bounded(settings: Settings, store: Store, spec: JobSpec, owner: str,
         error = JobError("time_limit_exceeded",
                          f"the job ran longer than the service's time limit of {limit:g} s "
                          "and was stopped; nothing was published")
-        return "failed" if _settle(jobs.fail_job, url, spec.job_id, error) else "db_lost"
+        return "failed" if settle(jobs.fail_job, url, spec.job_id, error) else "db_lost"
     log.error("job %s: its process ended without an outcome (exit code %s); it runs again "
               "as a new attempt", spec.job_id, result.exitcode)
     return "lost"

@@ -109,10 +109,12 @@ def source_layout(root: Path) -> SourceLayout:
                         max(sizes) if len(sizes) > 1 else None)
 
 
-def write_model_dir(model: torch.nn.Module, base_root: Path, out: Path) -> None:
+def write_model_dir(model: torch.nn.Module, base_root: Path, out: Path,
+                    card: str | None = None) -> None:
     """The new version's directory: the weights in the base's dtype and sharding, and every
-    other file of the base (config, tokenizer, README, licence, anything else) byte for
-    byte: unlearning changed the weights only."""
+    other file of the base (config, tokenizer, licence, anything else) byte for byte:
+    unlearning changed the weights only. `card`: the version's README.md (its model card,
+    which carries the base's own card on)."""
     layout = source_layout(base_root)
     if layout.dtype is not None:
         model.to(dtype=layout.dtype)  # a bf16 compute copy of an fp32 source goes back
@@ -123,10 +125,12 @@ def write_model_dir(model: torch.nn.Module, base_root: Path, out: Path) -> None:
         if rel not in layout.weights:
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, out / rel)
+    if card is not None:
+        (out / "README.md").write_text(card, encoding="utf-8")
 
 
 def save_version(store: Store, settings: Settings, spec: JobSpec, model: torch.nn.Module,
-                 state: UnlearnState | None, base_root: Path
+                 state: UnlearnState | None, base_root: Path, card: str | None = None
                  ) -> tuple[str, list[dict[str, Any]]]:
     """Write the new version's files (`write_model_dir`) and state under a fresh key
     nothing points to yet; on failure nothing of it is left (a state already published is
@@ -140,7 +144,7 @@ def save_version(store: Store, settings: Settings, spec: JobSpec, model: torch.n
     try:
         model_dir = _staging(store)
         staged.append(model_dir)
-        write_model_dir(model, base_root, model_dir)
+        write_model_dir(model, base_root, model_dir, card)
         if state is not None:
             state_dir = _staging(store)
             staged.append(state_dir)

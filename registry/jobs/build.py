@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from ..errors import Invalid
 from ..forget_requests import resolve_params
-from ..models import ForgetRequest, Job, Model, Version, new_id, utcnow
+from ..models import ForgetRequest, Job, Model, Tenant, Version, new_id, utcnow
 from ..quality import first_version_reference
 from .common import (
     MAX_ATTEMPTS,
@@ -59,6 +59,8 @@ class JobSpec:
     base_scores: dict[str, Any] | None = None
     # "unlearn", or "evaluate": a full evaluation of the base version, no new version.
     kind: str = "unlearn"
+    # The model as a Hugging Face repo id, <tenant>/<model> (its versions' model cards).
+    repo_id: str = ""
 
     @property
     def forget_items(self) -> list[dict[str, Any]]:
@@ -101,6 +103,7 @@ def _spec(s: Session, model: Model, job: Job, base: Version, resumed: bool) -> J
         reference=first_version_reference(s, model.id, base),
         eval_max_items=model.eval_max_items, eval_detail_items=model.eval_detail_items,
         base_scores=base.item_scores, kind=job.kind or "unlearn",
+        repo_id=f"{s.get(Tenant, model.tenant_id).name}/{model.name}",  # type: ignore[union-attr]
     )
 
 
