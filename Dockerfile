@@ -15,7 +15,7 @@ RUN pip install --index-url "$TORCH_INDEX" "$TORCH_SPEC"
 COPY pyproject.toml README.md alembic.ini ./
 COPY alkn_core ./alkn_core
 COPY api ./api
-COPY alkn_client ./alkn_client
+COPY clients/python ./clients/python
 COPY alkn_cli ./alkn_cli
 COPY worker ./worker
 COPY registry ./registry
@@ -23,7 +23,7 @@ COPY config ./config
 COPY observability ./observability
 COPY archive_safety ./archive_safety
 COPY migrations ./migrations
-RUN pip install . && useradd --create-home --uid 1000 alkn && mkdir -p /data \
+RUN pip install ./clients/python . && useradd --create-home --uid 1000 alkn && mkdir -p /data \
     && chown alkn /data
 USER alkn
 VOLUME ["/data"]

@@ -1,5 +1,5 @@
 """The client commands of `alkn`, over HTTP with alkn_client: submit, status, download, models
-list, versions list.
+list, versions list, and (manage.py) revoke, alias set/delete, cancel, jobs list/show.
 
 Server and key: `--url` / `--api-key`, else $ALKN_URL (default http://127.0.0.1:8000) and
 $ALKN_API_KEY. API errors print the problem document's detail, never a traceback.
@@ -15,8 +15,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
-from datetime import datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -25,6 +24,9 @@ import httpx
 from alkn_client import Client
 from alkn_client.errors import AlknClientError, ApiError
 from alkn_client.models import ForgetRequest, JobEvent
+
+from . import manage
+from .output import dump, human_size, opt, table, when
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 EXIT_FAILED = 1
@@ -88,6 +90,7 @@ def add_parsers(sub: Any) -> None:
     vl.add_argument("model")
     vl.add_argument("--json", action="store_true", help="JSON Lines instead of a table")
     vl.set_defaults(handler=run)
+    manage.add_parsers(sub, common, run)
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -97,7 +100,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     err = err or sys.stderr
     handlers: dict[str, Callable[[Client, argparse.Namespace, TextIO, TextIO], int]] = {
         "submit": _submit, "status": _status, "download": _download,
-        "models": _models_list, "versions": _versions_list}
+        "models": _models_list, "versions": _versions_list, **manage.HANDLERS}
     url = args.url or os.environ.get("ALKN_URL") or DEFAULT_URL
     try:
         key = args.api_key or os.environ.get("ALKN_API_KEY")
@@ -106,7 +109,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
                              "(create one with: alkn keys create --tenant NAME)")
         with Client(url, key) as client:
             return handlers[args.command](client, args, out, err)
-    except UsageError as e:
+    except (UsageError, manage.NotConfirmed) as e:
         print(f"alkn: {e}", file=err)
         return EXIT_USAGE
     except ApiError as e:
@@ -168,10 +171,6 @@ def _json_object(text: str, option: str) -> dict[str, Any]:
     return value
 
 
-def _dump(doc: Any, out: TextIO) -> None:
-    print(json.dumps(doc, indent=2, default=str), file=out)
-
-
 def _submit(client: Client, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     items = read_items(args.items)
     params = _json_object(args.params, "--params") if args.params else None
@@ -181,7 +180,7 @@ def _submit(client: Client, args: argparse.Namespace, out: TextIO, err: TextIO) 
     if args.id_only:
         print(req.id, file=out)
     else:
-        _dump(req.model_dump(mode="json"), out)
+        dump(req.model_dump(mode="json"), out)
     return 0
 
 
@@ -215,7 +214,7 @@ def _event_label(event: JobEvent) -> str:
 def _status(client: Client, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if not args.watch:
         req = client.get_request(args.request_id)
-        _dump(req.model_dump(mode="json"), out)
+        dump(req.model_dump(mode="json"), out)
         return (_outcome(req) or _quality_outcome(client, req, err)) if req.finished else 0
     from tqdm import tqdm  # only the bars need it
 
@@ -258,7 +257,7 @@ def _status(client: Client, args: argparse.Namespace, out: TextIO, err: TextIO) 
     if req.error is not None:
         summary += f": {req.error.type}: {req.error.message}"
     print(summary, file=err)
-    _dump(req.model_dump(mode="json"), out)
+    dump(req.model_dump(mode="json"), out)
     return _outcome(req) or _quality_outcome(client, req, err)
 
 
@@ -287,7 +286,7 @@ def _download(client: Client, args: argparse.Namespace, out: TextIO, err: TextIO
     resumed = [f.path for f in result.files if f.resumed_from]
     kept = [f.path for f in result.files if f.skipped]
     line = (f"{result.model} version {result.version}: {len(result.files)} files, "
-            f"{_size(result.size)} in {result.dest} (sha256 verified)")
+            f"{human_size(result.size)} in {result.dest} (sha256 verified)")
     if resumed:
         line += f"; resumed {', '.join(resumed)}"
     if kept:
@@ -301,11 +300,11 @@ def _models_list(client: Client, args: argparse.Namespace, out: TextIO, err: Tex
     for m in client.iter_models():
         if args.json:
             print(json.dumps(m.model_dump(mode="json")), file=out)
-        rows.append([m.name, _opt(m.latest_version),
+        rows.append([m.name, opt(m.latest_version),
                      ",".join(f"{a}={n}" for a, n in sorted(m.aliases.items())) or "-",
-                     _when(m.created_at), m.description.splitlines()[0] if m.description else ""])
+                     when(m.created_at), m.description.splitlines()[0] if m.description else ""])
     if not args.json:
-        _table(["NAME", "LATEST", "ALIASES", "CREATED", "DESCRIPTION"], rows, out)
+        table(["NAME", "LATEST", "ALIASES", "CREATED", "DESCRIPTION"], rows, out)
     return 0
 
 
@@ -318,39 +317,10 @@ def _versions_list(client: Client, args: argparse.Namespace, out: TextIO, err: T
     for v in client.iter_versions(args.model):
         if args.json:
             print(json.dumps(v.model_dump(mode="json")), file=out)
-        rows.append([str(v.version), v.status, _opt(v.parent_version), v.method or "-",
-                     _size(v.size_bytes), ",".join(sorted(by_version.get(v.version, []))) or "-",
-                     _when(v.created_at)])
+        aliases = ",".join(sorted(by_version.get(v.version, []))) or "-"
+        rows.append([str(v.version), v.status, opt(v.parent_version), v.method or "-",
+                     human_size(v.size_bytes), aliases, when(v.created_at)])
     if not args.json:
-        _table(["VERSION", "STATUS", "PARENT", "METHOD", "SIZE", "ALIASES", "CREATED"], rows,
+        table(["VERSION", "STATUS", "PARENT", "METHOD", "SIZE", "ALIASES", "CREATED"], rows,
                out)
     return 0
-
-
-# --------------------------------------------------------------------------------------------
-# Formatting
-# --------------------------------------------------------------------------------------------
-
-
-def _opt(value: int | None) -> str:
-    return "-" if value is None else str(value)
-
-
-def _when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
-
-
-def _size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
-
-
-def _table(header: Sequence[str], rows: list[list[str]], out: TextIO) -> None:
-    widths = [max(len(str(r[i])) for r in [list(header), *rows]) for i in range(len(header))]
-    for row in [list(header), *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(),
-              file=out)

@@ -39,8 +39,12 @@ ALLOWED = {
 }
 
 
+# Packages that live elsewhere than at the root (the client is its own distribution).
+PACKAGE_DIRS = {"alkn_client": ROOT / "clients" / "python" / "alkn_client"}
+
+
 def _modules(package: str) -> list[Path]:
-    return sorted((ROOT / package).rglob("*.py"))
+    return sorted(PACKAGE_DIRS.get(package, ROOT / package).rglob("*.py"))
 
 
 def _imports(path: Path, *, runtime: bool = False) -> list[str]:

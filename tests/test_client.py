@@ -36,6 +36,7 @@ from alkn_client import (
     DownloadError,
     DownloadProgress,
     ForgetRequest,
+    RequestFailed,
     Version,
 )
 
@@ -700,3 +701,55 @@ def _safetensors_dtypes(data: bytes) -> set[str]:
     n = int.from_bytes(data[:8], "little")
     header = json.loads(data[8:8 + n])
     return {t["dtype"] for name, t in header.items() if name != "__metadata__"}
+
+
+def test_cli_revoke_alias_cancel_jobs(server: str, client: Client, model: str,
+                                      job_run: JobRun, source_dir: Path,
+                                      tmp_path: Path) -> None:
+    """`alkn revoke` (only with --yes), `alias set/delete`, `cancel`, `jobs list/show`."""
+    client.register_model("cli-manage", description="revoked by the CLI")
+    client.upload_version("cli-manage", source_dir)
+    r = _alkn("revoke", "cli-manage", "1", server=server, cwd=tmp_path)
+    assert r.returncode == 2 and "--yes" in r.stderr, r.stderr
+    assert client.get_version("cli-manage", 1).status == "ready"  # nothing done
+    r = _alkn("revoke", "cli-manage", "1", "--yes", server=server, cwd=tmp_path)
+    assert r.returncode == 0 and json.loads(r.stdout)["status"] == "revoked", r.stderr
+    assert client.get_version("cli-manage", 1).status == "revoked"
+
+    r = _alkn("alias", "set", model, "stable", "2", server=server, cwd=tmp_path)
+    assert r.returncode == 0 and json.loads(r.stdout) == {"alias": "stable", "version": 2}
+    assert client.get_model(model).aliases["stable"] == 2
+    r = _alkn("alias", "delete", model, "stable", server=server, cwd=tmp_path)
+    assert r.returncode == 0 and "stable" not in client.get_model(model).aliases
+    r = _alkn("alias", "set", model, "latest", "2", server=server, cwd=tmp_path)
+    assert r.returncode == 1 and "latest" in r.stderr  # a reserved name: the API's 422
+
+    job_id = job_run.done.job_id
+    assert job_id is not None
+    r = _alkn("jobs", "list", "--model", model, server=server, cwd=tmp_path)
+    assert r.returncode == 0 and job_id in r.stdout and "succeeded" in r.stdout, r.stderr
+    r = _alkn("jobs", "list", "--model", model, "--status", "succeeded", "--json",
+              server=server, cwd=tmp_path)
+    listed = [json.loads(line) for line in r.stdout.splitlines()]
+    assert job_id in {j["id"] for j in listed} and {j["status"] for j in listed} == {"succeeded"}
+    r = _alkn("jobs", "show", job_id, "--events", server=server, cwd=tmp_path)
+    shown = json.loads(r.stdout)
+    assert shown["id"] == job_id and shown["events"][0]["stage"], r.stderr
+
+    r = _alkn("cancel", job_run.done.id, server=server, cwd=tmp_path)  # finished: 409
+    assert r.returncode == 1 and "409" in r.stderr, r.stderr
+    req = client.submit(model, job_run.items[:1], params={"epochs": 1})
+    r = _alkn("cancel", req.id, server=server, cwd=tmp_path)
+    if r.returncode == 0:  # cancelled while queued or running
+        cancelled = json.loads(r.stdout)
+        assert cancelled["id"] == req.id
+        assert cancelled["status"] == "cancelled" or cancelled["cancel_requested"]
+    else:  # the tiny job had already finished
+        assert "409" in r.stderr, r.stderr
+    client.wait(req.id, timeout=120, poll=0.2)
+
+    # wait(raise_on_failure=True): a request that ended cancelled (or failed) raises.
+    with pytest.raises(RequestFailed, match="cancelled") as failed:
+        client.wait(job_run.cancelled.id, raise_on_failure=True)
+    assert failed.value.request.status == "cancelled"
+    assert client.wait(job_run.done.id, raise_on_failure=True).status == "succeeded"

@@ -22,7 +22,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel
 
-from .errors import ApiError, WaitTimeout
+from .errors import ApiError, RequestFailed, WaitTimeout
 from .models import (
     Alias,
     ForgetRequest,
@@ -40,6 +40,7 @@ M = TypeVar("M", bound=BaseModel)
 Item = dict[str, Any]
 
 CHUNK = 1 << 20
+DEFAULT_URL = "http://127.0.0.1:8000"
 USER_AGENT = "alkn-client/0.1"
 
 
@@ -375,9 +376,11 @@ def next_page(call: Call[Page[T]], page: Page[T]) -> Call[Page[T]] | None:
 
 
 def wait_plan(request_id: str, timeout: float, poll: float, max_poll: float,
-              on_update: Callable[[ForgetRequest], None] | None) -> Plan[ForgetRequest]:
+              on_update: Callable[[ForgetRequest], None] | None,
+              raise_on_failure: bool = False) -> Plan[ForgetRequest]:
     """Poll until the request is finished; the delay doubles up to `max_poll` so a long job
-    costs few requests and a short one is seen finishing soon."""
+    costs few requests and a short one is seen finishing soon. `raise_on_failure`:
+    RequestFailed when it ended failed or cancelled."""
     deadline = time.monotonic() + timeout
     delay = max(poll, 0.05)
     while True:
@@ -385,6 +388,8 @@ def wait_plan(request_id: str, timeout: float, poll: float, max_poll: float,
         if on_update is not None:
             on_update(req)
         if req.finished:
+            if raise_on_failure and req.status != "succeeded":
+                raise RequestFailed(req)
             return req
         left = deadline - time.monotonic()
         if left <= 0:
@@ -410,9 +415,12 @@ def begin_stream(resp: httpx.Response, sink: Sink) -> None:
     sink.start(resp.status_code, resp.headers)
 
 
-def client_config(base_url: str, api_key: str | None, timeout: float,
+def client_config(base_url: str | None, api_key: str | None, timeout: float,
                   headers: dict[str, str] | None) -> dict[str, Any]:
-    """Keyword arguments of httpx.Client / httpx.AsyncClient."""
+    """Keyword arguments of httpx.Client / httpx.AsyncClient. No URL: $ALKN_URL, else
+    DEFAULT_URL; no key: $ALKN_API_KEY (none is fine for /healthz and /readyz)."""
+    base_url = base_url or os.environ.get("ALKN_URL") or DEFAULT_URL
+    api_key = api_key if api_key is not None else os.environ.get("ALKN_API_KEY")
     all_headers = {"User-Agent": USER_AGENT, **(headers or {})}
     if api_key:
         all_headers["Authorization"] = f"Bearer {api_key}"

@@ -49,18 +49,19 @@ WAIT_TIMEOUT_S = 3600.0
 
 
 class Client:
-    """Synchronous client. `api_key` may be None for /healthz and /readyz only.
+    """Synchronous client. `base_url` defaults to $ALKN_URL (else http://127.0.0.1:8000),
+    `api_key` to $ALKN_API_KEY (None is enough for /healthz and /readyz only).
 
     Errors: `ApiError` (status + problem document) for error answers; httpx's transport
     errors (`httpx.ConnectError`...) when the server cannot be reached.
     """
 
-    def __init__(self, base_url: str, api_key: str | None = None, *,
+    def __init__(self, base_url: str | None = None, api_key: str | None = None, *,
                  timeout: float = DEFAULT_TIMEOUT_S, headers: dict[str, str] | None = None,
                  transport: httpx.BaseTransport | None = None) -> None:
-        self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(**api.client_config(base_url, api_key, timeout, headers),
-                                  transport=transport)
+        config = api.client_config(base_url, api_key, timeout, headers)
+        self.base_url = config["base_url"]
+        self._http = httpx.Client(**config, transport=transport)
 
     def close(self) -> None:
         self._http.close()
@@ -232,11 +233,13 @@ class Client:
     # -- waiting and downloading ------------------------------------------------------------
 
     def wait(self, request_id: str, *, timeout: float = WAIT_TIMEOUT_S, poll: float = 0.5,
-             max_poll: float = 5.0,
-             on_update: Callable[[ForgetRequest], None] | None = None) -> ForgetRequest:
+             max_poll: float = 5.0, on_update: Callable[[ForgetRequest], None] | None = None,
+             raise_on_failure: bool = False) -> ForgetRequest:
         """Poll until the request is succeeded, failed or cancelled and return it (the
-        delay doubles from `poll` up to `max_poll`); `WaitTimeout` after `timeout` s."""
-        return self._run(api.wait_plan(request_id, timeout, poll, max_poll, on_update))
+        delay doubles from `poll` up to `max_poll`); `WaitTimeout` after `timeout` s;
+        `raise_on_failure`: `RequestFailed` when it ended failed or cancelled."""
+        return self._run(api.wait_plan(request_id, timeout, poll, max_poll, on_update,
+                                       raise_on_failure))
 
     def download(self, name: str, ref: Ref, dest_dir: str | os.PathLike[str], *,
                  progress: ProgressCallback | None = None, retries: int = 3) -> Download:
@@ -258,12 +261,12 @@ class AsyncClient:
     """The asynchronous twin of `Client`: the same methods, awaited (`iter_*` are async
     iterators)."""
 
-    def __init__(self, base_url: str, api_key: str | None = None, *,
+    def __init__(self, base_url: str | None = None, api_key: str | None = None, *,
                  timeout: float = DEFAULT_TIMEOUT_S, headers: dict[str, str] | None = None,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self.base_url = base_url.rstrip("/")
-        self._http = httpx.AsyncClient(**api.client_config(base_url, api_key, timeout, headers),
-                                       transport=transport)
+        config = api.client_config(base_url, api_key, timeout, headers)
+        self.base_url = config["base_url"]
+        self._http = httpx.AsyncClient(**config, transport=transport)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -420,8 +423,10 @@ class AsyncClient:
 
     async def wait(self, request_id: str, *, timeout: float = WAIT_TIMEOUT_S,
                    poll: float = 0.5, max_poll: float = 5.0,
-                   on_update: Callable[[ForgetRequest], None] | None = None) -> ForgetRequest:
-        return await self._run(api.wait_plan(request_id, timeout, poll, max_poll, on_update))
+                   on_update: Callable[[ForgetRequest], None] | None = None,
+                   raise_on_failure: bool = False) -> ForgetRequest:
+        return await self._run(api.wait_plan(request_id, timeout, poll, max_poll, on_update,
+                                             raise_on_failure))
 
     async def download(self, name: str, ref: Ref, dest_dir: str | os.PathLike[str], *,
                        progress: ProgressCallback | None = None,

@@ -2,7 +2,7 @@
 
     from alkn_client import Client
 
-    with Client("http://127.0.0.1:8000", "my-key") as alkn:
+    with Client("http://127.0.0.1:8000", "my-key") as alkn:  # or Client(): $ALKN_URL, $ALKN_API_KEY
         req = alkn.submit("demo", [{"question": "...", "answer": "..."}])
         done = alkn.wait(req.id)
         alkn.download("demo", done.result_version, "models/demo-v2")
@@ -15,7 +15,14 @@ from __future__ import annotations
 from ._core import ListFilters, ModelFields, SubmitFields
 from ._download import Download, DownloadedFile, DownloadProgress
 from .client import AsyncClient, Client
-from .errors import AlknClientError, ApiError, ChecksumMismatch, DownloadError, WaitTimeout
+from .errors import (
+    AlknClientError,
+    ApiError,
+    ChecksumMismatch,
+    DownloadError,
+    RequestFailed,
+    WaitTimeout,
+)
 from .models import (
     FINISHED,
     Alias,
@@ -37,6 +44,6 @@ __all__ = [
     "FINISHED", "Alias", "AlknClientError", "ApiError", "AsyncClient", "ChecksumMismatch",
     "Client", "Download", "DownloadError", "DownloadProgress", "DownloadedFile", "ErrorInfo",
     "FileEntry", "ForgetRequest", "Health", "Job", "JobEvent", "JobMetrics", "ListFilters",
-    "Model", "ModelFields", "Page", "Progress", "Readiness", "SubmitFields", "Version",
-    "WaitTimeout",
+    "Model", "ModelFields", "Page", "Progress", "Readiness", "RequestFailed", "SubmitFields",
+    "Version", "WaitTimeout",
 ]

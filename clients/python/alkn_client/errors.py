@@ -71,6 +71,16 @@ class WaitTimeout(AlknClientError, TimeoutError):
                          f"(stage {last.progress.stage})")
 
 
+class RequestFailed(AlknClientError):
+    """`wait(raise_on_failure=True)`: the request ended failed or cancelled; `request` is
+    it as it ended (its `error` says why)."""
+
+    def __init__(self, request: ForgetRequest) -> None:
+        self.request = request
+        why = f": {request.error.type}: {request.error.message}" if request.error else ""
+        super().__init__(f"forget request {request.id} {request.status}{why}")
+
+
 def _phrase(status: int) -> str:
     try:
         return HTTPStatus(status).phrase
