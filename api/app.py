@@ -103,6 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                    versions.is_upload_path)
     for module in (health, models, versions, downloads, aliases, requests, jobs, hub):
         app.include_router(module.router)
+    app.include_router(downloads.links_router)
     dashboard.install(app)
     metrics.install(app, app.state.db_url)  # its middleware last: the outermost
     return app

@@ -290,6 +290,16 @@ VersionSummaryOut = pydantic.create_model(
        if name != "files"})
 
 
+class RequestItemsOut(BaseModel):
+    id: str
+    items: list[dict[str, Any]] = Field(description="as submitted, in order")
+
+
+class ArchiveLinkOut(BaseModel):
+    url: str = Field(description="GET it without a key: the version's tar (410 once expired)")
+    expires_at: UtcDatetime
+
+
 class AliasIn(_In):
     version: int = Field(ge=1, le=MAX_VERSION)
 

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     hash_secret: str | None = Field(
         default=None, description="key of the HMACs of purged items and idempotent request "
         "bodies; unset: a secret generated once and kept in the database")
+    archive_link_seconds: int = Field(
+        default=600, ge=10, le=7 * 86400, description="how long a signed archive link "
+        "(POST .../versions/{ref}:archive-link, the dashboard's download) works")
     idempotency_ttl: str = Field(
         default="24h", description="how long an Idempotency-Key's first answer is replayed "
         "(then the sweep deletes it): seconds, or a number with s, m, h or d")

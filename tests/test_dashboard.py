@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -353,3 +354,67 @@ def test_readme_screenshot_is_a_dashboard_shot() -> None:
     shot = ROOT / "docs" / "dashboard.png"
     assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "docs/dashboard.png" in (ROOT / "README.md").read_text()
+
+
+def test_dashboard_version_and_request_actions(service: Service, finished_job: str,
+                                               browser: Any, tmp_path: Path) -> None:
+    """Download (a signed archive link), alias set and delete, revoke with a confirmation
+    (dismissed: nothing happens; accepted: the version is struck through), and a request's
+    items on its page."""
+    ctx = browser.new_context(accept_downloads=True)
+    page = ctx.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(service.url + "/")
+    page.evaluate(f"sessionStorage.setItem('alkn.apiKey', {json.dumps(KEY)})")
+    page.goto(service.url + "/#/models/demo")
+    v2 = "#lineage tr[data-version='2']"
+    page.wait_for_selector(v2)
+
+    with page.expect_download() as download:
+        page.locator(f"{v2} .action-download").click()
+    saved = tmp_path / "demo-v2.tar"
+    download.value.save_as(saved)
+    assert download.value.suggested_filename == "demo-v2.tar"
+    with tarfile.open(saved) as tar:
+        assert {"config.json", "model.safetensors", "README.md"} <= set(tar.getnames())
+
+    page.once("dialog", lambda d: d.accept("golden"))
+    page.locator(f"{v2} .action-alias").click()
+    page.wait_for_selector(f"{v2} [data-alias='golden']")
+    page.once("dialog", lambda d: d.dismiss())
+    page.locator(f"{v2} [data-alias='golden'] .action-unalias").click()
+    page.wait_for_timeout(500)
+    assert page.locator(f"{v2} [data-alias='golden']").count() == 1  # dismissed: kept
+    page.once("dialog", lambda d: d.accept())
+    page.locator(f"{v2} [data-alias='golden'] .action-unalias").click()
+    page.wait_for_selector(f"{v2} [data-alias='golden']", state="detached")
+
+    v1 = "#lineage tr[data-version='1']"
+    messages: list[str] = []
+    page.once("dialog", lambda d: (messages.append(d.message), d.dismiss()))
+    page.locator(f"{v1} .action-revoke").click()
+    page.wait_for_timeout(500)
+    assert "deleted" in messages[0] and page.locator(f"{v1}.revoked").count() == 0
+    page.once("dialog", lambda d: d.accept())
+    page.locator(f"{v1} .action-revoke").click()
+    page.wait_for_selector(f"{v1}.revoked")
+    assert page.locator(f"{v1} [data-status='revoked']").count() == 1
+    assert page.locator(f"{v1} td").first.evaluate(
+        "e => getComputedStyle(e).textDecorationLine") == "line-through"
+    assert page.locator(f"{v1} .action-download").count() == 0
+    r = httpx.get(f"{service.url}/v1/models/demo/versions/1", headers=AUTH)
+    assert r.json()["status"] == "revoked"
+    _shot(page, "model-actions.png")
+
+    request_id = httpx.get(f"{service.url}/v1/jobs/{finished_job}", headers=AUTH
+                           ).json()["forget_request_ids"][0]
+    page.goto(service.url + f"/#/requests/{request_id}")
+    page.wait_for_selector("#items")
+    shown = page.locator("#items").inner_text()
+    for item in demo_forget_items():
+        assert item["question"] in shown and item["answer"] in shown
+    assert page.locator("#cancel-request").count() == 0  # finished: nothing to cancel
+    assert errors == []
+    ctx.close()

@@ -20,13 +20,14 @@ from alkn_core.quoting import quoted
 from registry import catalog
 from registry import versions as model_versions
 from registry.errors import Conflict, NotFound
-from registry.models import Version
+from registry.models import Model, Version
 from registry.store import CHUNK, ArtifactStore
 
+from .. import download_links
 from ..auth import TenantDep
 from ..deps import SessionDep, StoreDep
 from ..revocation import revocations
-from ..schemas import BINARY_BODY, problems
+from ..schemas import BINARY_BODY, ArchiveLinkOut, problems
 
 # A local file is read this much per thread hand-off (two such reads in flight at most)...
 FILE_READ = 4 * CHUNK
@@ -35,6 +36,8 @@ FILE_READ = 4 * CHUNK
 SLOW_SEND_S = 1.0
 
 router = APIRouter(prefix="/v1/models/{name}", tags=["versions"], responses=problems(401, 404))
+# Signed archive links: no key (the link is the credential, for a limited time).
+links_router = APIRouter(tags=["versions"])
 
 
 class _Unsatisfiable(Exception):
@@ -224,6 +227,44 @@ def download_archive(name: str, ref: str, request: Request, session: SessionDep,
     chunk by chunk, never whole); unpack it and load with from_pretrained."""
     model = catalog.get_model(session, tenant, name)
     version = model_versions.require_ready(model_versions.resolve_version(session, model, ref))
+    return archive_response(request, store, model, version)
+
+
+@router.post("/versions/{ref}:archive-link", response_model=ArchiveLinkOut,
+             responses=problems(409))
+def archive_link(name: str, ref: str, request: Request, session: SessionDep,
+                 tenant: TenantDep) -> ArchiveLinkOut:
+    """A link to the version's tar that works without the key (a browser's download, a
+    `curl` on another host) until `expires_at` (ALKN_ARCHIVE_LINK_SECONDS); it names one
+    ready version and stops working once that version is revoked."""
+    model = catalog.get_model(session, tenant, name)
+    version = model_versions.require_ready(model_versions.resolve_version(session, model, ref))
+    settings = request.app.state.settings
+    token, expires = download_links.sign(request.app.state.db_url, settings.hash_secret,
+                                         tenant, model.id, version.number,
+                                         settings.archive_link_seconds)
+    return ArchiveLinkOut(url=f"/v1/archive-links/{token}", expires_at=expires)
+
+
+@links_router.get("/v1/archive-links/{token}", response_class=StreamingResponse,
+                  responses={200: {"description": "the version's directory as a tar",
+                                   "content": {"application/x-tar": BINARY_BODY}},
+                             **problems(404, 409, 410)})
+def download_archive_by_link(token: str, request: Request, session: SessionDep,
+                             store: StoreDep) -> Response:
+    """The tar a link from `:archive-link` names, without a key (410 once it expired)."""
+    link = download_links.verify(request.app.state.db_url,
+                                 request.app.state.settings.hash_secret, token)
+    model = session.get(Model, link.model_id)
+    if model is None or model.tenant_id != link.tenant_id:
+        raise NotFound("the link's model no longer exists")
+    version = model_versions.require_ready(model_versions.get_version(session, model,
+                                                                      link.version))
+    return archive_response(request, store, model, version)
+
+
+def archive_response(request: Request, store: ArtifactStore, model: Model,
+                     version: Version) -> Response:
     if version.files and not store.exists(version.storage_key, version.files[0]["path"]):
         raise Conflict(f"version {version.number} is no longer available")
     created = catalog.as_utc(version.created_at)

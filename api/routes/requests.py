@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
@@ -19,7 +19,14 @@ from ..deps import SessionDep, SettingsDep
 from ..idempotency import Created, IdempotencyKey
 from ..pagination import PageDep, paginate
 from ..read_cache import ReadCache
-from ..schemas import ForgetRequestCreate, ForgetRequestOut, Page, RequestStatus, problems
+from ..schemas import (
+    ForgetRequestCreate,
+    ForgetRequestOut,
+    Page,
+    RequestItemsOut,
+    RequestStatus,
+    problems,
+)
 
 router = APIRouter(tags=["forget requests"], responses=problems(401, 404))
 
@@ -79,6 +86,20 @@ async def get_request(request_id: str, request: Request, tenant: TenantDep) -> R
     _, body = await cache.load("r:" + request_id, read, flight=("r", tenant, request_id),
                                fresh=lambda hit: hit[0] == tenant)
     return Response(body, media_type="application/json")
+
+
+@router.get("/v1/forget-requests/{request_id}/items", response_model=RequestItemsOut,
+            responses=problems(410))
+def request_items(request_id: str, session: SessionDep, tenant: TenantDep) -> RequestItemsOut:
+    """The request's items as submitted, while the service keeps them
+    (ALKN_FORGET_DATA_RETENTION); 410 once they were purged (`item_hashes` of the request
+    is what is left)."""
+    req = forget.get_request(session, tenant, request_id)
+    if req.items_purged_at is not None:
+        raise HTTPException(410, f"the items of request {req.id} were purged at "
+                                 f"{catalog.as_utc(req.items_purged_at):%Y-%m-%d %H:%M:%S}Z; "
+                                 "their keyed hashes are the request's item_hashes")
+    return RequestItemsOut(id=req.id, items=list(req.items))
 
 
 @router.post("/v1/forget-requests/{request_id}:cancel", response_model=ForgetRequestOut,

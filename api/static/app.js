@@ -360,6 +360,52 @@
       }
       detail.scrollIntoView({block: "nearest"});
     };
+    const base = "v1/models/" + enc(name) + "/versions/";
+    const act = (label, cls, fn) => h("button", {type: "button", class: "link " + cls,
+                                                 onclick: fn}, label);
+    const redraw = () => render();  // the page again, with what the action changed
+    const actions = (v) => (v.status !== "ready" ? [] : [
+      // A signed link (no key in the URL needed by the browser), valid for minutes.
+      act("download", "action-download", async () => {
+        try {
+          const link = await api(base + v.version + ":archive-link", {method: "POST"});
+          // relative, like every call here: works under a path prefix too
+          const a = h("a", {href: link.url.replace(/^\//, ""),
+                            download: name + "-v" + v.version + ".tar",
+                            hidden: true, class: "archive-link"});
+          document.body.append(a);
+          a.click();
+          a.remove();
+        } catch (err) { detail.replaceChildren(errorBox(err)); }
+      }),
+      act("alias…", "action-alias", async () => {
+        const alias = prompt("Point which alias at v" + v.version + "?", "production");
+        if (!alias) return;
+        try {
+          await api("v1/models/" + enc(name) + "/aliases/" + enc(alias.trim()), {
+            method: "PUT", headers: {"Content-Type": "application/json"},
+            body: JSON.stringify({version: v.version})});
+          redraw();
+        } catch (err) { detail.replaceChildren(errorBox(err)); }
+      }),
+      act("revoke", "action-revoke danger", async () => {
+        if (!confirm("Revoke v" + v.version + " of " + name + "? Its files are deleted " +
+                     "for good; the version stays listed, struck through.")) return;
+        try {
+          await api(base + v.version + ":revoke", {method: "POST"});
+          redraw();
+        } catch (err) { detail.replaceChildren(errorBox(err)); }
+      }),
+    ]);
+    const aliasTag = (a) => h("span", {class: "tag", "data-alias": a}, a, " ",
+      h("button", {type: "button", class: "link action-unalias", title: "delete alias " + a,
+                   "aria-label": "delete alias " + a, onclick: async () => {
+        if (!confirm("Delete the alias " + a + "?")) return;
+        try {
+          await api("v1/models/" + enc(name) + "/aliases/" + enc(a), {method: "DELETE"});
+          redraw();
+        } catch (err) { detail.replaceChildren(errorBox(err)); }
+      }}, "×"));
     const rows = versions.slice().reverse().map((v) => h("tr", {
       class: v.status === "revoked" ? "revoked" : null, "data-version": v.version},
       h("td", {class: "num"}, "v" + v.version),
@@ -371,11 +417,11 @@
         .flatMap((a, i) => (i ? [", ", a] : [a])),
         v.job_id ? [" ", h("span", {class: "muted"}, "job "),
                     link("#/jobs/" + enc(v.job_id), short(v.job_id), {class: "mono"})] : null),
-      h("td", {}, (aliasesOf.get(v.version) || []).map((a) => h("span", {class: "tag"}, a))),
+      h("td", {}, (aliasesOf.get(v.version) || []).map(aliasTag)),
       h("td", {class: "num"}, fmtBytes(v.size_bytes)),
       h("td", {}, fmtTime(v.created_at)),
-      h("td", {}, h("button", {type: "button", class: "link",
-                               onclick: () => openEvaluation(v)}, "evaluation"))));
+      h("td", {class: "actions"}, act("evaluation", "action-evaluation",
+                                      () => openEvaluation(v)), actions(v))));
 
     const metricSelect = h("select", {id: "forget-metric", "aria-label": "forget metric"},
       ["probability", "rouge_l", "truth_ratio"].map((m) => h("option", {value: m}, m)));
@@ -540,7 +586,23 @@
           ["against", ref.version ? "v" + ref.version + " (" + measured + ")" : null]]));
   }
 
+  // The request's items while the service keeps them (410 once purged: their hashes stay).
+  async function itemsCard(id) {
+    let body;
+    try {
+      const {items} = await api("v1/forget-requests/" + enc(id) + "/items");
+      body = table(["#", "question / text", "answer"], items.map((it, i) => h("tr", {},
+        h("td", {class: "num"}, i + 1), h("td", {}, it.question ?? it.text ?? ""),
+        h("td", {}, it.answer ?? ""))), {id: "items"});
+    } catch (err) {
+      body = err.status === 410 ? h("p", {class: "muted", id: "items-purged"}, err.message)
+                                : errorBox(err);
+    }
+    return h("section", {class: "card"}, h("h2", {}, "Items"), body);
+  }
+
   async function viewRequest(id) {
+    const items = await itemsCard(id);  // once: they never change
     await live(async () => {
       const r = await api("v1/forget-requests/" + enc(id));
       if (followRequest === id && r.job_id) {
@@ -561,8 +623,17 @@
           ["job", r.job_id ? link("#/jobs/" + enc(r.job_id), r.job_id, {class: "mono"}) : "not yet"],
           ["created", fmtTime(r.created_at)], ["finished", fmtTime(r.finished_at)],
         ])),
+        FINISHED.includes(r.status) || r.cancel_requested ? null
+          : h("button", {type: "button", class: "danger", id: "cancel-request", onclick: async () => {
+            if (!confirm("Cancel this forget request? A running job stops at its next step.")) {
+              return;
+            }
+            try {
+              await api("v1/forget-requests/" + enc(id) + ":cancel", {method: "POST"});
+            } catch (err) { main.prepend(errorBox(err)); }
+          }}, "Cancel request"),
         r.error ? errorBox(new Error(r.error.type + ": " + r.error.message)) : null,
-        metricsSummary(r.metrics));
+        metricsSummary(r.metrics), items);
       return !FINISHED.includes(r.status);
     });
   }
