@@ -397,9 +397,10 @@ class JobMetrics(_Out):
 class JobOut(_Out):
     id: str
     model: str | None
-    kind: Literal["unlearn", "evaluate"] = Field(
-        default="unlearn", description="unlearn (from forget requests; makes a version) or "
-                                       "evaluate (POST .../versions/{ref}:evaluate; makes none)")
+    kind: Literal["unlearn", "evaluate", "register"] = Field(
+        default="unlearn", description="unlearn (from forget requests; makes a version), "
+                                       "evaluate (POST .../versions/{ref}:evaluate; makes none) "
+                                       "or register (copies a large source: makes version 1)")
     status: str
     method: str
     params: dict[str, Any]

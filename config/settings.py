@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     hash_secret: str | None = Field(
         default=None, description="key of the HMACs of purged items and idempotent request "
         "bodies; unset: a secret generated once and kept in the database")
+    register_inline_bytes: int = Field(
+        default=2**30, ge=0, description="a registered source up to this size is copied "
+        "inside the request (201); a larger one by a registration job (202, poll the job)")
     archive_link_seconds: int = Field(
         default=600, ge=10, le=7 * 86400, description="how long a signed archive link "
         "(POST .../versions/{ref}:archive-link, the dashboard's download) works")

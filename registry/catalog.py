@@ -172,14 +172,7 @@ def register_model(session: Session, store: ArtifactStore, tenant_id: str, name:
     check_name(name)
     defaults = validate_default_params(default_params, qa_template)
     retain, holdout, evals = _validated_sets(retain_set, holdout_set, eval_sets)
-    src: Path | None = None
-    if source_dir is not None:
-        roots = allowed_roots if allowed_roots is not None else [Path(source_dir).resolve()]
-        try:
-            src = check_source_dir(source_dir, roots,
-                                   store.root if isinstance(store, LocalStore) else None)
-        except NotAllowed:
-            raise Invalid(REFUSAL, loc=["body", "source", "path"]) from None
+    src = checked_source(store, source_dir, allowed_roots) if source_dir is not None else None
     # Checked before the (possibly long) copy; the unique constraint still guards races.
     if session.scalar(select(Model.id).where(Model.tenant_id == tenant_id, Model.name == name)):
         raise Conflict(f"model {name!r} already exists", loc=["body", "name"])
@@ -196,6 +189,18 @@ def register_model(session: Session, store: ArtifactStore, tenant_id: str, name:
         session.add(_root_version(model, 1, key, files))
     session.flush()
     return model
+
+
+def checked_source(store: ArtifactStore, source_dir: Path,
+                   allowed_roots: Sequence[Path] | None) -> Path:
+    """The source directory, resolved, if it lies under `allowed_roots` (None: trusted) and
+    not inside a local artifact store; Invalid otherwise (saying nothing of the host)."""
+    roots = allowed_roots if allowed_roots is not None else [Path(source_dir).resolve()]
+    try:
+        return check_source_dir(source_dir, roots,
+                                store.root if isinstance(store, LocalStore) else None)
+    except NotAllowed:
+        raise Invalid(REFUSAL, loc=["body", "source", "path"]) from None
 
 
 def _publish(session: Session, store: ArtifactStore, src: Path, key: str,

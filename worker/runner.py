@@ -49,6 +49,7 @@ from .metrics import observe_stages, track_job
 from .progress_plan import eval_work, spans, unlearning_work
 from .quality import assess as assess_quality
 from .quality import published as quality_published
+from .registration import RegistrationJob
 from .version_files import Store, drop_files, drop_unreferenced, load_base, save_version
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,8 @@ def run_job(settings: Settings, store: Store, spec: JobSpec, owner: str,
                               settings.lease_seconds, keeper)
     log.info("job %s: %s on v%d, %d request(s), attempt %d", spec.job_id, spec.method,
              spec.base_version, len(spec.request_ids), spec.attempts)
-    job = _UnlearningJob(settings, store, spec, report)
+    job = (RegistrationJob if spec.kind == "register" else _UnlearningJob)(
+        settings, store, spec, report)
     try:
         if spec.kind == "evaluate":
             return run_full_evaluation(settings, store, spec, report)

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 Store = LocalStore | S3Store
 
 
-def _staging(store: Store) -> Path:
+def staging_dir(store: Store) -> Path:
     maker: Callable[[], Path] | None = getattr(store, "staging_dir", None)
     return maker() if maker is not None else Path(tempfile.mkdtemp(prefix="alkn-stage-"))
 
@@ -142,11 +142,11 @@ def save_version(store: Store, settings: Settings, spec: JobSpec, model: torch.n
     key = f"{spec.model_id}/v{number}-{uuid.uuid4().hex[:8]}"
     staged: list[Path] = []
     try:
-        model_dir = _staging(store)
+        model_dir = staging_dir(store)
         staged.append(model_dir)
         write_model_dir(model, base_root, model_dir, card)
         if state is not None:
-            state_dir = _staging(store)
+            state_dir = staging_dir(store)
             staged.append(state_dir)
             state.save(state_dir)
             store.publish_dir(state_dir, key + "-state")

@@ -27,15 +27,17 @@ from registry.store import ArtifactStore
 
 from ..auth import TenantDep
 from ..deps import SessionDep, StoreDep
-from ..schemas import problems
+from ..schemas import BINARY_BODY, problems
 from .downloads import file_head, file_response
 
 router = APIRouter(tags=["hugging face hub"], responses=problems(401, 404))
 
 
 def _hub_error(exc: RegistryError, code: str) -> RegistryError:
+    # A header holds printable ASCII only: a name from the URL may hold anything.
+    message = "".join(c if " " <= c <= "~" else "?" for c in exc.message[:200])
     exc.headers = {"X-Error-Code": code,  # type: ignore[attr-defined]
-                   "X-Error-Message": exc.message[:200]}
+                   "X-Error-Message": message}
     return exc
 
 
@@ -132,7 +134,12 @@ def _resolve(session: Session, store: ArtifactStore, tenant: str, namespace: str
 
 
 @router.get("/{namespace}/{name}/resolve/{revision}/{path:path}",
-            response_class=Response)
+            response_class=Response,
+            responses={200: {"description": "the file",
+                             "content": {"application/octet-stream": BINARY_BODY}},
+                       206: {"description": "the requested byte range",
+                             "content": {"application/octet-stream": BINARY_BODY}},
+                       **problems(416)})
 def resolve_file(namespace: str, name: str, revision: str, path: str, request: Request,
                  session: SessionDep, store: StoreDep, tenant: TenantDep) -> Response:
     """A file of the repo at a revision: `X-Repo-Commit`, `ETag` (its sha256) and `Range`,

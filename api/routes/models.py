@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from registry import catalog, source_roots
+from registry import catalog, registrations, source_roots
 from registry.models import Model
 
 from .. import idempotency, views
@@ -16,28 +16,41 @@ from ..auth import TenantDep
 from ..deps import SessionDep, SettingsDep, StoreDep
 from ..idempotency import Created, IdempotencyKey
 from ..pagination import PageDep, paginate
-from ..schemas import ModelCreate, ModelOut, Page, problems
+from ..schemas import JobOut, ModelCreate, ModelOut, Page, problems
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=problems(401))
 
 
 @router.post("", status_code=201, response_model=ModelOut,
-             responses=problems(400, 409, 413, 422))
+             responses={202: {"model": JobOut, "description": "a source larger than "
+                              "ALKN_REGISTER_INLINE_BYTES: the model exists, its version 1 is "
+                              "copied by this registration job (`Location`: poll it)"},
+                        **problems(400, 409, 413, 422)})
 def create_model(body: ModelCreate, request: Request, session: SessionDep, store: StoreDep,
                  settings: SettingsDep, tenant: TenantDep,
                  idempotency_key: IdempotencyKey = None) -> JSONResponse:
     """Register a model; its `source.path` directory is copied into the store as version 1.
-    The path must lie under the tenant's source roots (its own, else the global ones)."""
+    The path must lie under the tenant's source roots (its own, else the global ones). A
+    source larger than ALKN_REGISTER_INLINE_BYTES is copied by a job: 202 with the job
+    (`Location`), the model without versions until it succeeds."""
 
     def create() -> Created:
         roots = source_roots.tenant_roots(session, tenant, settings.source_roots)
+        src = (catalog.checked_source(store, Path(body.source.path), roots)
+               if body.source is not None else None)
+        limit = settings.register_inline_bytes
+        deferred = src is not None and registrations.source_bytes(src, limit) > limit
         model = catalog.register_model(
-            session, store, tenant, body.name,
-            Path(body.source.path) if body.source is not None else None,
+            session, store, tenant, body.name, None if deferred else src,
             body.description, body.qa_template, body.default_params, body.retain_set,
             body.holdout_set, body.eval_sets, allowed_roots=roots,
             max_files=settings.max_version_files, eval_max_items=body.eval_max_items,
             eval_detail_items=body.eval_detail_items)
+        if deferred:
+            assert src is not None
+            job = registrations.enqueue_registration(session, model, src)
+            return Created(202, views.job_out(job, model.name).model_dump(mode="json"),
+                           {"Location": f"/v1/jobs/{job.id}"})
         out = views.model_outs(session, [model])[0]
         return Created(201, out.model_dump(mode="json"), {"Location": f"/v1/models/{model.name}"})
 

@@ -103,7 +103,7 @@ def _spec(s: Session, model: Model, job: Job, base: Version, resumed: bool) -> J
         reference=first_version_reference(s, model.id, base),
         eval_max_items=model.eval_max_items, eval_detail_items=model.eval_detail_items,
         base_scores=base.item_scores, kind=job.kind or "unlearn",
-        repo_id=f"{s.get(Tenant, model.tenant_id).name}/{model.name}",  # type: ignore[union-attr]
+        repo_id=_repo_id(s, model),
     )
 
 
@@ -141,10 +141,40 @@ def _next_job_tx(url: str, model_id: str, max_attempts: int) -> JobSpec | None |
                            .order_by(Job.created_at).limit(1).with_for_update())
         if running is not None:
             return _resume(s, model, running, max_attempts)
+        registration = _claim_registration(s, model)
+        if registration is not None:
+            return registration
         evaluation = _claim_evaluation(s, model)
         if evaluation is not None:
             return evaluation
         return _build(s, model)
+
+
+def _repo_id(s: Session, model: Model) -> str:
+    return f"{s.get(Tenant, model.tenant_id).name}/{model.name}"  # type: ignore[union-attr]
+
+
+def _registration_spec(s: Session, model: Model, job: Job, resumed: bool) -> JobSpec:
+    return JobSpec(job_id=job.id, model_id=model.id, method=job.method,
+                   params=dict(job.params), base_version=0, base_storage_key="",
+                   base_state=False, request_ids=[], request_items={}, retain_set=[],
+                   eval_sets={}, attempts=job.attempts, resumed=resumed, kind="register",
+                   repo_id=_repo_id(s, model))
+
+
+def _claim_registration(s: Session, model: Model) -> JobSpec | None:
+    """The oldest queued registration job (`kind` "register", made by
+    registry.registrations), now running; None when there is none."""
+    job = s.scalar(select(Job).where(Job.model_id == model.id, Job.status == "queued",
+                                     Job.kind == "register")
+                   .order_by(Job.created_at, Job.id).limit(1).with_for_update())
+    if job is None:
+        return None
+    now = utcnow()
+    job.status, job.started_at, job.heartbeat_at, job.attempts = "running", now, now, 1
+    job.progress = dict(QUEUED_PROGRESS)
+    _event(s, job.id, "queued", "registration: copying the source into the store")
+    return _registration_spec(s, model, job, resumed=False)
 
 
 def _claim_evaluation(s: Session, model: Model) -> JobSpec | object | None:
@@ -177,6 +207,21 @@ def _resume(s: Session, model: Model, job: Job, max_attempts: int) -> JobSpec | 
     if done is not None:  # published, but the outcome was not recorded: record it now
         _mark_succeeded(s, job, done)
         return _RETRY
+    if job.kind == "register":  # no base, no requests: it copies again from the start
+        if job.cancel_requested or job.attempts >= max_attempts:
+            error = None if job.cancel_requested else JobError(
+                "worker_lost", f"the worker running this registration stopped "
+                               f"{job.attempts} times; not retried")
+            job.status, job.finished_at = ("cancelled" if error is None else "failed"), utcnow()
+            job.error = error.as_dict() if error is not None else None
+            _event(s, job.id, "done", error.message if error else "cancelled while its "
+                   "worker was lost")
+            return _RETRY
+        job.attempts += 1
+        job.progress, job.heartbeat_at = dict(QUEUED_PROGRESS), utcnow()
+        _event(s, job.id, "retry", f"attempt {job.attempts} after worker loss",
+               {"attempt": job.attempts})
+        return _registration_spec(s, model, job, resumed=True)
     requests = list(s.scalars(select(ForgetRequest).where(
         ForgetRequest.id.in_(job.forget_request_ids))))
     base = _ready_version(s, model.id, job.base_version)

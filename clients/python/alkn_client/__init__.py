@@ -20,6 +20,7 @@ from .errors import (
     ApiError,
     ChecksumMismatch,
     DownloadError,
+    RegistrationFailed,
     RequestFailed,
     WaitTimeout,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "FINISHED", "Alias", "AlknClientError", "ApiError", "AsyncClient", "ChecksumMismatch",
     "Client", "Download", "DownloadError", "DownloadProgress", "DownloadedFile", "ErrorInfo",
     "FileEntry", "ForgetRequest", "Health", "Job", "JobEvent", "JobMetrics", "ListFilters",
-    "Model", "ModelFields", "Page", "Progress", "Readiness", "RequestFailed", "SubmitFields",
+    "Model", "ModelFields", "Page", "Progress", "Readiness", "RegistrationFailed",
+    "RequestFailed", "SubmitFields",
     "Version", "WaitTimeout",
 ]

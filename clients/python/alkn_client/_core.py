@@ -22,8 +22,9 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel
 
-from .errors import ApiError, RequestFailed, WaitTimeout
+from .errors import ApiError, RegistrationFailed, RequestFailed, WaitTimeout
 from .models import (
+    FINISHED,
     Alias,
     ForgetRequest,
     Health,
@@ -258,7 +259,7 @@ def ready() -> Call[Readiness]:
     return Call("GET", "/readyz", _parse_readiness)
 
 
-def register_model(name: str, fields: ModelFields) -> Call[Model]:
+def register_model(name: str, fields: ModelFields) -> Call[Model | Job]:
     body: dict[str, Any] = {"name": name}
     values: dict[str, Any] = dict(fields)
     key = values.pop("idempotency_key", None)
@@ -267,7 +268,35 @@ def register_model(name: str, fields: ModelFields) -> Call[Model]:
         body["source"] = {"path": str(source)}
     # Only what was given: the server's defaults apply, and a retry hashes the same body.
     body.update({k: v for k, v in values.items() if v is not None})
-    return Call("POST", "/v1/models", _parse_as(Model), json=body, headers=_idem(key))
+    return Call("POST", "/v1/models", _parse_registration, json=body, headers=_idem(key))
+
+
+def _parse_registration(resp: httpx.Response) -> Model | Job:
+    """201: the model; 202: the registration job copying a large source."""
+    raise_for_problem(resp)
+    return Job.model_validate(resp.json()) if resp.status_code == 202 else \
+        Model.model_validate(resp.json())
+
+
+def register_plan(name: str, fields: ModelFields, timeout: float) -> Plan[Model]:
+    """Register, and when the server copies the source in a job (202) wait for it: the
+    model once its version 1 is there; RegistrationFailed if the job did not succeed."""
+    answer = yield register_model(name, fields)
+    if isinstance(answer, Model):
+        return answer
+    job: Job = answer
+    deadline = time.monotonic() + timeout
+    delay = 0.5
+    while job.status not in FINISHED:
+        if time.monotonic() > deadline:
+            raise RegistrationFailed(job, f"still {job.status} after {timeout:g} s")
+        yield Sleep(delay)
+        delay = min(delay * 2, 5.0)
+        job = yield get_job(job.id)
+    if job.status != "succeeded":
+        raise RegistrationFailed(job)
+    model: Model = yield get_model(name)
+    return model
 
 
 def list_models(limit: int | None, cursor: str | None) -> Call[Page[Model]]:

@@ -132,9 +132,12 @@ class Client:
 
     # -- models and versions ----------------------------------------------------------------
 
-    def register_model(self, name: str, **fields: Unpack[ModelFields]) -> Model:
-        """`POST /v1/models`; `source_path` is a model directory readable by the server."""
-        return self._call(api.register_model(name, fields))
+    def register_model(self, name: str, *, timeout: float = WAIT_TIMEOUT_S,
+                       **fields: Unpack[ModelFields]) -> Model:
+        """`POST /v1/models`; `source_path` is a model directory readable by the server. A
+        source the server copies in a registration job (202) is waited for (`timeout` s;
+        `RegistrationFailed` if the job fails)."""
+        return self._run(api.register_plan(name, fields, timeout))
 
     def list_models(self, *, limit: int | None = None, cursor: str | None = None) -> Page[Model]:
         return self._call(api.list_models(limit, cursor))
@@ -333,8 +336,9 @@ class AsyncClient:
     async def ready(self) -> Readiness:
         return await self._call(api.ready())
 
-    async def register_model(self, name: str, **fields: Unpack[ModelFields]) -> Model:
-        return await self._call(api.register_model(name, fields))
+    async def register_model(self, name: str, *, timeout: float = WAIT_TIMEOUT_S,
+                             **fields: Unpack[ModelFields]) -> Model:
+        return await self._run(api.register_plan(name, fields, timeout))
 
     async def list_models(self, *, limit: int | None = None,
                           cursor: str | None = None) -> Page[Model]:

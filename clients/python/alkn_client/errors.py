@@ -5,7 +5,7 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
-from .models import ForgetRequest
+from .models import ForgetRequest, Job
 
 
 class AlknClientError(Exception):
@@ -79,6 +79,16 @@ class RequestFailed(AlknClientError):
         self.request = request
         why = f": {request.error.type}: {request.error.message}" if request.error else ""
         super().__init__(f"forget request {request.id} {request.status}{why}")
+
+
+class RegistrationFailed(AlknClientError):
+    """`register_model` of a large source: its registration job failed, was cancelled, or
+    did not finish in time; `job` is it as last seen (its `error` says why)."""
+
+    def __init__(self, job: Job, why: str | None = None) -> None:
+        self.job = job
+        detail = why or (f"{job.error.type}: {job.error.message}" if job.error else job.status)
+        super().__init__(f"registration job {job.id}: {detail}")
 
 
 def _phrase(status: int) -> str:

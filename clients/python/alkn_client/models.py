@@ -123,7 +123,7 @@ class JobMetrics(ApiModel):
 class Job(ApiModel):
     id: str
     status: str
-    kind: str = "unlearn"  # or "evaluate": a full evaluation of base_version
+    kind: str = "unlearn"  # "evaluate": a full evaluation of base_version; "register"
     model: str | None = None
     method: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
