@@ -162,12 +162,16 @@ def _registration_spec(s: Session, model: Model, job: Job, resumed: bool) -> Job
                    repo_id=_repo_id(s, model))
 
 
+def _oldest_queued(s: Session, model: Model, kind: str) -> Job | None:
+    return s.scalar(select(Job).where(Job.model_id == model.id, Job.status == "queued",
+                                      Job.kind == kind)
+                    .order_by(Job.created_at, Job.id).limit(1).with_for_update())
+
+
 def _claim_registration(s: Session, model: Model) -> JobSpec | None:
     """The oldest queued registration job (`kind` "register", made by
     registry.registrations), now running; None when there is none."""
-    job = s.scalar(select(Job).where(Job.model_id == model.id, Job.status == "queued",
-                                     Job.kind == "register")
-                   .order_by(Job.created_at, Job.id).limit(1).with_for_update())
+    job = _oldest_queued(s, model, "register")
     if job is None:
         return None
     now = utcnow()
@@ -180,9 +184,7 @@ def _claim_registration(s: Session, model: Model) -> JobSpec | None:
 def _claim_evaluation(s: Session, model: Model) -> JobSpec | object | None:
     """The oldest queued evaluation job (`kind` "evaluate", made by
     registry.evaluations.enqueue_evaluation), now running; None when there is none."""
-    job = s.scalar(select(Job).where(Job.model_id == model.id, Job.status == "queued",
-                                     Job.kind == "evaluate")
-                   .order_by(Job.created_at, Job.id).limit(1).with_for_update())
+    job = _oldest_queued(s, model, "evaluate")
     if job is None:
         return None
     now = utcnow()
