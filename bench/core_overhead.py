@@ -57,7 +57,6 @@ def step_times(args: argparse.Namespace) -> dict[str, float]:
     import torch
 
     from alkn_core.data import collate, encode_items, pad_id
-    from alkn_core.losses import nll
     from alkn_core.methods import TaskContext, get_method
     from alkn_core.state import UnlearnState
     from alkn_core.train import build_optimizer
@@ -96,20 +95,32 @@ def step_times(args: argparse.Namespace) -> dict[str, float]:
                           "batch": collate(batch_examples, pad, device), "times": []}
     for r in range(args.rounds + 2):
         for v in variants.values():
-            m, impl, opt = v["model"], v["impl"], v["opt"]
-            _sync()
-            t = time.perf_counter()
-            loss = impl.loss(m, v["batch"], None) if impl else nll(m, v["batch"])
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(list(m.parameters()), 1.0)
-            if impl:
-                impl.grad_hook(r, args.rounds + 2)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            _sync()
+            seconds = timed_step(v["model"], v["impl"], v["opt"], v["batch"], r,
+                                 args.rounds + 2)
             if r >= 2:  # warm-up rounds are not timed
-                v["times"].append(time.perf_counter() - t)
+                v["times"].append(seconds)
     return {n: statistics.median(v["times"]) for n, v in variants.items()}
+
+
+def timed_step(model: Any, impl: Any, opt: Any, batch: dict[str, Any], step: int,
+               total: int) -> float:
+    """One optimiser step, plain (`impl` None: NLL) or a method's (its loss and gradient
+    hook), synchronised on CUDA; its seconds."""
+    import torch
+
+    from alkn_core.losses import nll
+
+    _sync()
+    t = time.perf_counter()
+    loss = impl.loss(model, batch, None) if impl else nll(model, batch)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(list(model.parameters()), 1.0)
+    if impl:
+        impl.grad_hook(step, total)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    _sync()
+    return time.perf_counter() - t
 
 
 class HeapPeak:
