@@ -229,6 +229,10 @@ class ModelCreate(_In):
         default=None, ge=1, le=100_000,
         description=f"the first of those for ROUGE-L (generation), truth ratio and the "
                     f"normalised probability; null: {EVAL_DETAIL_ITEMS}")
+    min_gpu_memory_gb: int | None = Field(
+        default=None, ge=1, le=100_000,
+        description="GPU memory the model's jobs need: they go to the smallest worker queue "
+                    "of ALKN_QUEUE_ROUTES whose GPUs have as much; null: the default queue")
 
 
 class ModelOut(_Out):
@@ -247,6 +251,7 @@ class ModelOut(_Out):
                                 description="items of each set a job evaluates")
     eval_detail_items: int = Field(default=EVAL_DETAIL_ITEMS,
                                    description="of those, items for ROUGE-L and truth ratio")
+    min_gpu_memory_gb: int | None = None
 
 
 class FileOut(BaseModel):

@@ -178,6 +178,7 @@ def model_out(model: Model, latest_version: int | None,
         "eval_sets": {k: len(v or []) for k, v in (model.eval_sets or {}).items()},
         "eval_max_items": model.eval_max_items or EVAL_MAX_ITEMS,
         "eval_detail_items": model.eval_detail_items or EVAL_DETAIL_ITEMS,
+        "min_gpu_memory_gb": model.min_gpu_memory_gb,
     })
 
 

@@ -33,6 +33,10 @@ class Settings(BaseSettings):
         default=64 * 1024, ge=1024, description="most bytes of a request's line and headers; "
         "past it the server answers 400 and closes the connection, before the app sees it")
     queue: str = "gpu"
+    queue_routes: str = Field(
+        default="", description="GB:queue pairs, e.g. '40:gpu-40g,80:gpu-80g': a model with "
+        "min_gpu_memory_gb goes to the smallest queue whose GPUs have as much (the largest if "
+        "none); the others to ALKN_QUEUE")
     lease_seconds: int = 120
     dispatch_interval: float = 0.5
     register_demo: bool = True

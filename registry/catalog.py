@@ -160,7 +160,8 @@ def register_model(session: Session, store: ArtifactStore, tenant_id: str, name:
                    eval_sets: dict[str, Any] | None = None, *,
                    allowed_roots: Sequence[Path] | None = None,
                    max_files: int | None = None, eval_max_items: int | None = None,
-                   eval_detail_items: int | None = None) -> Model:
+                   eval_detail_items: int | None = None,
+                   min_gpu_memory_gb: int | None = None) -> Model:
     """A new model; its source directory (if any) is copied into the store as version 1.
 
     `allowed_roots` (the API passes the tenant's roots, registry.source_roots) restricts
@@ -181,7 +182,8 @@ def register_model(session: Session, store: ArtifactStore, tenant_id: str, name:
                   description=description or "", qa_template=qa_template,
                   default_params=defaults, retain_set=retain, holdout_set=holdout,
                   eval_sets=evals, eval_max_items=eval_max_items,
-                  eval_detail_items=eval_detail_items, created_at=utcnow())
+                  eval_detail_items=eval_detail_items, min_gpu_memory_gb=min_gpu_memory_gb,
+                  created_at=utcnow())
     session.add(model)
     if src is not None:
         key = f"{model.id}/v1-{_short_id()}"

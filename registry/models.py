@@ -76,6 +76,8 @@ class Model(Base):
     # Sample sizes of the model's evaluation (None: EVAL_MAX_ITEMS / EVAL_DETAIL_ITEMS).
     eval_max_items: Mapped[int | None] = mapped_column(Integer)
     eval_detail_items: Mapped[int | None] = mapped_column(Integer)
+    # GPU memory its jobs need (ALKN_QUEUE_ROUTES picks the worker queue); None: any worker.
+    min_gpu_memory_gb: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # Lineage lease: the worker that runs this model's jobs holds it (one job at a time).
     lease_owner: Mapped[str | None] = mapped_column(String(64))

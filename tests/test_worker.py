@@ -591,3 +591,35 @@ def test_dispatcher_thread_publishes_and_sweeps(own_pg: str, redis_url: str) -> 
     client = redis.Redis.from_url(redis_url)
     assert client.llen(queue) == 2
     client.delete(queue)
+
+
+def test_jobs_go_to_the_queue_of_their_gpu_size(own_pg: str, redis_url: str) -> None:
+    """ALKN_QUEUE_ROUTES: a model that needs 60 GB goes to the 80 GB workers' queue, one
+    that needs 20 GB to the 40 GB queue, one with no need to the default queue, one that
+    needs more than any route to the largest."""
+    import redis
+
+    from worker.app import make_app
+    from worker.dispatcher import publish_pending
+    from worker.queue_routing import parse_routes, queue_for
+
+    tag = uuid.uuid4().hex[:8]
+    default, q40, q80 = f"gpu-{tag}", f"gpu-40g-{tag}", f"gpu-80g-{tag}"
+    routes = f"80:{q80}, 40:{q40}"
+    assert parse_routes(routes) == [(40, q40), (80, q80)]
+    with pytest.raises(ValueError, match="not GB:queue"):
+        parse_routes("80gb:big")
+    assert queue_for(None, parse_routes(routes), default) == default
+    assert queue_for(8, [], default) == default
+    with session_scope(own_pg) as s:
+        ids = {}
+        for name, need in (("big", 60), ("mid", 20), ("any", None), ("huge", 500)):
+            ids[name] = add_model_row(s, f"t-{tag}-{name}", name, min_gpu_memory_gb=need).id
+            s.add(Outbox(task="worker.tasks.run_lineage", payload={"model_id": ids[name]}))
+    app = make_app(Settings(broker_url=redis_url, queue=default))
+    assert publish_pending(own_pg, app, queue=default, queue_routes=routes) == 4
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert (client.llen(q80), client.llen(q40), client.llen(default)) == (2, 1, 1)
+    finally:
+        client.delete(default, q40, q80)

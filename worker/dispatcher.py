@@ -26,9 +26,11 @@ from registry.db import session_scope
 from registry.erasure import erase_on_start
 from registry.gc import collect_orphans
 from registry.hashing import hash_secret
-from registry.models import Outbox, utcnow
+from registry.models import Model, Outbox, utcnow
 from registry.retention import expire_idempotency_records, purge_forget_items
 from registry.store import open_store
+
+from .queue_routing import parse_routes, queue_for
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +44,33 @@ PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.0, "interval_step"
                         "interval_max": 0.5}
 
 
+def _model_id(row: Outbox) -> str | None:
+    payload = row.payload
+    return str(payload.get("model_id")) if isinstance(payload, dict) else None
+
+
+def _gpu_needs(s: Any, rows: Any) -> dict[str | None, int | None]:
+    """min_gpu_memory_gb of the models the rows' lineages belong to."""
+    ids = {i for i in map(_model_id, rows) if i is not None}
+    return dict(s.execute(select(Model.id, Model.min_gpu_memory_gb)
+                          .where(Model.id.in_(ids))).all()) if ids else {}
+
+
 def publish_pending(db_url: str, celery_app: Any, limit: int = 100,
-                    queue: str | None = None) -> int:
-    """Publish up to `limit` unpublished outbox rows in id order; returns how many went out.
-    Stops at the first broker error (the rest would fail the same way)."""
-    return _publish_round(db_url, celery_app, limit, queue)[0]
+                    queue: str | None = None, queue_routes: str | None = None) -> int:
+    """Publish up to `limit` unpublished outbox rows in id order, each to its model's queue
+    (worker/queue_routing.py); returns how many went out. Stops at the first broker error
+    (the rest would fail the same way)."""
+    return _publish_round(db_url, celery_app, limit, queue, queue_routes)[0]
 
 
-def _publish_round(db_url: str, celery_app: Any, limit: int = 100,
-                   queue: str | None = None) -> tuple[int, bool]:
+def _publish_round(db_url: str, celery_app: Any, limit: int = 100, queue: str | None = None,
+                   queue_routes: str | None = None) -> tuple[int, bool]:
     """(rows published, whether the broker refused one)."""
-    queue = queue or get_settings().queue
+    settings = get_settings() if queue is None or queue_routes is None else None
+    queue = queue or (settings.queue if settings else "")
+    routes = parse_routes(queue_routes if queue_routes is not None
+                          else settings.queue_routes if settings else "")
     published, refused = 0, False
     with session_scope(db_url) as s:
         # SKIP LOCKED: concurrent dispatchers take disjoint rows instead of waiting
@@ -60,10 +78,12 @@ def _publish_round(db_url: str, celery_app: Any, limit: int = 100,
         rows = s.scalars(select(Outbox).where(Outbox.published_at.is_(None))
                          .order_by(Outbox.id).limit(limit)
                          .with_for_update(skip_locked=True)).all()
+        needs = _gpu_needs(s, rows) if routes else {}
         for row in rows:
             row.attempts += 1
+            target = queue_for(needs.get(_model_id(row)), routes, queue)
             try:
-                celery_app.send_task(row.task, kwargs=dict(row.payload or {}), queue=queue,
+                celery_app.send_task(row.task, kwargs=dict(row.payload or {}), queue=target,
                                      retry=True, retry_policy=PUBLISH_RETRY_POLICY)
             except BROKER_ERRORS as exc:  # the broker is unreachable: keep the row for later
                 row.last_error = f"{type(exc).__name__}: {exc}"[:2000]
@@ -151,7 +171,8 @@ class Dispatcher:
         while not self._stop.is_set():
             wait = self.interval
             try:
-                n, refused = _publish_round(url, self.app, queue=self.settings.queue)
+                n, refused = _publish_round(url, self.app, queue=self.settings.queue,
+                                            queue_routes=self.settings.queue_routes)
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + self.sweep_interval
                     self.sweep()

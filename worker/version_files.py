@@ -67,10 +67,15 @@ def load_base(store: Store, spec: JobSpec, workdir: Path, settings: Settings | N
     check_config_against_weights(files)
     src = files.root
     device = pick_device()
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=pick_dtype(device),
-                                                 use_safetensors=True, trust_remote_code=False)
+    # A worker that owns several GPUs (CUDA_VISIBLE_DEVICES) spreads a model over them;
+    # ALKN's per-parameter tensors follow their parameter. Untested: no multi-GPU machine.
+    spread = device.type == "cuda" and torch.cuda.device_count() > 1
+    model = AutoModelForCausalLM.from_pretrained(
+        src, dtype=pick_dtype(device), use_safetensors=True, trust_remote_code=False,
+        **({"device_map": "auto"} if spread else {}))
     tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=False)
-    place(model)
+    if not spread:
+        place(model)
     state = None
     if spec.base_state:
         state = UnlearnState.load(store.fetch_dir(spec.base_storage_key + "-state",

@@ -45,7 +45,7 @@ def create_model(body: ModelCreate, request: Request, session: SessionDep, store
             body.description, body.qa_template, body.default_params, body.retain_set,
             body.holdout_set, body.eval_sets, allowed_roots=roots,
             max_files=settings.max_version_files, eval_max_items=body.eval_max_items,
-            eval_detail_items=body.eval_detail_items)
+            eval_detail_items=body.eval_detail_items, min_gpu_memory_gb=body.min_gpu_memory_gb)
         if deferred:
             assert src is not None
             job = registrations.enqueue_registration(session, model, src)

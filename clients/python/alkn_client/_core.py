@@ -222,6 +222,9 @@ class ModelFields(TypedDict, total=False):
     retain_set: list[Item]
     holdout_set: list[Item]
     eval_sets: dict[str, list[Item]]
+    eval_max_items: int
+    eval_detail_items: int
+    min_gpu_memory_gb: int
     idempotency_key: str
 
 

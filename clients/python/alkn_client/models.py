@@ -48,6 +48,7 @@ class Model(ApiModel):
     aliases: dict[str, int] = Field(default_factory=dict)
     qa_template: str | None = None
     default_params: dict[str, Any] = Field(default_factory=dict)
+    min_gpu_memory_gb: int | None = None
 
 
 class FileEntry(ApiModel):
