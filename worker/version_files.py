@@ -67,11 +67,16 @@ def load_base(store: Store, spec: JobSpec, workdir: Path, settings: Settings | N
     check_config_against_weights(files)
     src = files.root
     device = pick_device()
+    # On a GPU the source's own dtype: a bf16 model stays bf16 end to end, an fp32 one is
+    # trained under bf16 autocast (alkn_core.runtime.autocast_for) and keeps its fp32
+    # weights; on CPU fp32. The version is written in the source's dtype either way.
+    source_dtype = source_layout(src).dtype if device.type == "cuda" else None
+    dtype = source_dtype or pick_dtype(device)
     # A worker that owns several GPUs (CUDA_VISIBLE_DEVICES) spreads a model over them;
     # ALKN's per-parameter tensors follow their parameter. Untested: no multi-GPU machine.
     spread = device.type == "cuda" and torch.cuda.device_count() > 1
     model = AutoModelForCausalLM.from_pretrained(
-        src, dtype=pick_dtype(device), use_safetensors=True, trust_remote_code=False,
+        src, dtype=dtype, use_safetensors=True, trust_remote_code=False,
         **({"device_map": "auto"} if spread else {}))
     tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=False)
     if not spread:
