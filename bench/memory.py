@@ -6,8 +6,9 @@
    AdamW's two moments (torch keeps them in the parameter's dtype), and beyond plain
    fine-tuning the base snapshot (theta_t, for the negation), ALKN's score and mean retain
    gradient (fp32) and the previous tasks' mask (a bool per parameter, later tasks). The
-   repair after negation: weights, gradients, its own AdamW, the base snapshot, the task
-   vector and the negated snapshot (the forget guard's undo).
+   repair after negation (the base is freed by then): weights, gradients, its own AdamW,
+   the task vector and two snapshots (the negated model, the forget guard's undo; the
+   repaired one, where the guard and relax start from).
 2. Measured: the peak of a whole task of plain fine-tuning, ALKN and task_vector on the
    same model (each in a fresh process: bench/core_overhead.py's measurement, malloc's
    bytes on CPU, CUDA's max_memory_allocated on a GPU), by default a random-initialised
@@ -48,9 +49,9 @@ REPAIR: list[tuple[str, tuple[str, ...], str]] = [
     ("weights", ("task_vector", "alkn"), "w"),
     ("gradients", ("task_vector", "alkn"), "w"),
     ("repair AdamW moments (2)", ("task_vector", "alkn"), "2w"),
-    ("base snapshot (theta_t)", ("task_vector", "alkn"), "w"),
     ("task vector tau", ("task_vector", "alkn"), "w"),
     ("negated snapshot (the guard's undo)", ("task_vector", "alkn"), "w"),
+    ("repaired snapshot (guard and relax)", ("task_vector", "alkn"), "w"),
 ]
 PHASES = {"training": TRAINING, "repair": REPAIR}
 METHODS = ("plain", "task_vector", "alkn")
