@@ -284,6 +284,7 @@ def _world(args: argparse.Namespace, out: Path) -> tuple[_World, Any]:
     from alkn_core.losses import mean_answer_probability
     from alkn_core.methods import method_params
     from alkn_core.tofu import load_tofu_dir
+    from bench.continual_data import build_data_tokenizer, cap, load_or_train, split_tasks
 
     cont = _continual()
     data = load_tofu_dir(args.data_dir)
@@ -292,20 +293,19 @@ def _world(args: argparse.Namespace, out: Path) -> tuple[_World, Any]:
     rng = random.Random(args.seed)
     tokenizer = None
     if not args.target and not (out / "target" / "config.json").is_file():
-        tokenizer = cont.build_data_tokenizer(data, args.vocab_size)
-    target, tok = cont.load_or_train("target", args.target, out, data.full, tokenizer, args)
-    retain_model, retain_tok = cont.load_or_train("retain", args.retain, out, data.retain90,
-                                                  tok, args)
-    tasks = [cont._cap(t, args.max_items) for t in cont.split_tasks(list(data.forget10),
-                                                                    args.tasks)]
+        tokenizer = build_data_tokenizer(data, args.vocab_size)
+    target, tok = load_or_train("target", args.target, out, data.full, tokenizer, args)
+    retain_model, retain_tok = load_or_train("retain", args.retain, out, data.retain90, tok,
+                                             args)
+    tasks = [cap(t, args.max_items) for t in split_tasks(list(data.forget10), args.tasks)]
     names = [f"task{i}" for i in range(1, len(tasks) + 1)]
     perturbed = {r["question"]: r for r in data.forget10_perturbed}
     task_eval = {n: [perturbed.get(r["question"], r) for r in t]
                  for n, t in zip(names, tasks, strict=True)}
-    retain_eval = cont._cap(data.retain_perturbed or data.retain90, args.max_items, rng)
-    retain_train = cont._cap(data.retain90, args.max_items, rng)
-    general = {k: cont._cap(v, args.max_items, rng) for k, v in data.general_sets().items()}
-    holdout = cont._cap(data.holdout10, args.max_items, rng)
+    retain_eval = cap(data.retain_perturbed or data.retain90, args.max_items, rng)
+    retain_train = cap(data.retain90, args.max_items, rng)
+    general = {k: cap(v, args.max_items, rng) for k, v in data.general_sets().items()}
+    holdout = cap(data.holdout10, args.max_items, rng)
     params = {**cont.default_params("alkn", args.epochs, args.seed), **json.loads(args.params)}
     enc = method_params("alkn", params)
 

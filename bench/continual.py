@@ -40,6 +40,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: bench.* importable
 
+from bench.continual_data import (  # noqa: E402
+    build_data_tokenizer,
+    cap,
+    held_out_people,
+    load_or_train,
+    split_tasks,
+)
 from bench.continual_report import fmt, matched, short, write_markdown, write_plots  # noqa: E402
 
 ALL_METHODS = "alkn,task_vector,grad_ascent,grad_diff,npo,npo_gd"
@@ -146,89 +153,6 @@ def check_params(methods: Sequence[str], user_params: Any,
                                    **user_params.get(method, {}), **overrides})
 
 
-def split_tasks(forget: list[Record], n_tasks: int) -> list[list[Record]]:
-    """Disjoint tasks by person (contiguous groups of people), else contiguous equal chunks."""
-    people: list[str] = []
-    for r in forget:
-        if r.get("person") is not None and r["person"] not in people:
-            people.append(r["person"])
-    if len(people) >= n_tasks and all(r.get("person") is not None for r in forget):
-        groups = _chunks(people, n_tasks)
-        return [[r for r in forget if r["person"] in set(g)] for g in groups]
-    if len(forget) < n_tasks:
-        raise ValueError(f"{len(forget)} forget items cannot make {n_tasks} tasks")
-    return _chunks(forget, n_tasks)
-
-
-def held_out_people(items: list[Record], exclude: set[Any], n: int,
-                    rng: random.Random) -> list[Record]:
-    """The items of `n` people of `items` drawn with `rng`, none of them in `exclude`."""
-    people = sorted({r["person"] for r in items
-                     if r.get("person") is not None and r["person"] not in exclude})
-    if len(people) < n:
-        raise ValueError(f"{len(people)} people left for {n} tasks")
-    pick = set(rng.sample(people, n))
-    return [r for r in items if r.get("person") in pick]
-
-
-def _chunks(xs: list[Any], n: int) -> list[list[Any]]:
-    size, extra = divmod(len(xs), n)
-    out, start = [], 0
-    for i in range(n):
-        end = start + size + (1 if i < extra else 0)
-        out.append(xs[start:end])
-        start = end
-    return out
-
-
-def _cap(items: list[Record], n: int | None, rng: random.Random | None = None) -> list[Record]:
-    if n is None or len(items) <= n:
-        return list(items)
-    # A seeded sample keeps the cap representative (the files are sorted by person).
-    return rng.sample(items, n) if rng is not None else items[:n]
-
-
-def load_or_train(kind: str, given: str | None, out: Path, items: list[Record], tokenizer: Any,
-                  args: argparse.Namespace) -> tuple[Any, Any]:
-    """A model from `given`, else from OUT/kind if a previous run saved it, else trained."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
-
-    from alkn_core.demo_model import DEMO_TRAIN_PARAMS, tiny_llama_config
-    from alkn_core.train import finetune
-
-    path = Path(given) if given else out / kind
-    if (path / "config.json").is_file():
-        print(f"{kind}: loading {path}", flush=True)
-        return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
-    if given:
-        raise ValueError(f"--{kind} {given}: no config.json there")
-    print(f"{kind}: training a tiny '{args.tiny_size}' Llama on {len(items)} items", flush=True)
-    t0 = time.perf_counter()
-    torch.manual_seed(args.seed)
-    model = LlamaForCausalLM(tiny_llama_config(len(tokenizer), args.tiny_size, tokenizer))
-    finetune(model, tokenizer, items,
-             {**DEMO_TRAIN_PARAMS, "epochs": args.finetune_epochs, "seed": args.seed})
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    print(f"{kind}: trained in {time.perf_counter() - t0:.1f}s -> {path}", flush=True)
-    return model, tokenizer
-
-
-def build_data_tokenizer(data: Any, vocab_size: int) -> Any:
-    from alkn_core.demo_model import build_tokenizer
-    from alkn_core.params import DEFAULT_QA_TEMPLATE
-
-    texts = []
-    for records in (data.full, data.forget10_perturbed, data.retain_perturbed,
-                    data.real_authors_perturbed, data.world_facts_perturbed, data.holdout10):
-        for r in records:
-            answers = [r["answer"], r.get("paraphrased_answer"), *r.get("perturbed_answer", [])]
-            texts += [DEFAULT_QA_TEMPLATE.format(question=r["question"], answer=a)
-                      for a in answers if isinstance(a, str)]
-    return build_tokenizer(texts, vocab_size)
-
-
 def _fq(values: list[float], reference: list[float]) -> float | None:
     from alkn_core.evaluate import forget_quality
 
@@ -325,9 +249,9 @@ def _setup(args: argparse.Namespace, notes: list[str]) -> _Setup:
     # Tasks and evaluation sets.
     forget = list(data.forget10)
     if data.retain_perturbed:
-        retain_eval = _cap(data.retain_perturbed, args.max_items, rng)
+        retain_eval = cap(data.retain_perturbed, args.max_items, rng)
     else:
-        retain_eval = _cap(data.retain90, args.max_items or 200, rng)
+        retain_eval = cap(data.retain90, args.max_items or 200, rng)
         notes.append("no retain_perturbed: retain set is a sample of retain90 (no truth ratio)")
     evaluated_people = {r.get("person") for r in retain_eval if r.get("person") is not None}
     if args.task_people == "retain90":
@@ -338,7 +262,7 @@ def _setup(args: argparse.Namespace, notes: list[str]) -> _Setup:
     if args.people:
         people = list(dict.fromkeys(r.get("person") for r in forget))[: args.people]
         forget = [r for r in forget if r.get("person") in people]
-    tasks = [_cap(t, args.max_items) for t in split_tasks(forget, args.tasks)]
+    tasks = [cap(t, args.max_items) for t in split_tasks(forget, args.tasks)]
     task_names = [f"task{i}" for i in range(1, len(tasks) + 1)]
     perturbed = {r["question"]: r for r in data.forget10_perturbed}
     if not perturbed:
@@ -349,15 +273,15 @@ def _setup(args: argparse.Namespace, notes: list[str]) -> _Setup:
     # retain items come from the other retain people), and the general sets are split into
     # an evaluated part and a part unlearning may use (eval_sets): no item is both.
     task_people = {r.get("person") for t in tasks for r in t}
-    retain_train = _cap([r for r in data.retain90
+    retain_train = cap([r for r in data.retain90
                          if r.get("person") not in evaluated_people | task_people],
                         args.retain_items, random.Random(args.seed + 2))
     general, general_train = {}, {}
     for name, items in data.general_sets().items():
-        general[name] = _cap(items, args.max_items, rng)
+        general[name] = cap(items, args.max_items, rng)
         seen = {r["question"] for r in general[name]}
         general_train[name] = [r for r in items if r["question"] not in seen]
-    holdout = _cap(data.holdout10, args.max_items, rng) or None
+    holdout = cap(data.holdout10, args.max_items, rng) or None
     eval_kw = {"forget_names": task_names, "retain_names": ["retain"], "holdout": holdout,
                "batch_size": args.eval_batch_size, "max_new_tokens": args.max_new_tokens}
 

@@ -23,8 +23,9 @@ COHESIVE: dict[str, str] = {
                                             "each, mirrored",
     "clients/python/alkn_client/_core.py": "the calls both clients share: method, path, "
                                            "body, parsing",
-    "bench/continual.py": "the continual benchmark's protocol: data, runs, resume (its "
-                          "report is continual_report.py)",
+    "bench/continual.py": "the continual benchmark's protocol: arguments, runs, summaries, "
+                          "resume (data and models: continual_data.py; report: "
+                          "continual_report.py)",
     "bench/calibration.py": "the calibration benchmark: settings, runs, verdict, report",
 }
 
