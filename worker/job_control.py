@@ -31,6 +31,7 @@ MESSAGES = {
     "training": "training", "negating": "negating the task vector",
     "evaluating:after": "evaluating after unlearning", "saving": "saving the new version",
     "evaluating:full": "evaluating every item of the version",
+    "copying": "copying the source model into the store",  # registration jobs
 }
 
 

@@ -68,6 +68,7 @@ def render(*, repo_id: str, parent_version: int, method: str, params: Mapping[st
            after: Mapping[str, Any], quality: Mapping[str, Any] | None,
            base_readme: str | None) -> str:
     """The card. `requests`: request id -> its items' keyed hashes."""
+    b, a = _numbers(before), _numbers(after)
     meta = {
         **original_metadata(base_readme),  # the publisher's licence, language, ... stay
         "base_model": repo_id,
@@ -81,7 +82,7 @@ def render(*, repo_id: str, parent_version: int, method: str, params: Mapping[st
             "job_id": job_id,
             "forget_requests": [{"id": rid, "item_hashes": list(hashes)}
                                 for rid, hashes in requests.items()],
-            "evaluation": {"before": _numbers(before), "after": _numbers(after)},
+            "evaluation": {"before": b, "after": a},
             "quality": dict(quality) if quality is not None else None,
         },
     }
@@ -99,7 +100,6 @@ def render(*, repo_id: str, parent_version: int, method: str, params: Mapping[st
         "## Evaluation", "",
         "| set | probability before | after | items |", "|---|---|---|---|",
     ]
-    b, a = _numbers(before), _numbers(after)
     for name in sorted(set(b) | set(a)):
         if not isinstance(a.get(name, b.get(name)), Mapping):
             continue

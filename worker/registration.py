@@ -16,7 +16,7 @@ from registry.model_files import check_model_dir
 from registry.registrations import SOURCE, finish_registration
 from registry.store import regular_files
 
-from .job_control import MESSAGES, ProgressReporter
+from .job_control import ProgressReporter
 from .version_files import Store, drop_files, staging_dir
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 # The progress bar of a registration: the copy, then publishing (hashing, moving).
 REGISTRATION_SPANS: dict[str, tuple[float, float]] = {
     "queued": (0.0, 0.0), "copying": (0.0, 0.85), "saving": (0.85, 1.0), "done": (1.0, 1.0)}
-MESSAGES.setdefault("copying", "copying the source model into the store")
 MB = 1 << 20
 
 
@@ -47,16 +46,17 @@ class RegistrationJob:
         if len(files) > self.settings.max_version_files:
             raise ValueError(f"a version may hold at most {self.settings.max_version_files} "
                              "files")
-        total = sum(f.stat().st_size for f in files)
+        sizes = [f.stat().st_size for f in files]
+        total = sum(sizes)
         staging = staging_dir(self.store)
         try:
             copied = 0
             report("copying", 0, max(1, total // MB))
-            for f in files:
+            for f, size in zip(files, sizes, strict=True):
                 dest = staging / f.relative_to(src)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(f, dest)
-                copied += f.stat().st_size
+                copied += size
                 report("copying", copied // MB, max(1, total // MB))
             check_model_dir(staging)  # InvalidModelFiles: what is wrong, within the version
             report.begin("saving")

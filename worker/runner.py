@@ -140,7 +140,8 @@ class _UnlearningJob:
             t = time.perf_counter()
             report.begin("saving")
             quality = assess_quality(spec, before, after, stats)
-            card = self._card(before, after, quality, base_root)
+            job_metrics, request_metrics = _split_metrics(before, after, spec)
+            card = self._card(job_metrics, quality, base_root)
             self.key, files = save_version(self.store, self.settings, spec, model, state,
                                            base_root, card)
             report("saving", 1, 1)  # a cancel that came meanwhile stops it here
@@ -148,7 +149,8 @@ class _UnlearningJob:
             self._timed("total", t_start)
             observe_stages(self.timings)
             del model
-        return self._publish(before, after, stats, quality, files, has_state=state is not None)
+        return self._publish(job_metrics, request_metrics, stats, quality, files,
+                             has_state=state is not None)
 
     def _plan(self, tokenizer: Any) -> None:
         """Both evaluations' passes: "before" reads what the base's stored scores hold."""
@@ -186,28 +188,26 @@ class _UnlearningJob:
         self.timings.update(stats.pop("seconds", {}))
         return result.model, result.state, stats
 
-    def _card(self, before: dict[str, Any], after: dict[str, Any], quality: dict[str, Any],
+    def _card(self, job_metrics: dict[str, Any], quality: dict[str, Any],
               base_root: Path) -> str:
         """The new version's README.md (worker/model_card.py)."""
         spec = self.spec
         secret = hash_secret(self.settings.resolved_database_url, self.settings.hash_secret)
         readme = base_root / "README.md"
-        job_part = _split_metrics(before, after, spec)[0]
         return model_card.render(
             repo_id=spec.repo_id, parent_version=spec.base_version, method=spec.method,
             params=spec.params, job_id=spec.job_id,
             requests={rid: [keyed_hash(secret, item) for item in spec.request_items[rid]]
                       for rid in spec.request_ids},
-            before=job_part["before"], after=job_part["after"], quality=quality,
+            before=job_metrics["before"], after=job_metrics["after"], quality=quality,
             base_readme=readme.read_text(encoding="utf-8", errors="replace")
             if readme.is_file() else None)
 
-    def _publish(self, before: dict[str, Any], after: dict[str, Any], stats: dict[str, Any],
-                 quality: dict[str, Any], files: list[dict[str, Any]], *,
-                 has_state: bool) -> str:
+    def _publish(self, job_metrics: dict[str, Any], request_metrics: dict[str, Any],
+                 stats: dict[str, Any], quality: dict[str, Any], files: list[dict[str, Any]],
+                 *, has_state: bool) -> str:
         """The version row, with the metrics and the quality gate's verdict."""
         spec = self.spec
-        job_metrics, request_metrics = _split_metrics(before, after, spec)
         job_metrics["unlearning"] = stats
         job_metrics["kept"] = quality["kept"]
         outcome = publish_row(
