@@ -21,14 +21,13 @@ from typing import Any, TextIO
 
 import httpx
 
-from alkn_client import Client
+from alkn_client import DEFAULT_URL, Client
 from alkn_client.errors import AlknClientError, ApiError
 from alkn_client.models import ForgetRequest, JobEvent
 
 from . import manage
 from .output import dump, human_size, opt, table, when
 
-DEFAULT_URL = "http://127.0.0.1:8000"
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_QUALITY = 3

@@ -12,7 +12,7 @@ Only httpx, pydantic and the standard library: no torch, nothing of the service.
 
 from __future__ import annotations
 
-from ._core import ListFilters, ModelFields, SubmitFields
+from ._core import DEFAULT_URL, ListFilters, ModelFields, SubmitFields
 from ._download import Download, DownloadedFile, DownloadProgress
 from .client import AsyncClient, Client
 from .errors import (
@@ -42,10 +42,9 @@ from .models import (
 )
 
 __all__ = [
-    "FINISHED", "Alias", "AlknClientError", "ApiError", "AsyncClient", "ChecksumMismatch",
-    "Client", "Download", "DownloadError", "DownloadProgress", "DownloadedFile", "ErrorInfo",
-    "FileEntry", "ForgetRequest", "Health", "Job", "JobEvent", "JobMetrics", "ListFilters",
-    "Model", "ModelFields", "Page", "Progress", "Readiness", "RegistrationFailed",
-    "RequestFailed", "SubmitFields",
-    "Version", "WaitTimeout",
+    "DEFAULT_URL", "FINISHED", "Alias", "AlknClientError", "ApiError", "AsyncClient",
+    "ChecksumMismatch", "Client", "Download", "DownloadError", "DownloadProgress",
+    "DownloadedFile", "ErrorInfo", "FileEntry", "ForgetRequest", "Health", "Job", "JobEvent",
+    "JobMetrics", "ListFilters", "Model", "ModelFields", "Page", "Progress", "Readiness",
+    "RegistrationFailed", "RequestFailed", "SubmitFields", "Version", "WaitTimeout",
 ]
