@@ -15,7 +15,7 @@ the holdout level) and the holdout items (the target), and records the repair te
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -185,7 +185,7 @@ class NegationProbe:
         pool = [pool[i] for i in seeded_pick(len(pool), p["repair_items"], p["seed"] + 4)]
         return Teacher.record(ctx.model, pool, ctx.pad, p["batch_size"], ctx.device)
 
-    def search(self, model: torch.nn.Module, base: dict[str, torch.Tensor], tau: TaskVector,
+    def search(self, model: torch.nn.Module, base: Mapping[str, torch.Tensor], tau: TaskVector,
                target: float, start: float | None, forget_at_zero: float) -> AlphaSearch:
         """The smallest alpha with forget <= target on base - alpha * tau; on
         CalibrationError the model is left at base."""
@@ -237,7 +237,7 @@ class Attempt:
                     self.best.alpha if self.best else None)}
 
 
-def calibrate(probe: NegationProbe, model: torch.nn.Module, base: dict[str, torch.Tensor],
+def calibrate(probe: NegationProbe, model: torch.nn.Module, base: Mapping[str, torch.Tensor],
               tau: TaskVector, lr: float, state: Any) -> Attempt:
     """Search alpha for one fine-tune; out of reach, note its most-forgetting point."""
     assert probe.target is not None
@@ -288,7 +288,7 @@ def repair_and_guard(probe: NegationProbe, teacher: Teacher, model: torch.nn.Mod
     (if that cannot bring it back, the repair is undone: forgetting wins, and the rounds
     stop); forget far under it -> give back part of the negation (`repair_relax`)."""
     ctx, p = probe.ctx, probe.ctx.params
-    negated = snapshot(model)
+    negated = snapshot(model, p["offload"])
     aim = max(p["utility_floor"], p["repair_aim"])
     n_rounds = p["repair_rounds"]
     rounds: list[dict[str, Any]] = []
@@ -313,7 +313,7 @@ def repair_and_guard(probe: NegationProbe, teacher: Teacher, model: torch.nn.Mod
                     relaxed_alpha=None)
         rounds.append(info)
         if forget > guard:
-            repaired = snapshot(model)
+            repaired = snapshot(model, p["offload"])
             try:
                 extra = probe.search(model, repaired, tau, guard, 0.25 * max(alpha, 0.1),
                                      forget)
@@ -359,7 +359,7 @@ def relax(probe: NegationProbe, model: torch.nn.Module, tau: TaskVector, alpha: 
     ctx, p = probe.ctx, probe.ctx.params
     if not (alpha > 0 and guard > 0):  # nothing negated, or nothing to aim at
         return alpha
-    repaired = snapshot(model)
+    repaired = snapshot(model, p["offload"])
     t = time.perf_counter()
 
     def evaluate(a: float) -> tuple[float, float | None]:

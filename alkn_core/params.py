@@ -302,6 +302,13 @@ class NegationParams(Params):
         "the model before this task", choices=("first", "pre_task"))
     repair_relax: bool = param(True, "after repair, forget items far under the target get "
                                "part of the negation back")
+    # Read a few times per task, never per step (offload.py): off the device they leave the
+    # training's and the repair's peaks at little more than fine-tuning's (bench/memory.py).
+    offload: str = param(
+        "auto", "where the weights before training, the task vector and the repair's "
+        "snapshots wait between uses: auto (CPU memory beside a GPU, a memory-mapped file on "
+        "the CPU), memory (on the device), cpu, disk",
+        choices=("auto", "memory", "cpu", "disk"))
 
 
 # Evaluation samples (alkn_core/eval_sets.py): per set, items for the answer probability and

@@ -38,6 +38,10 @@ TOP_K = 64  # answer-token distribution kept per position (+ one bucket for the 
 # on than in the first (bench/job_cost.py); 1 kept both splits' selectivity (worst forget
 # 0.18 / 0.37 of never seen, docs/bench/selectivity_ablation.md).
 HINGE_EARLIER_SETS = 1
+# A repair step back-propagates each batch (the KL's, each hinge set's) in this many row
+# parts: it holds one part's activations beside the gradients, where a whole batch's made the
+# repair the task's memory peak (bench/memory.py).
+REPAIR_PARTS = 2
 # The hinge aims this far below the target: the measured mean then lands at or under it.
 HINGE_MARGIN = 0.8
 
@@ -104,11 +108,36 @@ class Teacher:
         teacher = self.top_logp[i]
         return (teacher.exp() * (teacher - student)).sum(1).mean()
 
+    def kl_backward(self, model: torch.nn.Module, i: int, weight: float = 1.0) -> float:
+        """`kl(model, i)`'s gradient x `weight` accumulated into the parameters' .grad, one
+        row part of the batch at a time (REPAIR_PARTS): one part's activations are held, not
+        the batch's. Returns the KL."""
+        batch = self.batches[i]
+        counts = (batch["labels"][:, 1:] != IGNORE).sum(1)  # answer tokens per row
+        total = max(1, int(counts.sum()))
+        value, first = 0.0, 0  # rows are row-major in the teacher's token order
+        for rows in _parts(int(counts.numel())):
+            n = int(counts[rows].sum())
+            if n == 0:
+                continue
+            with autocast_for(model):
+                logp = F.log_softmax(_answer_logits(model, _rows(batch, rows)), dim=-1)
+                student = _bucketed(logp, self.top_idx[i][first : first + n])
+                teacher = self.top_logp[i][first : first + n]
+                part = (teacher.exp() * (teacher - student)).sum() / total
+            (weight * part).backward()
+            value += float(part.detach())
+            first += n
+        return value
 
-def forget_hinge(model: torch.nn.Module, batch: Batch, log_target: float) -> torch.Tensor:
-    """relu(log mean_i p(a_i|q_i) - log_target), p(a|q) = exp(mean token log p): only the
-    batch's mean (what the target is about) is held down, not every item further."""
-    return _mean_hinge(_item_logprobs(model, batch), log_target)
+
+def _parts(n_rows: int) -> list[slice]:
+    size = max(1, math.ceil(n_rows / REPAIR_PARTS))
+    return [slice(s, min(n_rows, s + size)) for s in range(0, n_rows, size)]
+
+
+def _rows(batch: Batch, rows: slice) -> Batch:
+    return {k: v[rows] for k, v in batch.items()}
 
 
 def _item_logprobs(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
@@ -121,25 +150,32 @@ def _mean_hinge(item: torch.Tensor, log_target: float) -> torch.Tensor:
     return F.relu(torch.logsumexp(item, 0) - math.log(item.numel()) - log_target)
 
 
-def _stacked(batches: Sequence[Batch]) -> Batch:
-    """One batch of several (right padding to the longest; padded positions masked out and
-    never trained on), so a step's hinge sets take one forward pass, not one each."""
-    width = max(int(b["input_ids"].shape[1]) for b in batches)
-    fill = {"input_ids": 0, "attention_mask": 0, "labels": IGNORE}
-    return {k: torch.cat([F.pad(b[k], (0, width - int(b[k].shape[1])), value=v)
-                          for b in batches]) for k, v in fill.items()}
+def forget_hinge(model: torch.nn.Module, batch: Batch, log_target: float) -> torch.Tensor:
+    """relu(log mean_i p(a_i|q_i) - log_target), p(a|q) = exp(mean token log p): only the
+    batch's mean (what the target is about) is held down, not every item further."""
+    return _mean_hinge(_item_logprobs(model, batch), log_target)
 
 
-def hinge_sum(model: torch.nn.Module, batches: Sequence[Batch], log_target: float
-              ) -> torch.Tensor:
-    """sum over the batches of `forget_hinge`, in one forward pass: an item's score does not
-    depend on the others of its batch (right padding, causal attention)."""
-    if len(batches) == 1:
-        return forget_hinge(model, batches[0], log_target)
-    items = _item_logprobs(model, _stacked(batches))
-    sizes = [int(b["input_ids"].shape[0]) for b in batches]
-    return sum((_mean_hinge(part, log_target) for part in items.split(sizes)),
-               items.new_zeros(()))
+def hinge_backward(model: torch.nn.Module, batch: Batch, log_target: float,
+                   weight: float = 1.0) -> float:
+    """`forget_hinge`'s gradient x `weight` accumulated into .grad; returns the hinge.
+
+    The items' log-probabilities are measured first without a graph: an inactive hinge (the
+    forget items already under the target, the usual case) costs no backward pass, and an
+    active one is back-propagated in row parts through the surrogate sum_i w_i log p(a_i|q_i),
+    w = softmax of those log-probabilities (d logsumexp / d item), whose gradient is the
+    hinge's: one part's activations are held, not the batch's."""
+    with torch.no_grad(), autocast_for(model):
+        items = _item_logprobs(model, batch).float()
+    hinge = float(_mean_hinge(items, log_target))
+    if hinge <= 0:
+        return 0.0
+    w = torch.softmax(items, 0)
+    for rows in _parts(int(items.numel())):
+        with autocast_for(model):
+            part = (w[rows] * _item_logprobs(model, _rows(batch, rows)).float()).sum()
+        (weight * part).backward()
+    return hinge
 
 
 def _hinge_sets(forget: Sequence[Sequence[Batch]], step: int) -> list[Sequence[Batch]]:
@@ -168,19 +204,15 @@ def repair(model: torch.nn.Module, teacher: Teacher, forget: Sequence[Sequence[B
     hinges: list[float] = []
     model.train()
     for step in range(steps):
-        with autocast_for(model):
-            kl = teacher.kl(model, step % len(teacher.batches))
-            loss = kl
-            sets = _hinge_sets(forget, step)
-            if weight > 0 and sets:
-                hinge = hinge_sum(model, [f[step % len(f)] for f in sets], log_target)
-                loss = loss + weight * hinge
-                hinges.append(float(hinge.detach()))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        optimizer.zero_grad(set_to_none=True)  # no gradient held through the first forward
+        if weight > 0:
+            hinge = sum(hinge_backward(model, f[step % len(f)], log_target, weight)
+                        for f in _hinge_sets(forget, step))
+            hinges.append(float(hinge))
+        kl = teacher.kl_backward(model, step % len(teacher.batches))
         torch.nn.utils.clip_grad_norm_(trainable, params["max_grad_norm"])
         optimizer.step()
-        kls.append(float(kl.detach()))
+        kls.append(kl)
         if report is not None:
             report(step + 1, steps)
     optimizer.zero_grad(set_to_none=True)

@@ -1,4 +1,9 @@
-"""Task vectors: tau = theta_finetuned - theta_base, with the few operators negation needs."""
+"""Task vectors: tau = theta_finetuned - theta_base, with the few operators negation needs.
+
+Snapshots and task vectors are whole-model tensors read a few times per task: they can be
+parked off the compute device (`where`, offload.py); every operator here takes one tensor of
+them at a time.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +11,28 @@ from collections.abc import Mapping
 
 import torch
 
+from .offload import park
 
-def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A detached copy of every trainable parameter (the base of a task vector)."""
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+def snapshot(model: torch.nn.Module, where: str = "memory") -> Mapping[str, torch.Tensor]:
+    """A detached copy of every trainable parameter (the base of a task vector), parked
+    `where` (offload.py)."""
+    return park(((n, p) for n, p in model.named_parameters() if p.requires_grad), where)
 
 
 class TaskVector:
     """A direction in parameter space, one tensor per parameter name."""
 
     def __init__(self, vector: Mapping[str, torch.Tensor]) -> None:
-        self.vector = dict(vector)
+        self.vector = vector
 
     @classmethod
-    def between(cls, base: Mapping[str, torch.Tensor], finetuned: torch.nn.Module) -> TaskVector:
+    def between(cls, base: Mapping[str, torch.Tensor], finetuned: torch.nn.Module,
+                where: str = "memory") -> TaskVector:
         params = dict(finetuned.named_parameters())
         with torch.no_grad():
-            return cls({n: params[n].detach() - b for n, b in base.items()})
+            return cls(park(((n, params[n].detach() - base[n]) for n in base), where,
+                            copy=False))
 
     def __add__(self, other: TaskVector) -> TaskVector:
         if self.vector.keys() != other.vector.keys():
@@ -45,5 +55,6 @@ class TaskVector:
                  scale: float = 1.0) -> None:
         """Set the model's parameters to base + scale * tau, in place."""
         params = dict(model.named_parameters())
-        for n, v in self.vector.items():
-            params[n].copy_(base[n] + scale * v.to(base[n].dtype))
+        for n in self.vector:
+            b = base[n]
+            params[n].copy_(b + scale * self.vector[n].to(b.dtype))

@@ -197,7 +197,7 @@ class _Task:
         self.teacher = (self.probe.teacher()
                         if self.probe is not None and p["repair_steps"] > 0 else None)
         self.impl.prepare()
-        self.base = snapshot(ctx.model) if cls.negates else None
+        self.base = snapshot(ctx.model, p["offload"]) if cls.negates else None
         self.times["probing"] = time.perf_counter() - self.t0
 
     def train(self) -> None:
@@ -217,7 +217,7 @@ class _Task:
         t1 = time.perf_counter()
         target_met: bool | None = None
         if not self.auto:
-            tau = TaskVector.between(base, ctx.model)
+            tau = TaskVector.between(base, ctx.model, p["offload"])
             ctx.report("negating", 0, 1)
             alpha = p["alpha"] * p["coef_decay"] ** ctx.task_index
         else:
@@ -245,8 +245,10 @@ class _Task:
         ctx, p, probe, base = self.ctx, self.ctx.params, self.probe, self.base
         assert probe is not None and base is not None
         # tau lives in the attempts only: a dropped one is freed before the next fine-tune
-        attempts = [calibrate(probe, ctx.model, base, TaskVector.between(base, ctx.model),
-                              self.lr, self.new_state)]
+        def tau() -> TaskVector:
+            return TaskVector.between(base, ctx.model, p["offload"])
+
+        attempts = [calibrate(probe, ctx.model, base, tau(), self.lr, self.new_state)]
         while attempts[-1].search is None and len(attempts) <= p["escalations"]:
             best = min(attempts, key=lambda a: a.forget_prob)
             for a in attempts:
@@ -258,8 +260,7 @@ class _Task:
             more = _train(impl, lr_a)
             self.times["training"] += more.seconds
             self.stats["steps"] += more.steps
-            attempts.append(calibrate(probe, ctx.model, base,
-                                      TaskVector.between(base, ctx.model), lr_a, impl.finish()))
+            attempts.append(calibrate(probe, ctx.model, base, tau(), lr_a, impl.finish()))
         chosen = (attempts[-1] if attempts[-1].search is not None
                   else min(attempts, key=lambda a: a.forget_prob))
         self.stats["calibration"] = calib = calibration_stats(probe, chosen, attempts,

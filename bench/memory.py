@@ -1,14 +1,15 @@
 """What each method holds in memory, per parameter and by component, and what that means at
 1B, 8B and 70B parameters; with the peak measured on a model of at least 29M parameters.
 
-1. The memory model: bytes per parameter of each component a task holds in its two peak
-   phases, for fp32 weights (CPU) and bf16 weights (GPU). Training: weights, gradients,
-   AdamW's two moments (torch keeps them in the parameter's dtype), and beyond plain
-   fine-tuning the base snapshot (theta_t, for the negation), ALKN's score and mean retain
-   gradient (fp32) and the previous tasks' mask (a bool per parameter, later tasks). The
-   repair after negation (the base is freed by then): weights, gradients, its own AdamW,
-   the task vector and two snapshots (the negated model, the forget guard's undo; the
-   repaired one, where the guard and relax start from).
+1. The memory model: bytes per parameter of each component a task holds on the device in
+   its two peak phases, for fp32 weights (CPU) and bf16 weights (GPU). Training: weights,
+   gradients, AdamW's two moments (torch keeps them in the parameter's dtype), and beyond
+   plain fine-tuning ALKN's score and mean retain gradient (bf16 by default, `score_dtype`)
+   and the previous tasks' mask (a bool per parameter, later tasks). The repair after
+   negation: weights, gradients, its own AdamW. Parked off the device (offload.py, `offload:
+   auto`) and listed apart: the base snapshot (theta_t), the task vector and the repair's two
+   snapshots (the negated model, the forget guard's undo; the repaired one, where the guard
+   and relax start from); with `offload: memory` they count on the device again.
 2. Measured: the peak of a whole task of plain fine-tuning, ALKN and task_vector on the
    same model (each in a fresh process: bench/core_overhead.py's measurement, malloc's
    bytes on CPU, CUDA's max_memory_allocated on a GPU), by default a random-initialised
@@ -40,15 +41,22 @@ TRAINING: list[tuple[str, tuple[str, ...], str]] = [
     ("weights", ("plain", "task_vector", "alkn"), "w"),
     ("gradients", ("plain", "task_vector", "alkn"), "w"),
     ("AdamW moments (2)", ("plain", "task_vector", "alkn"), "2w"),
-    ("base snapshot (theta_t)", ("task_vector", "alkn"), "w"),
-    ("ALKN score (fp32)", ("alkn",), "4"),
-    ("ALKN mean retain gradient (fp32)", ("alkn",), "4"),
+    ("ALKN score (bf16)", ("alkn",), "2"),
+    ("ALKN mean retain gradient (bf16)", ("alkn",), "2"),
     ("ALKN previous mask (bool, later tasks)", ("alkn",), "1"),
 ]
 REPAIR: list[tuple[str, tuple[str, ...], str]] = [
     ("weights", ("task_vector", "alkn"), "w"),
     ("gradients", ("task_vector", "alkn"), "w"),
     ("repair AdamW moments (2)", ("task_vector", "alkn"), "2w"),
+]
+# Read a few times per task, never per step: parked off the device (`offload: auto`: CPU
+# memory beside a GPU, a memory-mapped file on the CPU; on the device with offload=memory).
+# At most three at once: the base and tau while calibrating (and an escalation's retry), tau
+# and the two snapshots while repairing.
+PARKED_AT_ONCE = 3
+PARKED: list[tuple[str, tuple[str, ...], str]] = [
+    ("base snapshot (theta_t; until negation)", ("task_vector", "alkn"), "w"),
     ("task vector tau", ("task_vector", "alkn"), "w"),
     ("negated snapshot (the guard's undo)", ("task_vector", "alkn"), "w"),
     ("repaired snapshot (guard and relax)", ("task_vector", "alkn"), "w"),
@@ -85,6 +93,12 @@ def table(w: int) -> list[str]:
         totals = phase_bytes(components, w)
         lines.append(f"  {'total bytes per parameter':40s}" + "".join(
             f"{totals[m]:>13d}" for m in METHODS))
+    lines.append(f"{'parked off the device: component':42s}" + "".join(f"{m:>13s}"
+                                                                      for m in METHODS))
+    for name, holders, spec in PARKED:
+        b = _bytes(spec, w)
+        lines.append(f"  {name:40s}" + "".join(f"{(b if m in holders else 0):>13d}"
+                                               for m in METHODS))
     peak = per_param(w)
     lines.append(f"{'peak bytes per parameter':42s}" + "".join(f"{peak[m]:>13d}"
                                                                 for m in METHODS))
@@ -102,6 +116,10 @@ def projections() -> list[str]:
         fits = [g for g, cap in GPUS.items() if gb["alkn"] <= cap]
         lines.append(f"{size:14s}" + "".join(f"{gb[m]:>10.0f} GB" for m in METHODS)
                      + f"   {fits[0] if fits else 'none: shard it over GPUs'}")
+    parked = PARKED_AT_ONCE * BF16
+    lines.append(f"host memory (or disk) for the parked tensors (at most {PARKED_AT_ONCE} at "
+                 f"once): {parked} B/param = "
+                 + ", ".join(f"{size} {parked * n / 1e9:.0f} GB" for size, n in SIZES.items()))
     return lines
 
 

@@ -16,7 +16,7 @@ def test_memory_bench_prints_its_table_projections_and_ratio() -> None:
                          timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout
-    for row in ("  AdamW moments (2)", "ALKN score (fp32)", "task vector tau",
+    for row in ("  AdamW moments (2)", "ALKN score (bf16)", "task vector tau",
                 "peak bytes per parameter"):
         assert text.count(row) == 2, row  # fp32 and bf16 tables
     assert re.search(r"^8B\s+64 GB\s+\d+ GB\s+\d+ GB", text, re.M), text
