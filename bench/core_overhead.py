@@ -68,8 +68,10 @@ def step_times(args: argparse.Namespace) -> dict[str, float]:
     f_ex = encode_items(forget, tok, p)
     r_ex = encode_items(retain, tok, p)
 
-    def alkn_impl(m: torch.nn.Module, state: UnlearnState | None) -> Any:
-        ctx = TaskContext(model=m, tokenizer=tok, params=p, pad=pad, device=device,
+    def alkn_impl(m: torch.nn.Module, state: UnlearnState | None, score_dtype: str | None = None
+                  ) -> Any:
+        params = p.replace(score_dtype=score_dtype) if score_dtype else p
+        ctx = TaskContext(model=m, tokenizer=tok, params=params, pad=pad, device=device,
                           forget=copy.deepcopy(f_ex), retain=r_ex, general=None, state=state)
         impl = get_method("alkn")(ctx)
         impl.prepare()
@@ -82,11 +84,16 @@ def step_times(args: argparse.Namespace) -> dict[str, float]:
     del first
 
     variants: dict[str, dict[str, Any]] = {}
-    for name in ("plain", "alkn_first_task", "alkn_later_task"):
+    # Other score dtypes (--score-dtypes) alternate in the same rounds, named by their dtype.
+    names = [("plain", None), ("alkn_first_task", None), ("alkn_later_task", None)] + [
+        (f"{task}[{dt}]", dt) for dt in args.score_dtypes
+        for task in ("alkn_first_task", "alkn_later_task")]
+    for name, dtype in names:
         m = copy.deepcopy(model)
         impl = None
         if name != "plain":
-            impl = alkn_impl(m, None if name == "alkn_first_task" else later_state)
+            impl = alkn_impl(m, None if name.startswith("alkn_first_task") else later_state,
+                             dtype)
             batch_examples = impl.ctx.forget[: args.batch_size]  # carry the soft-label weights
         else:
             batch_examples = f_ex[: args.batch_size]
@@ -208,7 +215,10 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--memory-child", choices=["plain", "alkn", "task_vector"])
+    ap.add_argument("--score-dtypes", default="",
+                    help="also time ALKN's step with these score_dtype values (comma list)")
     args = ap.parse_args()
+    args.score_dtypes = [d for d in args.score_dtypes.split(",") if d]
     if args.memory_child:
         memory_child(args.memory_child, args)
         return 0
@@ -221,7 +231,7 @@ def main() -> int:
     times = step_times(args)
     print(f"\noptimiser step (median of {args.rounds} rounds, same batch)")
     for name, t in times.items():
-        print(f"  {name:16s} {t * 1000:8.1f} ms   {t / times['plain']:.2f}x plain")
+        print(f"  {name:26s} {t * 1000:8.1f} ms   {t / times['plain']:.2f}x plain")
     mem = memory(args)
     print(f"\npeak memory of one task ({args.forget} forget items, 1 epoch)")
     for name, b in mem.items():
