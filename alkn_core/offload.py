@@ -50,6 +50,9 @@ class Parked(Mapping[str, torch.Tensor]):
         t, device = self._stored[name], self._devices[name]
         return t if t.device == device else t.to(device, non_blocking=True)
 
+    def __contains__(self, name: object) -> bool:  # Mapping's would copy the tensor back
+        return name in self._stored
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._stored)
 
