@@ -309,6 +309,16 @@ class NegationParams(Params):
         "snapshots wait between uses: auto (CPU memory beside a GPU, a memory-mapped file on "
         "the CPU), memory (on the device), cpu, disk",
         choices=("auto", "memory", "cpu", "disk"))
+    # LoRA (adapters.py): the forget fine-tune and each repair round train low-rank factors,
+    # merged into the weights after each; a lineage keeps its first task's adapter.
+    adapter: str = param("none", "what the forget fine-tune and the repair train: the weights "
+                         "(none) or LoRA factors merged into them after each (lora)",
+                         choices=("none", "lora"))
+    lora_rank: int = param(8, "LoRA rank r (adapter lora)", positive=True, le=4096)
+    lora_alpha: float = param(16.0, "LoRA scale: the update is lora_alpha / r x B A",
+                              positive=True, le=4096.0)
+    lora_targets: str = param("all-linear", "layers LoRA trains: all-linear (every linear "
+                              "layer but the output head) or comma-separated module names")
 
 
 # Evaluation samples (alkn_core/eval_sets.py): per set, items for the answer probability and

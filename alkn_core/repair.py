@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .adapters import attached
 from .data import IGNORE, Example, length_sorted_batches
 from .losses import token_logprobs
 from .runtime import autocast_for
@@ -194,6 +195,13 @@ def repair(model: torch.nn.Module, teacher: Teacher, forget: Sequence[Sequence[B
     `forget`: the sets the hinge holds under the target, each on its own (this task's first,
     then the earlier tasks'): one batch of this task's and of at most HINGE_EARLIER_SETS
     earlier sets (in turn) per step."""
+    with attached(model, params):  # adapter "lora": the steps train LoRA factors, merged
+        return _repair_steps(model, teacher, forget, target, params, lr, report)
+
+
+def _repair_steps(model: torch.nn.Module, teacher: Teacher, forget: Sequence[Sequence[Batch]],
+                  target: float, params: dict[str, Any], lr: float,
+                  report: Callable[[int, int], None] | None) -> dict[str, Any]:
     t = time.perf_counter()
     steps = params["repair_steps"]
     trainable = [q for q in model.parameters() if q.requires_grad]

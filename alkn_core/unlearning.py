@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from . import adapters
 from .calibration import CalibrationError
 from .data import encode_items, length_sorted_batches, pad_id, validate_items
 from .lr_probe import probe_lr
@@ -113,8 +114,12 @@ def unlearn(
     task = _Task(cls, model, tokenizer, _Inputs.check(
         cls, model, params, forget, retain, eval_sets, holdout, earlier_forget, state),
         progress)
-    task.prepare()
-    task.train()
+    try:
+        task.prepare()
+        task.train()
+    finally:  # a failed task leaves no LoRA layers in the caller's model
+        if task.adapter is not None:
+            task.adapter.discard()
     if cls.negates:
         task.negate()
     return task.result()
@@ -151,7 +156,13 @@ class _Inputs:
             if state.method != method.name:
                 raise ValueError(f"the unlearning state was made by {state.method!r}, "
                                  f"not {method.name!r}")
-            state.check_compatible(model)
+            made_with = state.info.get("adapter", adapters.NONE)
+            if made_with != p.get("adapter", adapters.NONE):
+                raise ValueError(f"the lineage was unlearnt with adapter {made_with!r}: its "
+                                 f"state (masks) cannot carry over to adapter "
+                                 f"{p.get('adapter', adapters.NONE)!r}")
+            if made_with == adapters.NONE:  # LoRA factors are checked once attached
+                state.check_compatible(model)
         return cls(p, forget, retain, validate_items(_general_items(eval_sets), "eval_sets"),
                    # the holdout sets the forget target of a negation only
                    validate_items(holdout, "holdout") if holdout and method.negates else [],
@@ -180,11 +191,18 @@ class _Task:
         self.times: dict[str, float] = {}
         self.stats: dict[str, Any] = {}
         self.new_state: UnlearnState | None = None
+        self.adapter: adapters.Adapter | None = None
 
     def prepare(self) -> None:
         """lr "auto", the method's probing, the negation's fixed measurements and the
         repair's teacher, and the weights before training."""
         ctx, cls, p = self.ctx, self.cls, self.ctx.params
+        # the weights before training, under their own names (before any adapter)
+        self.base = snapshot(ctx.model, p["offload"]) if cls.negates else None
+        if cls.negates:  # from the lr probe to the end of training, LoRA factors train
+            self.adapter = adapters.attach(ctx.model, p)
+            if self.adapter is not None and self.inputs.state is not None:
+                self.inputs.state.check_compatible(ctx.model)
         self.lr_probe = _resolve_lr(ctx) if p["lr"] == AUTO else None
         self.impl = cls(ctx)
         ctx.report("probing", 0, 1)
@@ -197,7 +215,6 @@ class _Task:
         self.teacher = (self.probe.teacher()
                         if self.probe is not None and p["repair_steps"] > 0 else None)
         self.impl.prepare()
-        self.base = snapshot(ctx.model, p["offload"]) if cls.negates else None
         self.times["probing"] = time.perf_counter() - self.t0
 
     def train(self) -> None:
@@ -205,6 +222,9 @@ class _Task:
         loop = _train(self.impl, self.lr)
         self.times["training"] = loop.seconds
         self.new_state = self.impl.finish()
+        if self.adapter is not None:  # the low-rank update into the weights
+            self.adapter.merge()
+            self.adapter = None
         self.stats = {"method": self.cls.name, "steps": loop.steps, "lr": self.lr,
                       "final_loss": loop.losses[-1] if loop.losses else None}
         if self.lr_probe is not None:
@@ -255,12 +275,14 @@ class _Task:
                 if a is not best:
                     a.tau = None
             lr_a = self.lr * ESCALATION_LR_FACTOR ** len(attempts)
-            impl = self.cls(ctx)
-            impl.prepare()
-            more = _train(impl, lr_a)
+            with adapters.attached(ctx.model, p):
+                impl = self.cls(ctx)
+                impl.prepare()
+                more = _train(impl, lr_a)
+                made = impl.finish()
             self.times["training"] += more.seconds
             self.stats["steps"] += more.steps
-            attempts.append(calibrate(probe, ctx.model, base, tau(), lr_a, impl.finish()))
+            attempts.append(calibrate(probe, ctx.model, base, tau(), lr_a, made))
         chosen = (attempts[-1] if attempts[-1].search is not None
                   else min(attempts, key=lambda a: a.forget_prob))
         self.stats["calibration"] = calib = calibration_stats(probe, chosen, attempts,
@@ -284,6 +306,7 @@ class _Task:
         state, probe = self.new_state, self.probe
         if state is None or probe is None:
             return
+        state.info["adapter"] = self.ctx.params["adapter"]  # the lineage keeps it
         if self.lr_probe is not None:  # the next tasks start from it (x lr_decay)
             state.info[PROBED_LR] = self.lr_probe["lr"]
         if probe.retain_reference is not None:

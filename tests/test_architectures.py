@@ -1,8 +1,9 @@
 """alkn_core.unlearn on the causal LMs people deploy, not only Llama: tiny random-initialised
 configs of Llama, Mistral, Qwen2 (attention biases), Gemma (its norms, tied embeddings),
 GPT-2 (Conv1D, tied), Phi-3 (fused projections) and OPT (tied, learned positions), built
-with transformers (no download). ALKN and task_vector each run two continual tasks; the
-state goes through save/load between them; tied weights are one parameter (one mask)."""
+with transformers (no download). ALKN and task_vector each run two continual tasks, training
+the weights or LoRA factors (adapter "lora", merged after each fine-tune); the state goes
+through save/load between them; tied weights are one parameter (one mask)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ SMALL = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
          "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256}
 
 
-def _config(arch: str, vocab: int, pad: int) -> PretrainedConfig:
+def tiny_config(arch: str, vocab: int, pad: int) -> PretrainedConfig:
     common = {"vocab_size": vocab, "pad_token_id": pad}
     if arch == "llama":
         return LlamaConfig(**SMALL, **common)
@@ -61,16 +62,21 @@ ARCHS = ["llama", "mistral", "qwen2", "gemma", "gpt2", "phi3", "opt"]
 PARAMS: dict[str, Any] = {"epochs": 2, "batch_size": 4, "grad_accum": 1, "lr": 1e-3,
                           "max_length": 64, "repair_steps": 4, "repair_rounds": 1,
                           "calibration_evals": 4}
+# LoRA factors need a larger lr than the weights (a full fine-tune's does not forget): the
+# probe picks it.
+ADAPTER: dict[str, dict[str, Any]] = {"none": {"adapter": "none"},
+                                      "lora": {"adapter": "lora", "lr": "auto"}}
 
 
+@pytest.mark.parametrize("adapter", ["none", "lora"])
 @pytest.mark.parametrize("method", ["alkn", "task_vector"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_two_continual_tasks(arch: str, method: str, tiny_world: TinyWorld,
+def test_two_continual_tasks(arch: str, method: str, adapter: str, tiny_world: TinyWorld,
                              tmp_path: Path) -> None:
     tok = tiny_world.tokenizer
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(
-        _config(arch, len(tok), tok.pad_token_id or 0)).float()
+        tiny_config(arch, len(tok), tok.pad_token_id or 0)).float()
     people = tiny_world.people
     retain = tiny_world.of(*people[4:])[:8]
     tasks = [tiny_world.of(people[0])[:4], tiny_world.of(people[1])[:4]]
@@ -87,17 +93,24 @@ def test_two_continual_tasks(arch: str, method: str, tiny_world: TinyWorld,
         p_before = mean_answer_probability(model, enc(forget), pad_id(tok))
         # alpha "auto" for both: forget down to the holdout's level on every architecture
         result = unlearn(model, tok, forget, retain, method=method,
-                         params={**PARAMS, "alpha": "auto"},
+                         params={**PARAMS, "alpha": "auto", **ADAPTER[adapter]},
                          state=state, holdout=tiny_world.of(people[2])[:4],
                          earlier_forget=tasks[:i] or None)
         assert result.state is not None and result.state.task_index == i + 1
         result.state.save(tmp_path / f"state{i}")
         state = UnlearnState.load(tmp_path / f"state{i}")  # the round trip the service does
-        state.check_compatible(model)
-        if method == "alkn":
+        assert state.info["adapter"] == adapter
+        if adapter == "none":
+            state.check_compatible(model)
+        if method == "alkn" and adapter == "none":
             assert state.masks is not None and set(state.masks) == set(trainable)
             assert all(list(state.masks[n].shape) == list(p.shape)
                        for n, p in trainable.items())
+        if method == "alkn" and adapter == "lora":  # masks on the factors, not the weights
+            assert state.masks and all(".lora_A." in n or ".lora_B." in n for n in state.masks)
+        # the model is plain again: its own parameters, as trainable as before
+        assert {n: p.requires_grad for n, p in model.named_parameters()} == {
+            n: p.requires_grad for n, p in trainable.items()}
         assert result.stats["task_index"] == i
         p_after = mean_answer_probability(model, enc(forget), pad_id(tok))
         # The first task forgets; the second's person went down with the first (tiny models
@@ -106,4 +119,8 @@ def test_two_continual_tasks(arch: str, method: str, tiny_world: TinyWorld,
         assert p_after < bound, (arch, method, i, p_before, p_after)
     changed = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
     assert changed, "unlearning changed no parameter"
+    if adapter == "lora":  # only linear layers' weights moved: embeddings, norms, biases not
+        linear = {f"{n}.weight" for n, m in model.named_modules()
+                  if type(m).__name__ in ("Linear", "Conv1D")}
+        assert set(changed) <= linear, sorted(set(changed) - linear)
     assert all(torch.isfinite(p).all() for p in model.parameters())

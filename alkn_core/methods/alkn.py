@@ -10,6 +10,7 @@ thresholds and task index are carried to the next task in the UnlearnState.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -82,6 +83,10 @@ class Alkn(Method):
         self.named = [(n, q) for n, q in ctx.model.named_parameters() if q.requires_grad]
         self._soft_labels()
         self.g_r = self._mean_retain_gradient()
+        # g * g_r cannot rank the coordinates of a tensor the retain loss has no gradient on
+        # (LoRA's A factors: B starts at zero, so changing A alone leaves every output as it
+        # was): such a tensor trains unmasked (threshold -inf).
+        self.free = {n for n, g in self.g_r.items() if not bool(g.any())}
         prev = ctx.state.masks if ctx.state is not None else None
         # Each tensor lives beside its parameter (a device_map may spread them over GPUs).
         where = {n: q.device for n, q in self.named}
@@ -92,6 +97,7 @@ class Alkn(Method):
             self.thresholds: dict[str, float] = dict(ctx.state.thresholds)
         else:
             self.thresholds = {}
+        self.thresholds.update({n: -math.inf for n in self.free})
         self.score = {n: torch.zeros_like(q, dtype=self._score_dtype()) for n, q in self.named}
         self.sign = 1.0 if p["mask_rule"] == "reference" else -1.0
         gen = torch.Generator().manual_seed(p["seed"])
@@ -172,6 +178,10 @@ class Alkn(Method):
         kept: list[torch.Tensor] = []  # summed once at the end: one sync per step
         count = 0
         for name, q in self.named:
+            if name in self.free:
+                count += q.numel()
+                kept.append(torch.tensor(q.numel()))
+                continue
             score = self.score[name]
             g = q.grad  # None when unused this step: a zero gradient adds nothing
             if g is not None:
