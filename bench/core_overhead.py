@@ -167,6 +167,12 @@ class HeapPeak:
         return max(self.peak, self.now()) - self.base
 
 
+# What a memory child runs: plain fine-tuning, or a method with extra params.
+MEMORY_KINDS: dict[str, tuple[str, dict[str, Any]]] = {
+    "plain": ("plain", {}), "alkn": ("alkn", {}), "task_vector": ("task_vector", {}),
+    "alkn+lora": ("alkn", {"adapter": "lora"})}
+
+
 def memory_child(kind: str, args: argparse.Namespace) -> None:
     """Run one whole task and print its peak memory in bytes (JSON on stdout)."""
     import torch
@@ -176,8 +182,9 @@ def memory_child(kind: str, args: argparse.Namespace) -> None:
     model, tok, forget, retain = _load(args.model, args.data, args.forget)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    params = _params(args.batch_size)
-    if kind == "plain":
+    method, extra = MEMORY_KINDS[kind]
+    params = {**_params(args.batch_size), **extra}
+    if method == "plain":
         from alkn_core.train import finetune
 
         finetune(model, tok, forget, params)
@@ -185,7 +192,7 @@ def memory_child(kind: str, args: argparse.Namespace) -> None:
         from alkn_core import unlearn
 
         # A fixed alpha: alpha "auto" adds forward passes only, no memory held beyond them.
-        unlearn(model, tok, forget, retain, method=kind, params={**params, "alpha": 1.0})
+        unlearn(model, tok, forget, retain, method=method, params={**params, "alpha": 1.0})
     if torch.cuda.is_available():
         peak = torch.cuda.max_memory_allocated()
     else:
@@ -194,9 +201,10 @@ def memory_child(kind: str, args: argparse.Namespace) -> None:
     print(json.dumps({"kind": kind, "peak_bytes": peak}))
 
 
-def memory(args: argparse.Namespace) -> dict[str, int]:
+def memory(args: argparse.Namespace, kinds: tuple[str, ...] = ("plain", "alkn", "task_vector")
+           ) -> dict[str, int]:
     out = {}
-    for kind in ("plain", "alkn", "task_vector"):
+    for kind in kinds:
         cmd = [sys.executable, __file__, "--memory-child", kind, "--model", args.model,
                "--data", args.data, "--forget", str(args.forget),
                "--batch-size", str(args.batch_size)]
@@ -214,7 +222,7 @@ def main() -> int:
     ap.add_argument("--forget", type=int, default=64, help="forget items of the task")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=20)
-    ap.add_argument("--memory-child", choices=["plain", "alkn", "task_vector"])
+    ap.add_argument("--memory-child", choices=list(MEMORY_KINDS))
     ap.add_argument("--score-dtypes", default="",
                     help="also time ALKN's step with these score_dtype values (comma list)")
     args = ap.parse_args()

@@ -5,15 +5,18 @@
    its two peak phases, for fp32 weights (CPU) and bf16 weights (GPU). Training: weights,
    gradients, AdamW's two moments (torch keeps them in the parameter's dtype), and beyond
    plain fine-tuning ALKN's score and mean retain gradient (bf16 by default, `score_dtype`)
-   and the previous tasks' mask (a bool per parameter, later tasks). The repair after
+   and the previous tasks' mask (a bool per parameter, later tasks); with adapter "lora"
+   (alkn+lora) the weights stay frozen and all of that is held for the LoRA factors only.
+   The repair after
    negation: weights, gradients, its own AdamW. Parked off the device (offload.py, `offload:
    auto`) and listed apart: the base snapshot (theta_t), the task vector and the repair's two
    snapshots (the negated model, the forget guard's undo; the repaired one, where the guard
    and relax start from); with `offload: memory` they count on the device again.
-2. Measured: the peak of a whole task of plain fine-tuning, ALKN and task_vector on the
-   same model (each in a fresh process: bench/core_overhead.py's measurement, malloc's
-   bytes on CPU, CUDA's max_memory_allocated on a GPU), by default a random-initialised
-   Llama of 30M parameters built here with the demo tokenizer.
+2. Measured: the peak of a whole task of plain fine-tuning, ALKN, task_vector and ALKN
+   with adapter "lora" (r=8) on the same model (each in a fresh process:
+   bench/core_overhead.py's measurement, malloc's bytes on CPU, CUDA's max_memory_allocated
+   on a GPU), by default a random-initialised Llama of 30M parameters built here with the
+   demo tokenizer.
 3. Projections: the model's bytes at 1B, 8B and 70B parameters in bf16, activations left
    out (they depend on batch and length, and are the same for every method).
 
@@ -37,18 +40,25 @@ FP32, BF16 = 4, 2
 # Component -> (methods that hold it, bytes per parameter by weight width w). Two phases
 # peak: training (the forget fine-tune) and, for the negating methods, the repair after
 # negation (its own AdamW, the task vector and the snapshots its guard and relax need).
+# adapter "lora" (alkn+lora): the weights are frozen; the factors (r (in + out) per r x in
+# and out x r pair: 0.3-0.4% of a 1B-70B Llama's parameters at r=8) hold their fp32 copy,
+# gradient, AdamW moments, score, retain gradient and mask, ~21 B each: under 0.1 B per
+# model parameter.
+LORA_BYTES = "0.1"
 TRAINING: list[tuple[str, tuple[str, ...], str]] = [
-    ("weights", ("plain", "task_vector", "alkn"), "w"),
+    ("weights", ("plain", "task_vector", "alkn", "alkn+lora"), "w"),
     ("gradients", ("plain", "task_vector", "alkn"), "w"),
     ("AdamW moments (2)", ("plain", "task_vector", "alkn"), "2w"),
     ("ALKN score (bf16)", ("alkn",), "2"),
     ("ALKN mean retain gradient (bf16)", ("alkn",), "2"),
     ("ALKN previous mask (bool, later tasks)", ("alkn",), "1"),
+    ("LoRA factors with all of the above (r=8)", ("alkn+lora",), LORA_BYTES),
 ]
 REPAIR: list[tuple[str, tuple[str, ...], str]] = [
-    ("weights", ("task_vector", "alkn"), "w"),
+    ("weights", ("task_vector", "alkn", "alkn+lora"), "w"),
     ("gradients", ("task_vector", "alkn"), "w"),
     ("repair AdamW moments (2)", ("task_vector", "alkn"), "2w"),
+    ("LoRA factors, gradients, AdamW (r=8)", ("alkn+lora",), LORA_BYTES),
 ]
 # Read a few times per task, never per step: parked off the device (`offload: auto`: CPU
 # memory beside a GPU, a memory-mapped file on the CPU; on the device with offload=memory).
@@ -56,27 +66,27 @@ REPAIR: list[tuple[str, tuple[str, ...], str]] = [
 # and the two snapshots while repairing.
 PARKED_AT_ONCE = 3
 PARKED: list[tuple[str, tuple[str, ...], str]] = [
-    ("base snapshot (theta_t; until negation)", ("task_vector", "alkn"), "w"),
-    ("task vector tau", ("task_vector", "alkn"), "w"),
-    ("negated snapshot (the guard's undo)", ("task_vector", "alkn"), "w"),
-    ("repaired snapshot (guard and relax)", ("task_vector", "alkn"), "w"),
+    ("base snapshot (theta_t; until negation)", ("task_vector", "alkn", "alkn+lora"), "w"),
+    ("task vector tau", ("task_vector", "alkn", "alkn+lora"), "w"),
+    ("negated snapshot (the guard's undo)", ("task_vector", "alkn", "alkn+lora"), "w"),
+    ("repaired snapshot (guard and relax)", ("task_vector", "alkn", "alkn+lora"), "w"),
 ]
 PHASES = {"training": TRAINING, "repair": REPAIR}
-METHODS = ("plain", "task_vector", "alkn")
+METHODS = ("plain", "task_vector", "alkn", "alkn+lora")
 SIZES = {"1B": 1e9, "8B": 8e9, "70B": 70e9}
 GPUS = {"24 GB": 24, "80 GB": 80, "141 GB (H200)": 141}
 
 
-def _bytes(spec: str, w: int) -> int:
-    return {"w": w, "2w": 2 * w}.get(spec) or int(spec)
+def _bytes(spec: str, w: int) -> float:
+    return {"w": w, "2w": 2 * w}.get(spec) or float(spec)
 
 
-def phase_bytes(phase: list[tuple[str, tuple[str, ...], str]], w: int) -> dict[str, int]:
+def phase_bytes(phase: list[tuple[str, tuple[str, ...], str]], w: int) -> dict[str, float]:
     return {m: sum(_bytes(spec, w) for _, holders, spec in phase if m in holders)
             for m in METHODS}
 
 
-def per_param(w: int) -> dict[str, int]:
+def per_param(w: int) -> dict[str, float]:
     """Bytes per parameter of each method at its peak (the larger phase), width `w`."""
     phases = [phase_bytes(p, w) for p in PHASES.values()]
     return {m: max(p[m] for p in phases) for m in METHODS}
@@ -88,19 +98,19 @@ def table(w: int) -> list[str]:
         lines.append(f"{phase + ': component':42s}" + "".join(f"{m:>13s}" for m in METHODS))
         for name, holders, spec in components:
             b = _bytes(spec, w)
-            lines.append(f"  {name:40s}" + "".join(f"{(b if m in holders else 0):>13d}"
+            lines.append(f"  {name:40s}" + "".join(f"{(b if m in holders else 0):>13.1f}"
                                                    for m in METHODS))
         totals = phase_bytes(components, w)
         lines.append(f"  {'total bytes per parameter':40s}" + "".join(
-            f"{totals[m]:>13d}" for m in METHODS))
+            f"{totals[m]:>13.1f}" for m in METHODS))
     lines.append(f"{'parked off the device: component':42s}" + "".join(f"{m:>13s}"
                                                                       for m in METHODS))
     for name, holders, spec in PARKED:
         b = _bytes(spec, w)
-        lines.append(f"  {name:40s}" + "".join(f"{(b if m in holders else 0):>13d}"
+        lines.append(f"  {name:40s}" + "".join(f"{(b if m in holders else 0):>13.1f}"
                                                for m in METHODS))
     peak = per_param(w)
-    lines.append(f"{'peak bytes per parameter':42s}" + "".join(f"{peak[m]:>13d}"
+    lines.append(f"{'peak bytes per parameter':42s}" + "".join(f"{peak[m]:>13.1f}"
                                                                 for m in METHODS))
     lines.append(f"{'x plain':42s}" + "".join(f"{peak[m] / peak['plain']:>13.2f}"
                                                for m in METHODS))
@@ -110,12 +120,13 @@ def table(w: int) -> list[str]:
 def projections() -> list[str]:
     totals = per_param(BF16)
     lines = [f"{'bf16 weights':14s}" + "".join(f"{m:>13s}" for m in METHODS)
-             + "   fits on one GPU (ALKN)"]
+             + "   fits on one GPU: ALKN / ALKN+LoRA"]
     for size, n in SIZES.items():
         gb = {m: totals[m] * n / 1e9 for m in METHODS}
-        fits = [g for g, cap in GPUS.items() if gb["alkn"] <= cap]
+        fits = [next((g for g, cap in GPUS.items() if gb[m] <= cap), "none (shard it)")
+                for m in ("alkn", "alkn+lora")]
         lines.append(f"{size:14s}" + "".join(f"{gb[m]:>10.0f} GB" for m in METHODS)
-                     + f"   {fits[0] if fits else 'none: shard it over GPUs'}")
+                     + f"   {fits[0]} / {fits[1]}")
     parked = PARKED_AT_ONCE * BF16
     lines.append(f"host memory (or disk) for the parked tensors (at most {PARKED_AT_ONCE} at "
                  f"once): {parked} B/param = "
@@ -167,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             args.model = str(random_llama(Path(tmp) / "model", *shape))
         n_params = sum(p.numel() for p in
                        core_overhead._load(args.model, args.data, 1)[0].parameters())
-        measured = core_overhead.memory(args)
+        measured = core_overhead.memory(args, ("plain", "alkn", "task_vector", "alkn+lora"))
     plain = measured["plain"]
     print(f"\nmeasured peak of one task ({args.forget} forget items, 1 epoch), model of "
           f"{n_params / 1e6:.1f}M parameters")

@@ -52,9 +52,10 @@ class AlknParams(NegationParams, BaseParams):
     retain_gradient_sets: str = param("retain", "what the mean retain gradient g_r is "
                                       "computed on",
                                       choices=("retain", "retain+eval"))
-    # bf16 chose 99.8% of fp32's mask on the demo model's first task, 99.2% by the third
-    # (tests/test_memory_cuts.py holds >= 98%); the continual benchmark's numbers equal
-    # within noise (docs/benchmarks.md, "Memory per method").
+    # bf16 chose 99.8% of fp32's mask on the demo model's first task, 97.2% by the third
+    # (bench/mask_precision.py: the tasks diverge with their masks; tests/test_memory_cuts.py
+    # holds >= 98% over two); the continual benchmark's numbers equal within noise
+    # (docs/benchmarks.md, "Memory per method").
     score_dtype: str = param("bfloat16", "precision the score and g_r are held in (products "
                              "are taken in fp32 either way; bfloat16 halves their memory)",
                              choices=("float32", "bfloat16"))
@@ -82,11 +83,10 @@ class Alkn(Method):
             self.params = p = p.replace(mask_rule=made_with)
         self.named = [(n, q) for n, q in ctx.model.named_parameters() if q.requires_grad]
         self._soft_labels()
-        self.g_r = self._mean_retain_gradient()
         # g * g_r cannot rank the coordinates of a tensor the retain loss has no gradient on
         # (LoRA's A factors: B starts at zero, so changing A alone leaves every output as it
         # was): such a tensor trains unmasked (threshold -inf).
-        self.free = {n for n, g in self.g_r.items() if not bool(g.any())}
+        self.g_r, self.free = self._mean_retain_gradient()
         prev = ctx.state.masks if ctx.state is not None else None
         # Each tensor lives beside its parameter (a device_map may spread them over GPUs).
         where = {n: q.device for n, q in self.named}
@@ -122,7 +122,7 @@ class Alkn(Method):
             prob_sum += float(pt[is_target].sum())
         ctx.stats["initial_token_prob"] = prob_sum / max(1, trained)
 
-    def _mean_retain_gradient(self) -> dict[str, torch.Tensor]:
+    def _mean_retain_gradient(self) -> tuple[dict[str, torch.Tensor], set[str]]:
         """Mean over as many retain batches as the forget set has batches, at theta_t."""
         ctx, p = self.ctx, self.params
         pool = list(ctx.retain or [])
@@ -139,10 +139,16 @@ class Alkn(Method):
             (losses.nll(model, batch) / n).backward()
             ctx.report("probing", i + 1, n)
         dtype = self._score_dtype()
-        g_r = {name: (q.grad.to(dtype) if q.grad is not None else torch.zeros_like(
-            q, dtype=dtype)) for name, q in self.named}
+        g_r: dict[str, torch.Tensor] = {}
+        free: set[str] = set()
+        for name, q in self.named:
+            g = q.grad if q.grad is not None else torch.zeros_like(q, dtype=dtype)
+            if not bool(g.any()):
+                free.add(name)
+            g_r[name] = g.to(dtype)
+            q.grad = None  # one fp32 gradient fewer at a time
         model.zero_grad(set_to_none=True)
-        return g_r
+        return g_r, free
 
     def _score_dtype(self) -> torch.dtype:
         # bf16's range is fp32's: products of two gradients, however tiny, do not underflow
