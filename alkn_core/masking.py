@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import torch
@@ -23,19 +23,67 @@ def soft_label_weights(p: torch.Tensor, k: float = 1.5) -> torch.Tensor:
     return w.clamp(0.0, 1.0)
 
 
+# Elements per piece of the score's element-wise arithmetic on the CPU. There, mixed precision
+# (a bf16 score and retain gradient, fp32 gradients) copies the operands to fp32 first, about
+# 12 bytes per element: in pieces that is a piece's, not the largest tensor's (an 8B Llama's
+# embedding has 525M elements). CUDA kernels cast as they read: whole tensors there.
+PIECE = 1 << 18
+
+
+def pieces(*tensors: torch.Tensor) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Aligned flat pieces of same-shaped tensors, as views (writes reach the tensors); the
+    tensors whole off the CPU or when one is not contiguous (the arithmetic is element-wise
+    either way)."""
+    if tensors[0].device.type != "cpu" or not all(t.is_contiguous() for t in tensors):
+        yield tensors
+        return
+    flat = [t.view(-1) for t in tensors]
+    for start in range(0, flat[0].numel(), PIECE):
+        yield tuple(f[start : start + PIECE] for f in flat)
+
+
 def accumulate_score(score: torch.Tensor, grad: torch.Tensor, retain_grad: torch.Tensor,
                      sign: float = 1.0, prev: torch.Tensor | None = None,
                      mask_p_k: float = 0.5) -> None:
     """score += sign * g * g_r; then, where an earlier task's mask is set,
-    score -= std(g * g_r) * mask_p_k, which pushes already-used coordinates out."""
+    score -= std(g * g_r) * mask_p_k, which pushes already-used coordinates out. In pieces
+    (PIECE); the std is the whole tensor's."""
     if prev is None or grad.numel() < 2:
-        score.addcmul_(grad.float(), retain_grad, value=sign)  # fused: no temporary
+        for s, g, r in pieces(score, grad, retain_grad):
+            s.addcmul_(g.float(), r, value=sign)
         return
-    s = grad.float() * retain_grad
-    if sign < 0:
-        s.neg_()
-    score.add_(s)
-    score.sub_(prev.to(score.dtype).mul_(float(s.std()) * mask_p_k))
+    penalty = product_std(grad, retain_grad) * mask_p_k
+    for s, g, r, m in pieces(score, grad, retain_grad, prev):
+        part = g.float() * r
+        if sign < 0:
+            part.neg_()
+        part.sub_(m.to(part.dtype), alpha=penalty)
+        s.add_(part)
+
+
+def product_std(grad: torch.Tensor, retain_grad: torch.Tensor) -> float:
+    """The unbiased std of g * g_r over the whole tensor, from float64 sums over pieces."""
+    total = torch.zeros((), dtype=torch.float64, device=grad.device)
+    squares = torch.zeros((), dtype=torch.float64, device=grad.device)
+    for g, r in pieces(grad, retain_grad):
+        part = g.float() * r
+        total += part.sum(dtype=torch.float64)
+        squares += part.square().sum(dtype=torch.float64)
+    n = grad.numel()
+    return float(((squares - total * total / n) / (n - 1)).clamp(min=0).sqrt())
+
+
+def keep_and_mask(score: torch.Tensor, grad: torch.Tensor | None,
+                  threshold: float) -> torch.Tensor:
+    """grad (if any) zeroed where score <= threshold, in pieces; returns how many coordinates
+    score > threshold keeps (a 0-d tensor on the score's device: no synchronisation)."""
+    kept = torch.zeros((), dtype=torch.int64, device=score.device)
+    for parts in pieces(score) if grad is None else pieces(score, grad):
+        keep = parts[0] > threshold
+        if grad is not None:
+            parts[1].mul_(keep)
+        kept += keep.sum()
+    return kept
 
 
 def unmask_ratio_at(step: int, total: int, start: float) -> float:
@@ -53,17 +101,30 @@ def _kth(flat: torch.Tensor, k: int) -> float:
 SAMPLE_SIZE = 1 << 14
 
 
-def sample_positions(numel: int, generator: torch.Generator,
-                     size: int = SAMPLE_SIZE) -> torch.Tensor | None:
-    """Fixed random positions at which a large tensor's order statistics are estimated
-    (None: the tensor is small enough to use whole)."""
-    if numel <= size:
+def _is_prime(n: int) -> bool:
+    return n >= 2 and all(n % d for d in range(2, math.isqrt(n) + 1))
+
+
+def sample_positions(numel: int, generator: torch.Generator, size: int = SAMPLE_SIZE,
+                     row: int = 1) -> slice | None:
+    """The fixed positions at which a large tensor's order statistics are estimated: `size`
+    elements `stride` apart from a random start, `stride` the largest prime <= numel / size
+    that does not divide the row length `row` (so the sample walks every column of a matrix,
+    not a few). A slice: a view of the score, no index tensor held per parameter. None: the
+    tensor (under 4 x size elements, or no such prime) is used whole."""
+    if numel < 4 * size:
         return None
-    return torch.randint(numel, (size,), generator=generator)
+    stride = next((p for p in range(numel // size, 1, -1) if _is_prime(p) and row % p),
+                  None)
+    if stride is None:
+        return None
+    # stride * size <= numel: the last sample lies inside the tensor from any start < stride
+    start = int(torch.randint(stride, (1,), generator=generator))
+    return slice(start, start + stride * (size - 1) + 1, stride)
 
 
 def robust_threshold(score: torch.Tensor, keep: float, trim_ratio: float = 0.15,
-                     positions: torch.Tensor | None = None) -> float:
+                     positions: slice | None = None) -> float:
     """A threshold such that about `keep` of the elements satisfy score > threshold.
 
     As the reference: take the k-th largest (hi) and k-th smallest (lo) values with
@@ -75,7 +136,7 @@ def robust_threshold(score: torch.Tensor, keep: float, trim_ratio: float = 0.15,
     """
     flat = score.detach().reshape(-1)
     if positions is not None:
-        flat = flat[positions.to(flat.device)]
+        flat = flat[positions]
     flat = flat.float()
     n = flat.numel()
     n_keep = keep * n

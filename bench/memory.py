@@ -14,7 +14,8 @@
    and relax start from); with `offload: memory` they count on the device again.
 2. Measured: the peak of a whole task of plain fine-tuning, ALKN, task_vector and ALKN
    with adapter "lora" (r=8) on the same model (each in a fresh process:
-   bench/core_overhead.py's measurement, malloc's bytes on CPU, CUDA's max_memory_allocated
+   bench/core_overhead.py's measurement, malloc's bytes on CPU with the weights copied out
+   of the mapped safetensors file so that they count as on a GPU, CUDA's max_memory_allocated
    on a GPU), by default a random-initialised Llama of 30M parameters built here with the
    demo tokenizer.
 3. Projections: the model's bytes at 1B, 8B and 70B parameters in bf16, activations left

@@ -175,10 +175,15 @@ def test_sampled_threshold_keeps_requested_fraction() -> None:
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(2_000_000, generator=gen) ** 3  # heavy-tailed, like products of gradients
     positions = sample_positions(x.numel(), torch.Generator().manual_seed(0))
-    assert positions is not None and positions.numel() == 1 << 14
+    assert positions is not None and x[positions].numel() == 1 << 14
+    # a matrix: the stride does not divide the row length, so every column is sampled
+    rows = sample_positions(4096 * 1792, torch.Generator().manual_seed(0), row=1792)
+    assert rows is not None and 1792 % rows.step
+    cols = torch.arange(4096 * 1792)[rows] % 1792
+    assert cols.unique().numel() == 1792 and cols.numel() == 1 << 14
     for keep in (0.8, 0.4):
         exact = robust_threshold(x, keep)
         sampled = robust_threshold(x, keep, positions=positions)
         kept_exact = float((x > exact).float().mean())
         assert abs(float((x > sampled).float().mean()) - kept_exact) <= 0.01
-    assert sample_positions(10_000, torch.Generator()) is None  # small tensors are used whole
+    assert sample_positions(60_000, torch.Generator()) is None  # small tensors are used whole

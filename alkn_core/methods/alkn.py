@@ -101,9 +101,9 @@ class Alkn(Method):
         self.score = {n: torch.zeros_like(q, dtype=self._score_dtype()) for n, q in self.named}
         self.sign = 1.0 if p["mask_rule"] == "reference" else -1.0
         gen = torch.Generator().manual_seed(p["seed"])
-        self.positions = {n: masking.sample_positions(q.numel(), gen) for n, q in self.named}
-        self.positions = {n: i.to(where[n]) if i is not None else None
-                          for n, i in self.positions.items()}
+        self.positions = {n: masking.sample_positions(q.numel(), gen,
+                                                      row=q.shape[-1] if q.ndim else 1)
+                          for n, q in self.named}
         self.kept_history: list[float] = []
 
     def _soft_labels(self) -> None:
@@ -197,11 +197,8 @@ class Alkn(Method):
             if update or name not in self.thresholds:
                 self.thresholds[name] = masking.robust_threshold(
                     score, u, p["trim_ratio"], self.positions[name])
-            keep = score > self.thresholds[name]
-            if g is not None:
-                g.mul_(keep)
-            kept.append(keep.sum())
-            count += keep.numel()
+            kept.append(masking.keep_and_mask(score, g, self.thresholds[name]))
+            count += score.numel()
         self.kept_history.append(sum(int(k) for k in kept) / max(1, count))
 
     # -- state -----------------------------------------------------------------------------
