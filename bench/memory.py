@@ -162,9 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=str(demo_data_dir()))
     ap.add_argument("--forget", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--measure", default="plain,alkn,task_vector,alkn+lora",
+                    help="what to measure (plain and alkn at least: the RATIO line)")
     ap.add_argument("--size", choices=["30m", "tiny"], default="30m",
                     help="the random model's size (tiny: the suite's smoke test)")
     args = ap.parse_args(argv)
+    kinds = args.measure.split(",")
+    if not {"plain", "alkn"} <= set(kinds) <= set(core_overhead.MEMORY_KINDS):
+        ap.error(f"--measure: plain and alkn, and any of {sorted(core_overhead.MEMORY_KINDS)}")
 
     print("memory model: bytes per parameter in a task's two peak phases, fp32 weights (CPU)")
     print("\n".join(table(FP32)))
@@ -179,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             args.model = str(random_llama(Path(tmp) / "model", *shape))
         n_params = sum(p.numel() for p in
                        core_overhead._load(args.model, args.data, 1)[0].parameters())
-        measured = core_overhead.memory(args, ("plain", "alkn", "task_vector", "alkn+lora"))
+        measured = core_overhead.memory(args, tuple(kinds))
     plain = measured["plain"]
     print(f"\nmeasured peak of one task ({args.forget} forget items, 1 epoch), model of "
           f"{n_params / 1e6:.1f}M parameters")

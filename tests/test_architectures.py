@@ -68,9 +68,13 @@ ADAPTER: dict[str, dict[str, Any]] = {"none": {"adapter": "none"},
                                       "lora": {"adapter": "lora", "lr": "auto"}}
 
 
-@pytest.mark.parametrize("adapter", ["none", "lora"])
-@pytest.mark.parametrize("method", ["alkn", "task_vector"])
-@pytest.mark.parametrize("arch", ARCHS)
+# LoRA on every architecture with alkn; task_vector shares the adapter code, on two of them.
+CASES = [(arch, method, adapter) for arch in ARCHS for method in ("alkn", "task_vector")
+         for adapter in ("none", "lora")
+         if not (method == "task_vector" and adapter == "lora" and arch not in ("llama", "gpt2"))]
+
+
+@pytest.mark.parametrize(("arch", "method", "adapter"), CASES)
 def test_two_continual_tasks(arch: str, method: str, adapter: str, tiny_world: TinyWorld,
                              tmp_path: Path) -> None:
     tok = tiny_world.tokenizer
