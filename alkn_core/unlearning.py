@@ -114,12 +114,12 @@ def unlearn(
     task = _Task(cls, model, tokenizer, _Inputs.check(
         cls, model, params, forget, retain, eval_sets, holdout, earlier_forget, state),
         progress)
-    try:
+    task.keep_base()
+    # adapter "lora": from the lr probe to the end of training LoRA factors train, merged
+    # after it (discarded if it fails: the caller's model is left plain)
+    with adapters.attached(model, task.ctx.params):
         task.prepare()
         task.train()
-    finally:  # a failed task leaves no LoRA layers in the caller's model
-        if task.adapter is not None:
-            task.adapter.discard()
     if cls.negates:
         task.negate()
     return task.result()
@@ -191,18 +191,18 @@ class _Task:
         self.times: dict[str, float] = {}
         self.stats: dict[str, Any] = {}
         self.new_state: UnlearnState | None = None
-        self.adapter: adapters.Adapter | None = None
+
+    def keep_base(self) -> None:
+        """The weights before training, under their own names (before any adapter)."""
+        p = self.ctx.params
+        self.base = snapshot(self.ctx.model, p["offload"]) if self.cls.negates else None
 
     def prepare(self) -> None:
         """lr "auto", the method's probing, the negation's fixed measurements and the
-        repair's teacher, and the weights before training."""
+        repair's teacher (with LoRA factors attached, if any)."""
         ctx, cls, p = self.ctx, self.cls, self.ctx.params
-        # the weights before training, under their own names (before any adapter)
-        self.base = snapshot(ctx.model, p["offload"]) if cls.negates else None
-        if cls.negates:  # from the lr probe to the end of training, LoRA factors train
-            self.adapter = adapters.attach(ctx.model, p)
-            if self.adapter is not None and self.inputs.state is not None:
-                self.inputs.state.check_compatible(ctx.model)
+        if p.get("adapter") == adapters.LORA and self.inputs.state is not None:
+            self.inputs.state.check_compatible(ctx.model)  # its masks are the factors'
         self.lr_probe = _resolve_lr(ctx) if p["lr"] == AUTO else None
         self.impl = cls(ctx)
         ctx.report("probing", 0, 1)
@@ -222,9 +222,6 @@ class _Task:
         loop = _train(self.impl, self.lr)
         self.times["training"] = loop.seconds
         self.new_state = self.impl.finish()
-        if self.adapter is not None:  # the low-rank update into the weights
-            self.adapter.merge()
-            self.adapter = None
         self.stats = {"method": self.cls.name, "steps": loop.steps, "lr": self.lr,
                       "final_loss": loop.losses[-1] if loop.losses else None}
         if self.lr_probe is not None:

@@ -181,12 +181,12 @@ class Alkn(Method):
         p = self.params
         u = masking.unmask_ratio_at(step, total, p["unmask_ratio"])
         update = self.first and step % p["threshold_update_step"] == 0
-        kept: list[torch.Tensor] = []  # summed once at the end: one sync per step
+        kept: list[torch.Tensor | int] = []  # summed once at the end: one sync per step
         count = 0
         for name, q in self.named:
             if name in self.free:
                 count += q.numel()
-                kept.append(torch.tensor(q.numel()))
+                kept.append(q.numel())
                 continue
             score = self.score[name]
             g = q.grad  # None when unused this step: a zero gradient adds nothing
