@@ -153,7 +153,11 @@ class NegationProbe:
     def utility(self, model: torch.nn.Module) -> tuple[float | None, float | None]:
         """The retain probe and the general probe (None without one) as fractions of their
         references."""
-        retain, general = self.measure(model)[1], self.measure_general(model)
+        return self.fractions(self.measure(model)[1], self.measure_general(model))
+
+    def fractions(self, retain: float | None, general: float | None
+                  ) -> tuple[float | None, float | None]:
+        """Measured retain and general probes as fractions of their references."""
         return (None if retain is None else retain / max(self.retain_reference or 0.0, 1e-12),
                 None if general is None else general / max(self.general_reference or 0.0,
                                                            1e-12))
@@ -312,6 +316,7 @@ def repair_and_guard(probe: NegationProbe, teacher: Teacher, model: torch.nn.Mod
                     general_probe=probe.measure_general(model), extra_alpha=0.0,
                     relaxed_alpha=None)
         rounds.append(info)
+        changed = True  # by the guard or relax: the probes are measured again
         if forget > guard:
             repaired = snapshot(model, p["offload"])
             try:
@@ -329,8 +334,13 @@ def repair_and_guard(probe: NegationProbe, teacher: Teacher, model: torch.nn.Mod
             finally:
                 del repaired
         elif p["repair_relax"] and forget < RELAX_BELOW * guard:
-            info["relaxed_alpha"] = negation = relax(probe, model, tau, negation, guard)
-        now = probe.utility(model)
+            relaxed = relax(probe, model, tau, negation, guard)
+            changed = relaxed != negation  # unchanged: the search left the model as it was
+            info["relaxed_alpha"] = negation = relaxed
+        else:
+            changed = False
+        now = (probe.utility(model) if changed
+               else probe.fractions(retain, info["general_probe"]))
         # the whole round: steps, probes, and the guard's or relax's alpha search
         info["round_seconds"] = time.perf_counter() - t_round
         if all(u is None or u >= aim for u in now):

@@ -45,6 +45,12 @@ HINGE_EARLIER_SETS = 1
 REPAIR_PARTS = 2
 # The hinge aims this far below the target: the measured mean then lands at or under it.
 HINGE_MARGIN = 0.8
+# A batch measured under HINGE_IDLE_BELOW x the hinge's aim is not measured again for the
+# next HINGE_IDLE_STEPS steps (its hinge is inactive and small repair steps do not double an
+# answer probability in a few steps): the measurement was a quarter of a repair step's time
+# though the hinge is inactive after the first steps of a task (bench/job_cost.py).
+HINGE_IDLE_BELOW = 0.5
+HINGE_IDLE_STEPS = 4
 
 
 def _answer_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
@@ -159,7 +165,15 @@ def forget_hinge(model: torch.nn.Module, batch: Batch, log_target: float) -> tor
 
 def hinge_backward(model: torch.nn.Module, batch: Batch, log_target: float,
                    weight: float = 1.0) -> float:
-    """`forget_hinge`'s gradient x `weight` accumulated into .grad; returns the hinge.
+    """`forget_hinge`'s gradient x `weight` accumulated into .grad; returns the hinge
+    (`hinge_step`'s first value)."""
+    return hinge_step(model, batch, log_target, weight)[0]
+
+
+def hinge_step(model: torch.nn.Module, batch: Batch, log_target: float,
+               weight: float = 1.0) -> tuple[float, float]:
+    """`forget_hinge`'s gradient x `weight` accumulated into .grad; returns the hinge and the
+    batch's log mean answer probability.
 
     The items' log-probabilities are measured first without a graph: an inactive hinge (the
     forget items already under the target, the usual case) costs no backward pass, and an
@@ -168,24 +182,51 @@ def hinge_backward(model: torch.nn.Module, batch: Batch, log_target: float,
     hinge's: one part's activations are held, not the batch's."""
     with torch.no_grad(), autocast_for(model):
         items = _item_logprobs(model, batch).float()
-    hinge = float(_mean_hinge(items, log_target))
+    log_mean = float(torch.logsumexp(items, 0)) - math.log(items.numel())
+    hinge = max(0.0, log_mean - log_target)
     if hinge <= 0:
-        return 0.0
+        return 0.0, log_mean
     w = torch.softmax(items, 0)
     for rows in _parts(int(items.numel())):
         with autocast_for(model):
             part = (w[rows] * _item_logprobs(model, _rows(batch, rows)).float()).sum()
         (weight * part).backward()
-    return hinge
+    return hinge, log_mean
 
 
-def _hinge_sets(forget: Sequence[Sequence[Batch]], step: int) -> list[Sequence[Batch]]:
-    """This step's sets: the first (this task's) and the earlier ones' turn."""
-    first, rest = [f for f in forget[:1] if f], [f for f in forget[1:] if f]
+def _hinge_sets(forget: Sequence[Sequence[Batch]], step: int) -> list[int]:
+    """Indices into `forget` of this step's sets: the first (this task's) and the earlier
+    ones' turn."""
+    first = [0] if forget and forget[0] else []
+    rest = [i for i in range(1, len(forget)) if forget[i]]
     if len(rest) > HINGE_EARLIER_SETS:
         start = step * HINGE_EARLIER_SETS
         rest = [rest[(start + i) % len(rest)] for i in range(HINGE_EARLIER_SETS)]
     return first + rest
+
+
+class _Hinges:
+    """The hinge of each forget set, measured only when it may be active (HINGE_IDLE_*)."""
+
+    def __init__(self, forget: Sequence[Sequence[Batch]], log_target: float, weight: float
+                 ) -> None:
+        self.forget, self.log_target, self.weight = forget, log_target, weight
+        self.idle_until: dict[tuple[int, int], int] = {}  # (set, batch) -> step
+        self.measured = 0
+
+    def backward(self, model: torch.nn.Module, step: int) -> float:
+        total = 0.0
+        for i in _hinge_sets(self.forget, step):
+            key = (i, step % len(self.forget[i]))  # each batch has its own mean
+            if self.idle_until.get(key, 0) > step:
+                continue
+            hinge, log_mean = hinge_step(model, self.forget[i][key[1]], self.log_target,
+                                         self.weight)
+            self.measured += 1
+            if log_mean < self.log_target + math.log(HINGE_IDLE_BELOW):
+                self.idle_until[key] = step + 1 + HINGE_IDLE_STEPS
+            total += hinge
+        return total
 
 
 def repair(model: torch.nn.Module, teacher: Teacher, forget: Sequence[Sequence[Batch]],
@@ -210,13 +251,12 @@ def _repair_steps(model: torch.nn.Module, teacher: Teacher, forget: Sequence[Seq
     weight = params["repair_forget_weight"]
     kls: list[float] = []
     hinges: list[float] = []
+    watch = _Hinges(forget, log_target, weight)
     model.train()
     for step in range(steps):
         optimizer.zero_grad(set_to_none=True)  # no gradient held through the first forward
         if weight > 0:
-            hinge = sum(hinge_backward(model, f[step % len(f)], log_target, weight)
-                        for f in _hinge_sets(forget, step))
-            hinges.append(float(hinge))
+            hinges.append(watch.backward(model, step))
         kl = teacher.kl_backward(model, step % len(teacher.batches))
         torch.nn.utils.clip_grad_norm_(trainable, params["max_grad_norm"])
         optimizer.step()
@@ -228,6 +268,6 @@ def _repair_steps(model: torch.nn.Module, teacher: Teacher, forget: Sequence[Seq
     model.eval()
     return {"steps": steps, "lr": lr, "kl_first": kls[0] if kls else None,
             "kl_last": kls[-1] if kls else None,
-            "hinge_last": hinges[-1] if hinges else None,
+            "hinge_last": hinges[-1] if hinges else None, "hinge_measured": watch.measured,
             "items": sum(int(b["input_ids"].shape[0]) for b in teacher.batches),
             "seconds": time.perf_counter() - t}

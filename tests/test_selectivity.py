@@ -143,8 +143,9 @@ def test_earlier_forget_sets_are_each_held_on_their_own(monkeypatch: pytest.Monk
     # Every earlier set gets its turn in the hinge; this task's set is in every step.
     this, earlier = ["t"], [[f"e{i}"] for i in range(HINGE_EARLIER_SETS * 2 + 1)]
     seen: set[str] = set()
+    forget = [this, *earlier]
     for step in range(3):
-        sets = _hinge_sets([this, *earlier], step)
+        sets = [forget[i] for i in _hinge_sets(forget, step)]
         assert sets[0] is this and len(sets) == 1 + HINGE_EARLIER_SETS
         seen.update(s[0] for s in sets[1:])
     assert seen == {e[0] for e in earlier}
@@ -184,3 +185,38 @@ def test_general_probe_is_measured_and_carried(trained: torch.nn.Module,
     assert rep["rounds"][0]["general_probe"] is not None
     assert r.state is not None
     assert r.state.info[GENERAL_REFERENCE] == pytest.approx(rep["general_probe_reference"])
+
+
+def test_a_hinge_far_under_its_aim_is_not_measured_every_step(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An inactive hinge under HINGE_IDLE_BELOW x its aim waits HINGE_IDLE_STEPS steps before
+    that batch is measured again; a batch near its aim (or active) is measured at each of its
+    turns, whatever the other batches of its set measured."""
+    import math
+
+    from alkn_core import repair
+
+    log_target = math.log(0.1)
+    levels = {"far": math.log(0.01), "near": math.log(0.08), "earlier": math.log(0.01)}
+    calls: dict[str, list[int]] = {name: [] for name in levels}
+    step_now = [0]
+
+    def fake_step(_model: Any, batch: str, target: float, _w: float) -> tuple[float, float]:
+        calls[batch].append(step_now[0])
+        return max(0.0, levels[batch] - target), levels[batch]
+
+    monkeypatch.setattr(repair, "hinge_step", fake_step)
+    # this task's set of two batches (one far under the aim, one near it), an earlier set
+    hinges = repair._Hinges([["far", "near"], ["earlier"]], log_target, 1.0)
+    for step in range(12):
+        step_now[0] = step
+        assert hinges.backward(None, step) == 0.0  # type: ignore[arg-type]
+    wait = repair.HINGE_IDLE_STEPS + 1
+    assert calls["near"] == list(range(1, 12, 2))  # every one of its turns (odd steps)
+    far, free_at = [], 0  # its turns are the even steps; measured, it idles `wait` steps
+    for turn in range(0, 12, 2):
+        if turn >= free_at:
+            far, free_at = [*far, turn], turn + wait
+    assert calls["far"] == far and len(far) < 6
+    assert calls["earlier"] == list(range(0, 12, wait))
+    assert hinges.measured == sum(len(c) for c in calls.values())
