@@ -294,7 +294,8 @@ class NegationParams(Params):
     # (bench/job_cost.py); 0.01 stopped some that still helped (selectivity_ablation.md).
     repair_min_gain: float = param(
         0.002, "rounds stop once one gained less than this fraction of the probes' "
-        "references (0 = always every round)", le=1)
+        "references, every probe at or above the utility floor (0 = always every round)",
+        le=1)
     repair_sets: str = param("retain", "what the repair keeps: the retain set, or it and "
                              "the evaluation sets", choices=("retain", "retain+eval"))
     repair_reference: str = param(

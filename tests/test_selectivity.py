@@ -220,3 +220,18 @@ def test_a_hinge_far_under_its_aim_is_not_measured_every_step(
     assert calls["far"] == far and len(far) < 6
     assert calls["earlier"] == list(range(0, 12, wait))
     assert hinges.measured == sum(len(c) for c in calls.values())
+
+
+def test_repair_rounds_stop_at_a_plateau_only_above_the_floor() -> None:
+    """A round that gained less than repair_min_gain on every probe ends the rounds, unless a
+    probe is still under the utility floor (the flat rounds there were followed by gains, and
+    stopping let the people no probe stands for fall to half their level)."""
+    from alkn_core.negation import plateau
+
+    best = (0.90, 0.88)
+    assert plateau((0.901, 0.88), best, 0.002, 0.85)  # flat, above the floor
+    assert not plateau((0.91, 0.88), best, 0.002, 0.85)  # the retain probe gained
+    assert not plateau((0.90, 0.80), (0.90, 0.80), 0.002, 0.85)  # flat, general under floor
+    assert plateau((0.90, None), (0.90, None), 0.002, 0.85)  # no general sets given
+    assert not plateau((0.90, 0.88), None, 0.002, 0.85)  # the first round
+    assert not plateau((0.90, 0.88), best, 0.0, 0.85)  # 0: every round runs
