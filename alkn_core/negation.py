@@ -25,7 +25,7 @@ from .calibration import AlphaSearch, CalibrationError, CurvePoint, forget_targe
 from .data import Example, encode_item, length_sorted_batches
 from .losses import mean_batch_probability
 from .methods import TaskContext
-from .repair import Teacher, repair
+from .repair import Teacher, plateau, repair
 from .task_vector import TaskVector, snapshot
 
 Batches = list[dict[str, torch.Tensor]]
@@ -357,17 +357,6 @@ def repair_and_guard(probe: NegationProbe, teacher: Teacher, model: torch.nn.Mod
     out["general_probe_reference"] = probe.general_reference
     out["earlier_forget_prob"] = probe.measure_earlier(model)
     return out
-
-
-def plateau(now: tuple[float | None, float | None], best: tuple[float | None, float | None] | None,
-            gain: float, floor: float) -> bool:
-    """The repair's rounds stop: no probe (fractions of their references) gained `gain` on
-    its best so far, and every probe is at or above the utility floor. Under the floor a flat
-    round is no reason to stop: rounds that gained nothing there still brought the model
-    back later, and stopping left the people no probe stands for at half their level
-    (docs/benchmarks.md, "Another seed")."""
-    return gain > 0 and best is not None and all(
-        u is None or floor <= u < (b or 0.0) + gain for u, b in zip(now, best, strict=True))
 
 
 def relax(probe: NegationProbe, model: torch.nn.Module, tau: TaskVector, alpha: float,

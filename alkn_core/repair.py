@@ -33,6 +33,7 @@ from .losses import token_logprobs
 from .runtime import autocast_for
 
 Batch = dict[str, torch.Tensor]
+Probes = tuple[float | None, float | None]
 TOP_K = 64  # answer-token distribution kept per position (+ one bucket for the rest)
 # Earlier forget sets in the hinge per step at most (taken in turn beyond): a step's cost then
 # does not grow with the lineage. With 4, a repair round cost 2.3x more from the 5th request
@@ -271,3 +272,14 @@ def _repair_steps(model: torch.nn.Module, teacher: Teacher, forget: Sequence[Seq
             "hinge_last": hinges[-1] if hinges else None, "hinge_measured": watch.measured,
             "items": sum(int(b["input_ids"].shape[0]) for b in teacher.batches),
             "seconds": time.perf_counter() - t}
+
+
+def plateau(now: Probes, best: Probes | None, gain: float, floor: float) -> bool:
+    """The repair's rounds stop (negation.repair_and_guard): no probe (retain, general:
+    fractions of their references, None without one) gained `gain` on its best so far, and
+    every probe is at or above the utility floor. Under the floor a flat round is no reason
+    to stop: rounds that gained nothing there still brought the model back later, and
+    stopping left the people no probe stands for at half their level (docs/benchmarks.md,
+    "Another seed")."""
+    return gain > 0 and best is not None and all(
+        u is None or floor <= u < (b or 0.0) + gain for u, b in zip(now, best, strict=True))

@@ -226,7 +226,7 @@ def test_repair_rounds_stop_at_a_plateau_only_above_the_floor() -> None:
     """A round that gained less than repair_min_gain on every probe ends the rounds, unless a
     probe is still under the utility floor (the flat rounds there were followed by gains, and
     stopping let the people no probe stands for fall to half their level)."""
-    from alkn_core.negation import plateau
+    from alkn_core.repair import plateau
 
     best = (0.90, 0.88)
     assert plateau((0.901, 0.88), best, 0.002, 0.85)  # flat, above the floor
