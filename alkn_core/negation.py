@@ -316,7 +316,7 @@ def repair_and_guard(probe: NegationProbe, teacher: Teacher, model: torch.nn.Mod
                     general_probe=probe.measure_general(model), extra_alpha=0.0,
                     relaxed_alpha=None)
         rounds.append(info)
-        changed = True  # by the guard or relax: the probes are measured again
+        now = probe.fractions(retain, info["general_probe"])  # measured again if changed
         if forget > guard:
             repaired = snapshot(model, p["offload"])
             try:
@@ -325,6 +325,7 @@ def repair_and_guard(probe: NegationProbe, teacher: Teacher, model: torch.nn.Mod
                 tau.apply_to(model, repaired, scale=-extra.alpha)
                 info["extra_alpha"] = extra.alpha
                 negation += extra.alpha
+                now = probe.utility(model)
             except CalibrationError:
                 for name, q in model.named_parameters():  # back to the negated model
                     if name in negated:
@@ -335,12 +336,9 @@ def repair_and_guard(probe: NegationProbe, teacher: Teacher, model: torch.nn.Mod
                 del repaired
         elif p["repair_relax"] and forget < RELAX_BELOW * guard:
             relaxed = relax(probe, model, tau, negation, guard)
-            changed = relaxed != negation  # unchanged: the search left the model as it was
+            if relaxed != negation:  # else the search left the model as it was
+                now = probe.utility(model)
             info["relaxed_alpha"] = negation = relaxed
-        else:
-            changed = False
-        now = (probe.utility(model) if changed
-               else probe.fractions(retain, info["general_probe"]))
         # the whole round: steps, probes, and the guard's or relax's alpha search
         info["round_seconds"] = time.perf_counter() - t_round
         if all(u is None or u >= aim for u in now):

@@ -154,21 +154,19 @@ def _item_logprobs(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     return logp.sum(1) / mask.sum(1).clamp(min=1)
 
 
+def _log_mean(item: torch.Tensor) -> torch.Tensor:
+    """log mean_i p(a_i|q_i) from the items' log-probabilities."""
+    return torch.logsumexp(item, 0) - math.log(item.numel())
+
+
 def _mean_hinge(item: torch.Tensor, log_target: float) -> torch.Tensor:
-    return F.relu(torch.logsumexp(item, 0) - math.log(item.numel()) - log_target)
+    return F.relu(_log_mean(item) - log_target)
 
 
 def forget_hinge(model: torch.nn.Module, batch: Batch, log_target: float) -> torch.Tensor:
     """relu(log mean_i p(a_i|q_i) - log_target), p(a|q) = exp(mean token log p): only the
     batch's mean (what the target is about) is held down, not every item further."""
     return _mean_hinge(_item_logprobs(model, batch), log_target)
-
-
-def hinge_backward(model: torch.nn.Module, batch: Batch, log_target: float,
-                   weight: float = 1.0) -> float:
-    """`forget_hinge`'s gradient x `weight` accumulated into .grad; returns the hinge
-    (`hinge_step`'s first value)."""
-    return hinge_step(model, batch, log_target, weight)[0]
 
 
 def hinge_step(model: torch.nn.Module, batch: Batch, log_target: float,
@@ -183,7 +181,7 @@ def hinge_step(model: torch.nn.Module, batch: Batch, log_target: float,
     hinge's: one part's activations are held, not the batch's."""
     with torch.no_grad(), autocast_for(model):
         items = _item_logprobs(model, batch).float()
-    log_mean = float(torch.logsumexp(items, 0)) - math.log(items.numel())
+    log_mean = float(_log_mean(items))
     hinge = max(0.0, log_mean - log_target)
     if hinge <= 0:
         return 0.0, log_mean
