@@ -94,8 +94,11 @@ def add_model_row(session: Any, tenant_name: str, model_name: str, **fields: Any
 def redis_url() -> Iterator[str]:
     import redis
 
-    # A database number of our own (pid-based), flushed before and after.
-    url = f"{REDIS}/{1 + os.getpid() % 15}"
+    # A database number of our own, flushed before and after: pid-based, and under
+    # pytest-xdist one per worker of the run (workers gw0, gw1, ... share a parent).
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    base = os.getppid() if worker else os.getpid()
+    url = f"{REDIS}/{1 + (base + int(worker[2:] or 0)) % 15}"
     client = redis.Redis.from_url(url)
     client.flushdb()
     yield url
