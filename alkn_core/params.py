@@ -296,6 +296,15 @@ class NegationParams(Params):
         0.002, "rounds stop once one gained less than this fraction of the probes' "
         "references, every probe at or above the utility floor (0 = always every round)",
         le=1)
+    # The repair's hinge holds the forget items under the target; from the whole calibrated
+    # negation the rounds first climb back from the damage it did (the retain probe at 0.1 of
+    # its reference after a 16-item task) and give the negation back; a quarter of it kept
+    # more of everyone else on both splits of the continual benchmark in fewer rounds
+    # (docs/benchmarks.md, "Where the repair starts").
+    repair_start: float = param(
+        0.25, "alpha \"auto\" with a repair: the repair starts from theta - repair_start x "
+        "alpha x tau and its hinge takes the forget items the rest of the way to the target "
+        "(1 = the whole calibrated negation)", positive=True, le=1)
     repair_sets: str = param("retain", "what the repair keeps: the retain set, or it and "
                              "the evaluation sets", choices=("retain", "retain+eval"))
     repair_reference: str = param(

@@ -239,14 +239,18 @@ class _Task:
             alpha = p["alpha"] * p["coef_decay"] ** ctx.task_index
         else:
             tau, alpha, target_met = self._calibrate()
-        tau.apply_to(ctx.model, base, scale=-alpha)
-        self.stats.update(alpha=alpha, task_vector_norm=tau.norm())
+        # A calibrated alpha that met its target: the repair starts from part of it and its
+        # hinge holds the forget items at the target (negation.repair_and_guard's guard)
+        applied = (alpha * p["repair_start"] if target_met and self.teacher is not None
+                   else alpha)
+        tau.apply_to(ctx.model, base, scale=-applied)
+        self.stats.update(alpha=alpha, alpha_applied=applied, task_vector_norm=tau.norm())
         self.base = None
         del base
         ctx.report("negating", 1, 1)
         self._carry_references()
         if self.teacher is not None:
-            retain_probe = self._repair(tau, alpha, target_met)
+            retain_probe = self._repair(tau, applied, target_met)
         else:
             retain_probe = probe.measure(ctx.model)[1]
         del tau

@@ -51,9 +51,13 @@ def test_defaults_forget_the_person_and_keep_the_others(trained: torch.nn.Module
     assert forget * c["forget_prob_before"] <= c["target"] * (1 + 1e-6)  # still forgotten
     assert others >= KEPT, f"people not requested kept only {others:.3f}"
     assert stats["repair"]["rounds"] and stats["floor"]["retain_ratio"] is not None
+    # the repair started from a quarter of the calibrated negation; its hinge (and guard)
+    # took the forget items to the target, asserted above
+    assert stats["alpha_applied"] == pytest.approx(0.25 * stats["alpha"])
     # The same alpha without the repair: what the issue saw (the guard above is meaningful).
     plain, plain_forget, plain_others = _forget_person_0(trained, tiny_world, repair_steps=0)
     assert plain["alpha"] == pytest.approx(stats["alpha"]) and "repair" not in plain
+    assert plain["alpha_applied"] == plain["alpha"]  # no repair: the whole negation
     assert plain_others < KEPT and plain_others < others
 
 
@@ -82,6 +86,8 @@ def test_repair_params_are_validated() -> None:
         ({"repair_rounds": 1.5}, "'repair_rounds' must be an integer"),
         ({"repair_rounds": 101}, "'repair_rounds' must be <= 100"),
         ({"repair_aim": 1.5}, "'repair_aim' must be <= 1"),
+        ({"repair_start": 0}, "'repair_start' must be > 0"),
+        ({"repair_start": 1.5}, "'repair_start' must be <= 1"),
     ]
     for params, message in bad:
         with pytest.raises(ValueError, match=message):
