@@ -57,6 +57,10 @@ MIN_FORGET_DROP = 0.01
 # After repair, forget items below this fraction of the target: part of the negation is
 # given back (`repair_relax`).
 RELAX_BELOW = 0.75
+# ... while at least this fraction of the negation the repair started from is left in the
+# model: the first round's relax gave back nearly all of a quarter start, and the searches
+# of the later rounds (a quarter of a round's time) gave back 1e-5 of alpha and less.
+RELAX_LEFT = 0.01
 
 
 def seeded_pick(n: int, k: int, seed: int) -> list[int]:
@@ -334,7 +338,8 @@ def repair_and_guard(probe: NegationProbe, teacher: Teacher, model: torch.nn.Mod
                 break
             finally:
                 del repaired
-        elif p["repair_relax"] and forget < RELAX_BELOW * guard:
+        elif (p["repair_relax"] and forget < RELAX_BELOW * guard
+              and negation > RELAX_LEFT * alpha):
             relaxed = relax(probe, model, tau, negation, guard)
             if relaxed != negation:  # else the search left the model as it was
                 now = probe.utility(model)

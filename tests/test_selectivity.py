@@ -241,3 +241,25 @@ def test_repair_rounds_stop_at_a_plateau_only_above_the_floor() -> None:
     assert plateau((0.90, None), (0.90, None), 0.002, 0.85)  # no general sets given
     assert not plateau((0.90, 0.88), None, 0.002, 0.85)  # the first round
     assert not plateau((0.90, 0.88), best, 0.0, 0.85)  # 0: every round runs
+
+
+def test_relax_stops_once_the_negation_is_given_back(trained: torch.nn.Module,
+                                                     tiny_world: TinyWorld) -> None:
+    """A round relaxes only while at least RELAX_LEFT of the negation the repair started
+    from is left in the model: its search costs forward passes and would give back ~0."""
+    from alkn_core.negation import RELAX_LEFT
+
+    stats, forget, _ = _forget_person_0(trained, tiny_world, repair_min_gain=0,
+                                        repair_aim=1.0)
+    start = stats["alpha_applied"]
+    left, skipped = start, 0
+    for r in stats["repair"]["rounds"]:
+        if left <= RELAX_LEFT * start:
+            assert r["relaxed_alpha"] is None
+            skipped += 1
+        elif r["relaxed_alpha"] is not None:
+            left = r["relaxed_alpha"]
+        left += r["extra_alpha"]
+    assert skipped, [r["relaxed_alpha"] for r in stats["repair"]["rounds"]]
+    assert forget * stats["calibration"]["forget_prob_before"] <= (
+        stats["calibration"]["target"] * (1 + 1e-6))
