@@ -297,10 +297,10 @@ class NegationParams(Params):
         "references, every probe at or above the utility floor (0 = always every round)",
         le=1)
     # The repair's hinge holds the forget items under the target; from the whole calibrated
-    # negation the rounds first climb back from the damage it did (the retain probe at 0.1 of
-    # its reference after a 16-item task) and give the negation back; a quarter of it kept
-    # more of everyone else on both splits of the continual benchmark in fewer rounds
-    # (docs/benchmarks.md, "Where the repair starts").
+    # negation the rounds first climb back from the damage it did (the retain probe from 0.95
+    # to 0.07 after the demo split's first task) and give the negation back; a quarter kept
+    # more of everyone else on both splits of the continual benchmark with two seeds, 0.1 and
+    # 0.5 less (docs/benchmarks.md, "Where the repair starts").
     repair_start: float = param(
         0.25, "alpha \"auto\" with a repair: the repair starts from theta - repair_start x "
         "alpha x tau and its hinge takes the forget items the rest of the way to the target "
