@@ -1,7 +1,8 @@
 """What the negating methods (alkn, task_vector) do after the forget fine-tune.
 
-theta = theta_t - alpha * tau, alpha fixed or calibrated (`alpha="auto"`, calibration.py);
-then, with `repair_steps` > 0, a repair (repair.py) towards the pre-task model on repair
+theta = theta_t - alpha * tau, alpha fixed or calibrated (`alpha="auto"`, calibration.py; a
+calibrated one that met its target x `repair_start` before a repair); then, with
+`repair_steps` > 0, a repair (repair.py) towards the pre-task model on repair
 items with a forget guard (the forget items are measured again after it; if they came back
 above the target, tau is negated further from the repaired model, else the repair is undone);
 then the utility floor's check on a fixed retain probe.
@@ -294,7 +295,8 @@ def repair_and_guard(probe: NegationProbe, teacher: Teacher, model: torch.nn.Mod
     gained less than `repair_min_gain` of them on both: a plateau), each followed
     by the forget guard: forget above `guard` -> negate tau further from the repaired model
     (if that cannot bring it back, the repair is undone: forgetting wins, and the rounds
-    stop); forget far under it -> give back part of the negation (`repair_relax`)."""
+    stop); forget far under it -> give back part of the negation (`repair_relax`, while
+    RELAX_LEFT of the starting `alpha` is left)."""
     ctx, p = probe.ctx, probe.ctx.params
     negated = snapshot(model, p["offload"])
     aim = max(p["utility_floor"], p["repair_aim"])
