@@ -103,7 +103,8 @@ def unlearn(
     returned with `stats["target_met"] = False` (and `stats["calibration"]`'s target, reached
     `forget_prob` and `attempts`). `CalibrationError` (the model left as it was) only when
     nothing could be forgotten at all. Then, with `repair_steps` > 0, the repair towards the
-    pre-task model with its forget guard (negation.py, `stats["repair"]`), and
+    pre-task model with its forget guard (negation.py, `stats["repair"]`; skipped when the
+    search's alpha is 0: the forget items were at the target before, nothing was negated), and
     `stats["floor"]`: the retain probe against `utility_floor` x its first measurement on the
     lineage (`met`). `earlier_forget` (the forget items of the lineage's earlier tasks: one
     list of items, or one list per earlier task): the repair's hinge holds each set's mean
@@ -321,6 +322,16 @@ class _Task:
         probe, teacher, p = self.probe, self.teacher, self.ctx.params
         assert probe is not None and teacher is not None
         t2 = time.perf_counter()
+        if target_met and alpha == 0:
+            # The forget items were at the target on the model as the task found it (the
+            # search's alpha 0): nothing of this task is in the model, so nothing to repair.
+            # Its rounds would only chase the lineage's earlier wear, which they did not
+            # bring back (bench/job_cost.py: 1-4 rounds, general probe +0.004).
+            forget, retain = probe.measure(self.ctx.model)
+            self.stats["repair"] = {"rounds": [], "skipped": "nothing negated",
+                                    "forget_prob": forget, "retain_probe": retain}
+            self.times["repair"] = time.perf_counter() - t2
+            return retain
         guard = (probe.target if target_met and probe.target is not None
                  else probe.measure(self.ctx.model)[0])
         repair = repair_and_guard(probe, teacher, self.ctx.model, tau, alpha, guard,

@@ -268,3 +268,20 @@ def test_relax_stops_once_the_negation_is_given_back(trained: torch.nn.Module,
         left += r["extra_alpha"]
     assert skipped, [r["relaxed_alpha"] for r in stats["repair"]["rounds"]]
     assert _at_target(stats, forget)
+
+
+def test_nothing_negated_nothing_repaired(trained: torch.nn.Module,
+                                          tiny_world: TinyWorld) -> None:
+    """Forget items already at the target (here: a target above their probability): the
+    search's alpha is 0, the model is the one the task found, and no repair round runs."""
+    ppl = tiny_world.people
+    model = copy.deepcopy(trained)
+    r = unlearn(model, tiny_world.tokenizer, tiny_world.of(ppl[0]), tiny_world.of(*ppl[4:]),
+                params={**LOOP, "target_forget_prob": 0.999})
+    assert r.stats["alpha"] == 0 and r.stats["target_met"] is True
+    assert r.stats["repair"]["rounds"] == [] and r.stats["repair"]["skipped"]
+    before = dict(trained.named_parameters())
+    for name, q in model.named_parameters():
+        assert torch.equal(q, before[name]), name
+    assert r.stats["repair"]["retain_probe"] == pytest.approx(
+        r.stats["calibration"]["retain_probe_before"])
