@@ -245,7 +245,10 @@ class _Task:
         applied = (alpha * p["repair_start"] if target_met and self.teacher is not None
                    else alpha)
         tau.apply_to(ctx.model, base, scale=-applied)
-        self.stats.update(alpha=alpha, alpha_applied=applied, task_vector_norm=tau.norm())
+        self.stats.update(alpha=alpha, alpha_applied=applied, task_vector_norm=tau.norm(),
+                          # alpha 0 runs no repair either: the caller may reuse what it
+                          # measured on the model before (checked, not assumed)
+                          weights_unchanged=applied == 0 and _same_weights(ctx.model, base))
         self.base = None
         del base
         ctx.report("negating", 1, 1)
@@ -351,6 +354,12 @@ class _Task:
         self.stats["seconds"] = self.times
         ctx.model.eval()
         return UnlearnResult(model=ctx.model, state=self.new_state, stats=self.stats)
+
+
+def _same_weights(model: torch.nn.Module, base: Mapping[str, torch.Tensor]) -> bool:
+    """Every parameter `base` holds (the trained ones) equal to the model's, bit for bit."""
+    params = dict(model.named_parameters())
+    return all(torch.equal(params[n], b.to(params[n].device)) for n, b in base.items())
 
 
 def _resolve_lr(ctx: TaskContext) -> dict[str, Any]:

@@ -123,3 +123,30 @@ def test_full_evaluation_on_demand_is_a_job_of_its_own(
         assert latest_full_evaluation(s, model_id, 1) is None
     # the version's stored scores now cover every item: a later job reads them
     assert len(_scores(url, model_id)[2]["items"]) >= len(retain) + 4
+
+
+def test_a_job_that_changes_no_weight_measures_nothing_after(
+        env: tuple[Settings, LocalStore], worker_world: World) -> None:
+    """Forget items already at the target (here: a target above their probability): the
+    calibrated alpha is 0, no weight changes, and the "after" numbers are the "before" ones,
+    read back instead of measured again."""
+    settings, store = env
+    url = settings.resolved_database_url
+    model_id = register(url, store, worker_world)
+    submit(url, model_id, worker_world.items[worker_world.people[0]][:4],
+           params={"alpha": "auto", "target_forget_prob": 0.999, "repair_steps": 5})
+    assert run_lineage_once(settings, model_id, "w-1", store=store) == 1
+    (job,) = _jobs(url, model_id)
+    assert job.status == "succeeded", job.error
+    un = job.metrics["unlearning"]
+    assert un["alpha"] == 0 and un["weights_unchanged"] is True
+    assert un["repair"]["rounds"] == [] and un["repair"]["skipped"]
+    assert job.metrics["after"] == job.metrics["before"]
+    with session_scope(url) as s:
+        after_steps = [d["total_steps"] for d in s.scalars(
+            select(JobEvent.data).where(JobEvent.job_id == job.id,
+                                        JobEvent.stage == "evaluating"))
+                       if d.get("phase") == "after"]
+    assert all(n == 0 for n in after_steps), after_steps
+    scores = _scores(url, model_id)
+    assert scores[2]["items"] == scores[1]["items"]  # v1's, measured once by job 1

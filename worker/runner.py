@@ -130,6 +130,8 @@ class _UnlearningJob:
             self._timed("evaluating_before", t)
 
             model, state, stats = self._unlearn(model, tokenizer, state)
+            if stats.get("weights_unchanged"):
+                self._reuse_before()
 
             t = time.perf_counter()
             report.phase = "after"
@@ -168,6 +170,13 @@ class _UnlearningJob:
                               len(spec.retain_set), len(spec.earlier_tasks)),
             "evaluating:after": eval_work(self.plan_after.work_sequences,
                                           self.plan_after.work_generated)})
+
+    def _reuse_before(self) -> None:
+        """Unlearning left every weight as it was (its forget items were at the target on
+        the base already): the model after is the model before, so its scores are those the
+        "before" evaluation holds, and the "after" one measures nothing."""
+        self.after_scores = self.evaluation.cache(self.before_scores.as_json())
+        self.plan_after = self.plan_before.with_cache(self.after_scores)
 
     def _unlearn(self, model: torch.nn.Module, tokenizer: Any, state: UnlearnState | None
                  ) -> tuple[torch.nn.Module, UnlearnState | None, dict[str, Any]]:
