@@ -13,7 +13,9 @@ forget item's answer probability at or below the forget target:
 `Teacher` records p_before once, before the forget fine-tune (forward passes only, no second
 model copy): the top `TOP_K` log-probabilities of every answer token plus the remaining mass
 as one bucket, so the memory is bounded for any vocabulary and the KL is exact on that
-coarse-grained distribution. `repair` runs the steps (AdamW, constant lr, weight decay 0).
+coarse-grained distribution. `repair` runs the steps (AdamW, constant lr, weight decay 0,
+first-moment decay `repair_beta1`, 0 by default: no momentum carries the hinge's push past the
+step where it went inactive).
 """
 
 from __future__ import annotations
@@ -245,7 +247,8 @@ def _repair_steps(model: torch.nn.Module, teacher: Teacher, forget: Sequence[Seq
     t = time.perf_counter()
     steps = params["repair_steps"]
     trainable = [q for q in model.parameters() if q.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0,
+                                  betas=(params["repair_beta1"], 0.999))
     log_target = math.log(max(target * HINGE_MARGIN, 1e-30))
     weight = params["repair_forget_weight"]
     kls: list[float] = []
