@@ -14,8 +14,7 @@ forget item's answer probability at or below the forget target:
 model copy): the top `TOP_K` log-probabilities of every answer token plus the remaining mass
 as one bucket, so the memory is bounded for any vocabulary and the KL is exact on that
 coarse-grained distribution. `repair` runs the steps (AdamW, constant lr, weight decay 0,
-first-moment decay `repair_beta1`, 0 by default: no momentum carries the hinge's push past the
-step where it went inactive).
+first-moment decay `repair_beta1`).
 """
 
 from __future__ import annotations
