@@ -285,3 +285,23 @@ def test_nothing_negated_nothing_repaired(trained: torch.nn.Module,
         assert torch.equal(q, before[name]), name
     assert r.stats["repair"]["retain_probe"] == pytest.approx(
         r.stats["calibration"]["retain_probe_before"])
+
+
+def test_repair_beta1_reaches_the_repair_optimiser(trained: torch.nn.Module,
+                                                   tiny_world: TinyWorld,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from alkn_core import repair
+
+    seen: list[tuple[float, float]] = []
+
+    class Recording(torch.optim.AdamW):
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            super().__init__(*args, **kw)
+            seen.append(tuple(self.defaults["betas"]))  # type: ignore[arg-type]
+
+    monkeypatch.setattr(repair.torch.optim, "AdamW", Recording)  # training's records too
+    _forget_person_0(trained, tiny_world, repair_rounds=1)
+    assert seen and set(seen) == {(0.9, 0.999)}  # the default: Adam's
+    seen.clear()
+    _forget_person_0(trained, tiny_world, repair_rounds=1, repair_beta1=0.0)
+    assert (0.0, 0.999) in seen
