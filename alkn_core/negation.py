@@ -4,7 +4,8 @@ theta = theta_t - alpha * tau, alpha fixed or calibrated (`alpha="auto"`, calibr
 calibrated one that met its target x `repair_start` before a repair); then, with
 `repair_steps` > 0, a repair (repair.py) towards the pre-task model on repair
 items with a forget guard (the forget items are measured again after it; if they came back
-above the target, tau is negated further from the repaired model, else the repair is undone);
+above the target, tau is negated further from the repaired model, else the repair is undone;
+far under it, part of the change is given back: give_back.py);
 then the utility floor's check on a fixed retain probe.
 
 `NegationProbe` measures, before training: the forget items, a fixed retain probe (its
@@ -24,6 +25,7 @@ import torch
 
 from .calibration import AlphaSearch, CalibrationError, CurvePoint, forget_target, search_alpha
 from .data import Example, encode_item, length_sorted_batches
+from .give_back import RELAX_BELOW, RELAX_LEFT, relax, shrink
 from .losses import mean_batch_probability
 from .methods import TaskContext
 from .repair import Teacher, plateau, repair
@@ -55,13 +57,6 @@ GENERAL_REFERENCE = "general_probe_reference"
 # Out of reach, the most-forgetting model is kept only if it lowered the forget probability
 # by at least this fraction; else nothing could be forgotten (CalibrationError).
 MIN_FORGET_DROP = 0.01
-# After repair, forget items below this fraction of the target: part of the negation is
-# given back (`repair_relax`).
-RELAX_BELOW = 0.75
-# ... while at least this fraction of the negation the repair started from is left in the
-# model: the first round's relax gave back nearly all of a quarter start, and the searches
-# of the later rounds (a quarter of a round's time) gave back 1e-5 of alpha and less.
-RELAX_LEFT = 0.01
 
 
 def seeded_pick(n: int, k: int, seed: int) -> list[int]:
@@ -296,7 +291,9 @@ def repair_and_guard(probe: NegationProbe, teacher: Teacher, model: torch.nn.Mod
     by the forget guard: forget above `guard` -> negate tau further from the repaired model
     (if that cannot bring it back, the repair is undone: forgetting wins, and the rounds
     stop); forget far under it -> give back part of the negation (`repair_relax`, while
-    RELAX_LEFT of the starting `alpha` is left)."""
+    RELAX_LEFT of the starting `alpha` is left). After the rounds, every forget set far under
+    the guard -> the whole change scaled back towards the model before the task
+    (`repair_shrink`, give_back.py)."""
     ctx, p = probe.ctx, probe.ctx.params
     negated = snapshot(model, p["offload"])
     aim = max(p["utility_floor"], p["repair_aim"])
@@ -355,6 +352,9 @@ def repair_and_guard(probe: NegationProbe, teacher: Teacher, model: torch.nn.Mod
             break
         best = now if best is None else tuple(  # type: ignore[assignment]
             None if u is None else max(u, b or 0.0) for u, b in zip(now, best, strict=True))
+    if p["repair_shrink"] and not out["undone"] and max(
+            probe.measure(model)[0], probe.measure_earlier(model) or 0.0) < RELAX_BELOW * guard:
+        out["shrink"] = shrink(probe, model, negated, tau, alpha, guard)
     del negated
     model.eval()
     out["forget_prob"], out["retain_probe"] = probe.measure(model)
@@ -362,34 +362,6 @@ def repair_and_guard(probe: NegationProbe, teacher: Teacher, model: torch.nn.Mod
     out["general_probe_reference"] = probe.general_reference
     out["earlier_forget_prob"] = probe.measure_earlier(model)
     return out
-
-
-def relax(probe: NegationProbe, model: torch.nn.Module, tau: TaskVector, alpha: float,
-          guard: float) -> float:
-    """The repair left the forget items far under the target: give back part of the
-    negation, theta_r + (alpha - a) x tau with the smallest a in (0, alpha] that still
-    keeps them at or under it (the same search, forward passes only); returns a."""
-    ctx, p = probe.ctx, probe.ctx.params
-    if not (alpha > 0 and guard > 0):  # nothing negated, or nothing to aim at
-        return alpha
-    repaired = snapshot(model, p["offload"])
-    t = time.perf_counter()
-
-    def evaluate(a: float) -> tuple[float, float | None]:
-        tau.apply_to(model, repaired, scale=alpha - a)
-        ctx.report("negating", 0, 1)
-        return probe.measure(model)
-
-    try:
-        found = search_alpha(evaluate, guard, alpha_max=alpha, max_evals=p["calibration_evals"],
-                             start=0.5 * alpha)
-        tau.apply_to(model, repaired, scale=alpha - found.alpha)
-        return found.alpha
-    except CalibrationError:
-        tau.apply_to(model, repaired, scale=0.0)  # the repaired model as it was
-        return alpha
-    finally:
-        probe.search_seconds += time.perf_counter() - t
 
 
 def floor_stats(probe: NegationProbe, retain_probe: float | None) -> dict[str, Any]:
