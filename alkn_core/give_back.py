@@ -83,11 +83,13 @@ def shrink(probe: NegationProbe, model: torch.nn.Module, negated: Mapping[str, t
 
     @torch.no_grad()
     def set_to(lam: float) -> None:
-        for name, r in repaired.items():
-            before = negated[name].to(device=r.device, dtype=r.dtype)
+        for name, r in repaired.items():  # in fp32: theta_t is rebuilt from bf16 tensors
+            q = params[name]
+            after = r.to(device=q.device, dtype=torch.float32)
+            before = negated[name].to(device=q.device, dtype=torch.float32, copy=True)
             if name in tau.vector:
-                before = before + alpha * tau.vector[name].to(device=r.device, dtype=r.dtype)
-            params[name].copy_(before + lam * (r - before))
+                before += alpha * tau.vector[name].to(device=q.device, dtype=torch.float32)
+            q.copy_(before.lerp_(after, lam))
 
     def evaluate(lam: float) -> tuple[float, float | None]:
         set_to(lam)
