@@ -40,7 +40,7 @@ TARGET = 1.3
 FP32, BF16 = 4, 2
 # Component -> (methods that hold it, bytes per parameter by weight width w). Two phases
 # peak: training (the forget fine-tune) and, for the negating methods, the repair after
-# negation (its own AdamW, the task vector and the snapshots its guard and relax need).
+# negation (its own AdamW, the task vector and the snapshots its guard, relax and shrink need).
 # adapter "lora" (alkn+lora): the weights are frozen; the factors (r (in + out) per r x in
 # and out x r pair: 0.3-0.4% of a 1B-70B Llama's parameters at r=8) hold their fp32 copy,
 # gradient, AdamW moments, score, retain gradient and mask, ~21 B each: under 0.1 B per
@@ -70,7 +70,7 @@ PARKED: list[tuple[str, tuple[str, ...], str]] = [
     ("base snapshot (theta_t; until negation)", ("task_vector", "alkn", "alkn+lora"), "w"),
     ("task vector tau", ("task_vector", "alkn", "alkn+lora"), "w"),
     ("negated snapshot (the guard's undo)", ("task_vector", "alkn", "alkn+lora"), "w"),
-    ("repaired snapshot (guard and relax)", ("task_vector", "alkn", "alkn+lora"), "w"),
+    ("repaired snapshot (guard, relax, shrink)", ("task_vector", "alkn", "alkn+lora"), "w"),
 ]
 PHASES = {"training": TRAINING, "repair": REPAIR}
 METHODS = ("plain", "task_vector", "alkn", "alkn+lora")
