@@ -352,16 +352,23 @@ def repair_and_guard(probe: NegationProbe, teacher: Teacher, model: torch.nn.Mod
             break
         best = now if best is None else tuple(  # type: ignore[assignment]
             None if u is None else max(u, b or 0.0) for u, b in zip(now, best, strict=True))
-    if p["repair_shrink"] and not out["undone"] and max(
-            probe.measure(model)[0], probe.measure_earlier(model) or 0.0) < RELAX_BELOW * guard:
-        out["shrink"] = shrink(probe, model, negated, tau, alpha, guard)
-    del negated
     model.eval()
-    out["forget_prob"], out["retain_probe"] = probe.measure(model)
+    levels = forget, _, earlier = _levels(probe, model)
+    if p["repair_shrink"] and not out["undone"] and max(
+            forget, earlier or 0.0) < RELAX_BELOW * guard:
+        out["shrink"] = shrink(probe, model, negated, tau, alpha, guard)
+        levels = _levels(probe, model)  # the shrunk model's
+    del negated
+    out["forget_prob"], out["retain_probe"], out["earlier_forget_prob"] = levels
     out["general_probe"] = probe.measure_general(model)
     out["general_probe_reference"] = probe.general_reference
-    out["earlier_forget_prob"] = probe.measure_earlier(model)
     return out
+
+
+def _levels(probe: NegationProbe, model: torch.nn.Module
+            ) -> tuple[float, float | None, float | None]:
+    """This task's forget items, the retain probe and the worst earlier forget set."""
+    return (*probe.measure(model), probe.measure_earlier(model))
 
 
 def floor_stats(probe: NegationProbe, retain_probe: float | None) -> dict[str, Any]:
