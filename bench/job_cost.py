@@ -174,13 +174,19 @@ def lineage(svc: Service, n_jobs: int, facts: int, forget: list[dict[str, Any]]
     first_k = statistics.median(t["total"] for t in runs[:k])
     last_k = statistics.median(t["total"] for t in runs[-k:])
     evals = [sum(t.get(s, 0.0) for s in EVAL_STAGES) for t in runs]
+    # The repair's rounds adapt (until the probes are back), so the rest is compared too.
+    rest = [t["total"] - t.get("repair", 0.0) for t in runs]
     out = {"jobs": runs, "first_eval_share": evaluation_share(runs[0]),
            "later_eval_share_median": statistics.median(later) if later else None,
            "later_eval_share_max": max(later) if later else None,
            "last_over_first": runs[-1]["total"] / runs[0]["total"],
            "last_k_over_first_k": last_k / first_k,
            "evaluation_last_over_first": evals[-1] / evals[0],
-           "repair_rounds": [t.get("repair_rounds") for t in runs]}
+           "repair_rounds": [t.get("repair_rounds") for t in runs],
+           "without_repair_last_over_first": rest[-1] / rest[0],
+           "without_repair_last_k_over_first_k": statistics.median(rest[-k:])
+           / statistics.median(rest[:k]),
+           "repair_seconds": [t.get("repair", 0.0) for t in runs]}
     print(f"evaluation share: job 1 (measures the base once) {out['first_eval_share']:.2f}; "
           f"jobs 2-{n_jobs} median {out['later_eval_share_median']:.2f}, max "
           f"{out['later_eval_share_max']:.2f} (target <= {TARGET_EVAL_SHARE})")
@@ -189,6 +195,9 @@ def lineage(svc: Service, n_jobs: int, facts: int, forget: list[dict[str, Any]]
           f"evaluation alone {out['evaluation_last_over_first']:.2f}x; repair rounds per job "
           f"{out['repair_rounds']} (the repair stops when the probes are back or stop "
           "improving, so a job's time varies with them)")
+    print(f"without the repair: job {n_jobs} / job 1 {out['without_repair_last_over_first']:.2f}x"
+          f", the last {k} / the first {k} {out['without_repair_last_k_over_first_k']:.2f}x; "
+          "repair seconds per job " + " ".join(f"{x:.1f}" for x in out["repair_seconds"]))
     full = full_evaluation(svc, model)
     out["full_evaluation"] = full
     print(f"4. A full evaluation of version {n_jobs + 1} (every item, kind evaluate): "
