@@ -79,15 +79,22 @@ class Service:
             return str(model.id)
 
     def run(self, model_id: str, items: list[dict[str, Any]]) -> dict[str, float]:
-        """Submit one request, run the lineage; the job's stage timings and wall time."""
+        """Submit one request, run the lineage; the job's stage timings and wall time, its
+        repair rounds and the progress bar's estimate of them."""
         from registry.db import session_scope
         from registry.forget_requests import submit_forget_request
+        from registry.jobs.build import lineage_chain, repair_rounds_seen
         from registry.models import Job, Model
+        from registry.versions import latest_ready
+        from worker.progress_plan import expected_repair_rounds
         from worker.runner import run_lineage_once
 
         with session_scope(self.url) as s:
             model = s.get(Model, model_id)
             assert model is not None
+            base = latest_ready(s, model)
+            assert base is not None
+            seen = repair_rounds_seen(lineage_chain(s, model_id, base))  # the job's spec's
             submit_forget_request(s, model.tenant_id, model, items)
         t = time.perf_counter()
         run_lineage_once(self.settings, model_id)
@@ -98,7 +105,10 @@ class Service:
             assert job is not None and job.status == "succeeded", (job and job.error)
             timings = {k: float(v) for k, v in (job.timings or {}).items()}
             repair = ((job.metrics or {}).get("unlearning") or {}).get("repair") or {}
-        return {**timings, "wall": wall, "repair_rounds": len(repair.get("rounds") or [])}
+            params = dict(job.params)
+        return {**timings, "wall": wall, "repair_rounds": len(repair.get("rounds") or []),
+                "rounds_expected": expected_repair_rounds(params, seen),
+                "rounds_expected_without_history": expected_repair_rounds(params, None)}
 
 
 def forget_pool() -> dict[str, list[dict[str, Any]]]:
@@ -198,6 +208,14 @@ def lineage(svc: Service, n_jobs: int, facts: int, forget: list[dict[str, Any]]
     print(f"without the repair: job {n_jobs} / job 1 {out['without_repair_last_over_first']:.2f}x"
           f", the last {k} / the first {k} {out['without_repair_last_k_over_first_k']:.2f}x; "
           "repair seconds per job " + " ".join(f"{x:.1f}" for x in out["repair_seconds"]))
+    rounds = [t["repair_rounds"] for t in runs]
+    errors = {key: statistics.fmean(abs(t[key] - r) for t, r in zip(runs, rounds, strict=True))
+              for key in ("rounds_expected", "rounds_expected_without_history")}
+    out["rounds_estimate_error"] = errors
+    print("the progress bar's estimate of the repair rounds: mean error "
+          f"{errors['rounds_expected']:.2f} rounds from the lineage's last repair, "
+          f"{errors['rounds_expected_without_history']:.2f} from half of repair_rounds; "
+          "estimated " + " ".join(f"{t['rounds_expected']:g}" for t in runs))
     full = full_evaluation(svc, model)
     out["full_evaluation"] = full
     print(f"4. A full evaluation of version {n_jobs + 1} (every item, kind evaluate): "

@@ -12,6 +12,7 @@ from sqlalchemy import select, update
 from config.settings import Settings
 from registry.db import session_scope
 from registry.evaluations import enqueue_evaluation, latest_full_evaluation
+from registry.jobs.build import lineage_chain, repair_rounds_seen
 from registry.models import Job, JobEvent, Model, Version
 from registry.store import LocalStore
 from worker.runner import run_lineage_once
@@ -77,6 +78,11 @@ def test_before_is_the_base_versions_after_on_fixed_samples(
     assert r["rouge_l_items"] == 5 and r["probability_items"] == len(retain) - 4
     scores = _scores(url, model_id)
     assert all(scores[n] and scores[n]["items"] for n in (1, 2, 3, 4))  # v1 from job 1
+    with session_scope(url) as s:  # the next job's lineage, newest first; no repair ran
+        chain = lineage_chain(s, model_id, s.scalars(select(Version).where(
+            Version.model_id == model_id, Version.number == 4)).one())
+        assert [v.number for v in chain] == [4, 3, 2, 1]
+        assert repair_rounds_seen(chain) is None
 
     # progress: stages named before/after, an ETA once under way
     with session_scope(url) as s:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+from registry.jobs.build import repair_rounds_seen
+from registry.models import Version
 from worker.progress_plan import (
     LOAD_SAVE_SHARE,
     ORDER,
     eta_seconds,
     eval_work,
+    expected_repair_rounds,
     spans,
     unlearning_work,
 )
@@ -41,3 +44,30 @@ def test_eta() -> None:
     assert eta_seconds(10.0, 0.01) is None
     assert eta_seconds(10.0, 0.25) == pytest.approx(30.0)
     assert eta_seconds(10.0, 1.0) == 0.0
+
+
+def _version(rounds: int | None) -> Version:
+    """A version whose job ran `rounds` repair rounds (0: none, its request negated nothing;
+    None: no repair in its metrics, as a root version)."""
+    if rounds is None:
+        return Version(metrics=None)
+    return Version(metrics={"unlearning": {"repair": {"rounds": [{"steps": 30}] * rounds}}})
+
+
+def test_the_repair_estimate_follows_the_lineages_last_repair() -> None:
+    params = {"epochs": 5, "alpha": "auto", "calibration_evals": 8, "repair_steps": 30,
+              "repair_rounds": 5, "batch_size": 8}
+    # base first: a request that negated nothing (no round), then one that ran 3, the root
+    chain = [_version(0), _version(3), _version(None)]
+    assert repair_rounds_seen(chain) == 3
+    assert repair_rounds_seen([_version(0), _version(None)]) is None  # none ran: no history
+    assert expected_repair_rounds(params, None) == 2.5  # half of repair_rounds
+    assert expected_repair_rounds(params, 1) == 1.0
+    assert expected_repair_rounds(params, 9) == 5.0  # never more than the params allow
+
+    def negating(seen: int | None) -> float:
+        return unlearning_work("alkn", params, 4, 100, 2, seen)["negating"]
+
+    search = 8 * (4 + 16)  # the alpha search's passes, the same whatever the rounds
+    assert (negating(4) - search) == pytest.approx(4 * (negating(1) - search))
+    assert negating(None) == pytest.approx(negating(1) + 1.5 * (negating(1) - search))

@@ -25,8 +25,17 @@ ORDER = ("loading", "evaluating:before", "probing", "training", "negating",
          "evaluating:after", "saving")
 
 
+def expected_repair_rounds(params: Mapping[str, Any], seen: int | None) -> float:
+    """The repair rounds a job is expected to run: as many as the lineage's newest repair
+    ran (`JobSpec.repair_rounds_seen`: the rounds follow the wear the lineage's requests left,
+    so they change slowly along it), else half of `repair_rounds`; at most `repair_rounds`."""
+    rounds = float(params.get("repair_rounds") or 1)
+    return min(rounds, float(seen)) if seen else 0.5 * rounds
+
+
 def unlearning_work(method: str, params: Mapping[str, Any], n_forget: int, n_retain: int,
-                    n_earlier_sets: int) -> dict[str, float]:
+                    n_earlier_sets: int, repair_rounds_seen: int | None = None
+                    ) -> dict[str, float]:
     """Sequence passes of the probing, training and negating stages (an estimate: the
     alpha search and the repair stop early when their aims are met)."""
     epochs = float(params.get("epochs") or 1)
@@ -40,11 +49,11 @@ def unlearning_work(method: str, params: Mapping[str, Any], n_forget: int, n_ret
         evals = float(params.get("calibration_evals") or 0) if params.get("alpha") == "auto" \
             else 1.0
         negating += evals * (n_forget + 16)
-        steps = float(params.get("repair_steps") or 0) * float(params.get("repair_rounds") or 1)
+        steps = float(params.get("repair_steps") or 0) * expected_repair_rounds(
+            params, repair_rounds_seen)
         bs = float(params.get("batch_size") or 1)
-        # teacher pass + student forward/backward per repair item, + the hinge's sets;
-        # rounds often stop before the last: half of them on average.
-        negating += 0.5 * steps * bs * (1 + TRAIN_COST) * 1.5
+        # teacher pass + student forward/backward per repair item, + the hinge's sets
+        negating += steps * bs * (1 + TRAIN_COST) * 1.5
     return {"probing": probing, "training": train, "negating": negating}
 
 

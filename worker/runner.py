@@ -167,7 +167,8 @@ class _UnlearningJob:
             "evaluating:before": eval_work(self.plan_before.work_sequences,
                                            self.plan_before.work_generated),
             **unlearning_work(spec.method, spec.params, len(spec.forget_items),
-                              len(spec.retain_set), len(spec.earlier_tasks)),
+                              len(spec.retain_set), len(spec.earlier_tasks),
+                              spec.repair_rounds_seen),
             "evaluating:after": eval_work(self.plan_after.work_sequences,
                                           self.plan_after.work_generated)})
 

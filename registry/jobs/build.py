@@ -6,6 +6,7 @@ the worker runs.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,9 @@ class JobSpec:
     kind: str = "unlearn"
     # The model as a Hugging Face repo id, <tenant>/<model> (its versions' model cards).
     repo_id: str = ""
+    # The repair rounds of the newest job on the base's lineage that ran a repair: the
+    # progress bar's estimate of this job's (a lineage's rounds follow its wear); None: none.
+    repair_rounds_seen: int | None = None
 
     @property
     def forget_items(self) -> list[dict[str, Any]]:
@@ -90,6 +94,7 @@ def _spec(s: Session, model: Model, job: Job, base: Version, resumed: bool) -> J
         select(ForgetRequest).options(selectinload(ForgetRequest.item_row))
         .where(ForgetRequest.id.in_(job.forget_request_ids)))}
     ids = [rid for rid in job.forget_request_ids if rid in requests]
+    chain = lineage_chain(s, model.id, base)
     return JobSpec(
         job_id=job.id, model_id=model.id, method=job.method, params=dict(job.params),
         base_version=base.number, base_storage_key=base.storage_key,
@@ -99,17 +104,16 @@ def _spec(s: Session, model: Model, job: Job, base: Version, resumed: bool) -> J
         eval_sets={k: list(v) for k, v in (model.eval_sets or {}).items()},
         attempts=job.attempts, resumed=resumed,
         holdout_set=list(model.holdout_set or []),
-        earlier_tasks=_earlier_tasks(s, model.id, base),
+        earlier_tasks=_earlier_tasks(s, chain),
         reference=first_version_reference(s, model.id, base),
         eval_max_items=model.eval_max_items, eval_detail_items=model.eval_detail_items,
         base_scores=base.item_scores, kind=job.kind or "unlearn",
-        repo_id=_repo_id(s, model),
+        repo_id=_repo_id(s, model), repair_rounds_seen=repair_rounds_seen(chain),
     )
 
 
-def _earlier_tasks(s: Session, model_id: str, base: Version) -> dict[int, list[dict[str, Any]]]:
-    """Walk the base's parent links to the root; each version made by a job contributes
-    the items of the requests it served."""
+def lineage_chain(s: Session, model_id: str, base: Version) -> list[Version]:
+    """The base and its ancestors by their parent links, the base first, the root last."""
     versions = {v.number: v for v in s.scalars(select(Version).where(
         Version.model_id == model_id))}
     chain: list[Version] = []
@@ -117,6 +121,22 @@ def _earlier_tasks(s: Session, model_id: str, base: Version) -> dict[int, list[d
     while current is not None and len(chain) <= len(versions):
         chain.append(current)
         current = versions.get(current.parent_version) if current.parent_version else None
+    return chain
+
+
+def repair_rounds_seen(chain: Sequence[Version]) -> int | None:
+    """The repair rounds of the newest version on `chain` whose job ran a repair (one that
+    negated nothing ran none and says nothing of the next); None when no job did."""
+    for version in chain:
+        repair = ((version.metrics or {}).get("unlearning") or {}).get("repair")
+        if isinstance(repair, dict) and repair.get("rounds"):
+            return len(repair["rounds"])
+    return None
+
+
+def _earlier_tasks(s: Session, chain: Sequence[Version]) -> dict[int, list[dict[str, Any]]]:
+    """Each version on the chain made by a job contributes the items of the requests it
+    served, oldest first."""
     out: dict[int, list[dict[str, Any]]] = {}
     for v in reversed(chain):
         ids = list(v.forget_request_ids or [])
