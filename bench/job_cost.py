@@ -8,7 +8,8 @@ params. Four parts, each printed with its ratios:
 1. A lineage of --jobs jobs of --facts facts each (different people's): each job's stages as
    shares of its time; evaluation's share (before + after) of the first job (which also
    measures the base version once for the lineage) and of every later job; the last job's
-   time / the first's.
+   time / the first's; each job's repair rounds and the general probe it left (a fraction of
+   the lineage's first model's: the wear the rounds chase).
 2. A retain set of 10 000 items against one of 200 (the same model, jobs alternating): job
    time ratio.
 3. Growth: one job each at 1x, 4x and 16x --growth-facts forget items (alternating
@@ -106,7 +107,10 @@ class Service:
             timings = {k: float(v) for k, v in (job.timings or {}).items()}
             repair = ((job.metrics or {}).get("unlearning") or {}).get("repair") or {}
             params = dict(job.params)
+            general, ref = repair.get("general_probe"), repair.get("general_probe_reference")
         return {**timings, "wall": wall, "repair_rounds": len(repair.get("rounds") or []),
+                # the model the job left: its general probe / the lineage's first model's
+                "general_kept": general / ref if general is not None and ref else None,
                 "rounds_expected": expected_repair_rounds(params, seen),
                 "rounds_expected_without_history": expected_repair_rounds(params, None)}
 
@@ -144,9 +148,11 @@ def evaluation_share(t: dict[str, float]) -> float:
     return sum(t.get(k, 0.0) for k in EVAL_STAGES) / t["total"]
 
 
-def shares_row(label: str, t: dict[str, float]) -> str:
+def shares_row(label: str, t: dict[str, Any]) -> str:
     cells = " ".join(f"{t.get(k, 0.0) / t['total']:>6.2f}" for k in STAGES)
-    return f"{label:<8} {t['total']:>7.1f} s {cells} {evaluation_share(t):>6.2f}"
+    kept = "-" if t.get("general_kept") is None else f"{t['general_kept']:.3f}"
+    return (f"{label:<8} {t['total']:>7.1f} s {cells} {evaluation_share(t):>6.2f} "
+            f"{t.get('repair_rounds', 0):>6} {kept:>7}")
 
 
 def full_evaluation(svc: Service, model_id: str) -> dict[str, float]:
@@ -176,7 +182,8 @@ def lineage(svc: Service, n_jobs: int, facts: int, forget: list[dict[str, Any]]
     model = svc.register("lineage")
     runs = [svc.run(model, forget[i * facts : (i + 1) * facts]) for i in range(n_jobs)]
     print(f"\n1. A lineage of {n_jobs} jobs, {facts} facts each: stage shares of each job")
-    print(f"{'job':<8} {'time':>9} " + " ".join(f"{s[:6]:>6}" for s in STAGES) + "   eval")
+    print(f"{'job':<8} {'time':>9} " + " ".join(f"{s[:6]:>6}" for s in STAGES)
+          + "   eval rounds general")
     for i, t in enumerate(runs, 1):
         print(shares_row(f"job {i}", t))
     later = [evaluation_share(t) for t in runs[1:]]
