@@ -311,9 +311,8 @@ def repair_and_guard(probe: NegationProbe, teacher: Teacher, model: torch.nn.Mod
     best: tuple[float | None, float | None] | None = None  # the probes' best so far
     for r in range(n_rounds):
         t_round = time.perf_counter()
-        info = repair(model, teacher, [probe.forget, *probe.earlier], guard, p, lr,
-                      report=lambda i, n, r=r: ctx.report("negating", r * n + i,
-                                                          n_rounds * n))
+        info = repair(model, teacher, [probe.forget, *probe.earlier], guard, p, lr, r,
+                      report=lambda i, n, r=r: ctx.report("negating", r * n + i, n_rounds * n))
         forget, retain = probe.measure(model)
         info.update(forget_prob=forget, retain_probe=retain,
                     general_probe=probe.measure_general(model), extra_alpha=0.0,

@@ -194,6 +194,15 @@ def hinge_step(model: torch.nn.Module, batch: Batch, log_target: float,
     return hinge, log_mean
 
 
+def batch_turn(step: int, n: int, before: int, steps: int) -> int:
+    """The batch (of `n`, length-sorted: shortest first) a round's `step` takes. When a
+    round's `steps` cover all n, every round starts at the first; else the rounds take them
+    in turn (`before`: the steps of the rounds before), so that no batch, the longest items
+    included, is left out of every round (with 64 batches and 30 steps, the same shortest 30
+    were the only ones any round saw)."""
+    return (step if n <= steps else before + step) % n
+
+
 def _hinge_sets(forget: Sequence[Sequence[Batch]], step: int) -> list[int]:
     """Indices into `forget` of this step's sets: the first (this task's) and the earlier
     ones' turn."""
@@ -208,16 +217,18 @@ def _hinge_sets(forget: Sequence[Sequence[Batch]], step: int) -> list[int]:
 class _Hinges:
     """The hinge of each forget set, measured only when it may be active (HINGE_IDLE_*)."""
 
-    def __init__(self, forget: Sequence[Sequence[Batch]], log_target: float, weight: float
-                 ) -> None:
+    def __init__(self, forget: Sequence[Sequence[Batch]], log_target: float, weight: float,
+                 before: int = 0, steps: int = 0) -> None:
         self.forget, self.log_target, self.weight = forget, log_target, weight
+        self.before, self.steps = before, steps  # batch_turn's
         self.idle_until: dict[tuple[int, int], int] = {}  # (set, batch) -> step
         self.measured = 0
 
     def backward(self, model: torch.nn.Module, step: int) -> float:
         total = 0.0
         for i in _hinge_sets(self.forget, step):
-            key = (i, step % len(self.forget[i]))  # each batch has its own mean
+            # each batch has its own mean
+            key = (i, batch_turn(step, len(self.forget[i]), self.before, self.steps))
             if self.idle_until.get(key, 0) > step:
                 continue
             hinge, log_mean = hinge_step(model, self.forget[i][key[1]], self.log_target,
@@ -230,18 +241,19 @@ class _Hinges:
 
 
 def repair(model: torch.nn.Module, teacher: Teacher, forget: Sequence[Sequence[Batch]],
-           target: float, params: dict[str, Any], lr: float,
+           target: float, params: dict[str, Any], lr: float, round_index: int = 0,
            report: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """`params["repair_steps"]` steps on the repair loss, in place; returns its statistics.
     `forget`: the sets the hinge holds under the target, each on its own (this task's first,
     then the earlier tasks'): one batch of this task's and of at most HINGE_EARLIER_SETS
-    earlier sets (in turn) per step."""
+    earlier sets (in turn) per step. `round_index`: the repair's round (`batch_turn`)."""
     with attached(model, params):  # adapter "lora": the steps train LoRA factors, merged
-        return _repair_steps(model, teacher, forget, target, params, lr, report)
+        return _repair_steps(model, teacher, forget, target, params, lr,
+                             round_index * params["repair_steps"], report)
 
 
 def _repair_steps(model: torch.nn.Module, teacher: Teacher, forget: Sequence[Sequence[Batch]],
-                  target: float, params: dict[str, Any], lr: float,
+                  target: float, params: dict[str, Any], lr: float, before: int,
                   report: Callable[[int, int], None] | None) -> dict[str, Any]:
     t = time.perf_counter()
     steps = params["repair_steps"]
@@ -252,13 +264,13 @@ def _repair_steps(model: torch.nn.Module, teacher: Teacher, forget: Sequence[Seq
     weight = params["repair_forget_weight"]
     kls: list[float] = []
     hinges: list[float] = []
-    watch = _Hinges(forget, log_target, weight)
+    watch = _Hinges(forget, log_target, weight, before, steps)
     model.train()
     for step in range(steps):
         optimizer.zero_grad(set_to_none=True)  # no gradient held through the first forward
         if weight > 0:
             hinges.append(watch.backward(model, step))
-        kl = teacher.kl_backward(model, step % len(teacher.batches))
+        kl = teacher.kl_backward(model, batch_turn(step, len(teacher.batches), before, steps))
         torch.nn.utils.clip_grad_norm_(trainable, params["max_grad_norm"])
         optimizer.step()
         kls.append(kl)

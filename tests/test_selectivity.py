@@ -322,3 +322,29 @@ def test_shrink_gives_back_what_the_hinge_took_too_far(trained: torch.nn.Module,
     assert _at_target(stats, forget)
     assert forget * c["forget_prob_before"] >= 0.5 * c["target"]
     assert others > plain_others
+
+
+def test_rounds_take_the_repair_batches_in_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With more repair batches than a round's steps, the rounds go on where the last one
+    stopped: every batch, the longest items' too, is trained on (each round used to start
+    at the first, shortest batch, and the last ones were never seen); with fewer, every
+    round covers them all from the first."""
+    from alkn_core import repair
+
+    assert [repair.batch_turn(s, 4, 6, 6) for s in range(6)] == [0, 1, 2, 3, 0, 1]
+    assert [repair.batch_turn(s, 8, 6, 6) for s in range(3)] == [6, 7, 0]
+    seen: list[int] = []
+    monkeypatch.setattr(repair.Teacher, "kl_backward",
+                        lambda _self, _m, i, weight=1.0: seen.append(i) or 0.0)
+    model = torch.nn.Linear(2, 2)
+    params = {**method_params("alkn", {}), "repair_steps": 6}
+    batch = {"input_ids": torch.zeros(1, 1)}
+    teacher = repair.Teacher([batch] * 15, [], [])
+    for r in range(3):
+        repair.repair(model, teacher, [], 0.1, params, 1e-3, r)
+    assert seen == [*range(15), *range(3)]  # 18 steps over 15 batches: each one once at least
+    seen.clear()
+    small = repair.Teacher([batch] * 4, [], [])
+    for r in range(2):
+        repair.repair(model, small, [], 0.1, params, 1e-3, r)
+    assert seen == [0, 1, 2, 3, 0, 1] * 2  # every round from the first
