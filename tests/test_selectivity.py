@@ -76,8 +76,8 @@ def test_repair_params_are_validated() -> None:
     assert method_params("task_vector", {"repair_lr": 1e-4})["repair_lr"] == 1e-4
     assert method_params("alkn", {"repair_lr": None})["repair_lr"] is None
     assert method_params("alkn", {"repair_steps": 0})["repair_steps"] == 0
-    assert (p["repair_items"], p["repair_rounds"], p["repair_aim"]) == (128, 5, 0.95)
-    assert method_params("task_vector", {"repair_items": 512.0})["repair_items"] == 512
+    assert (p["repair_items"], p["repair_rounds"], p["repair_aim"]) == (512, 5, 0.95)
+    assert method_params("task_vector", {"repair_items": 128.0})["repair_items"] == 128
     bad = [
         ({"repair_steps": -1}, "'repair_steps' must be >= 0"),
         ({"repair_steps": 2.5}, "'repair_steps' must be an integer"),
