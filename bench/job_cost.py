@@ -215,8 +215,8 @@ def lineage(svc: Service, n_jobs: int, facts: int, forget: list[dict[str, Any]]
     print(f"without the repair: job {n_jobs} / job 1 {out['without_repair_last_over_first']:.2f}x"
           f", the last {k} / the first {k} {out['without_repair_last_k_over_first_k']:.2f}x; "
           "repair seconds per job " + " ".join(f"{x:.1f}" for x in out["repair_seconds"]))
-    rounds = [t["repair_rounds"] for t in runs]
-    errors = {key: statistics.fmean(abs(t[key] - r) for t, r in zip(runs, rounds, strict=True))
+    errors = {key: statistics.fmean(abs(t[key] - r)
+                                    for t, r in zip(runs, out["repair_rounds"], strict=True))
               for key in ("rounds_expected", "rounds_expected_without_history")}
     out["rounds_estimate_error"] = errors
     print("the progress bar's estimate of the repair rounds: mean error "
