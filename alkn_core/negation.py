@@ -29,7 +29,7 @@ from .give_back import RELAX_BELOW, RELAX_LEFT, relax, shrink
 from .losses import mean_batch_probability
 from .methods import TaskContext
 from .repair import Teacher, plateau, repair
-from .task_vector import TaskVector, snapshot
+from .task_vector import TaskVector, restore, snapshot
 
 Batches = list[dict[str, torch.Tensor]]
 
@@ -329,9 +329,7 @@ def repair_and_guard(probe: NegationProbe, teacher: Teacher, model: torch.nn.Mod
                 negation += extra.alpha
                 now = probe.utility(model)
             except CalibrationError:
-                for name, q in model.named_parameters():  # back to the negated model
-                    if name in negated:
-                        q.data.copy_(negated[name])
+                restore(model, negated)  # back to the negated model
                 out["undone"] = True
                 break
             finally:

@@ -218,7 +218,7 @@ class _Hinges:
     """The hinge of each forget set, measured only when it may be active (HINGE_IDLE_*)."""
 
     def __init__(self, forget: Sequence[Sequence[Batch]], log_target: float, weight: float,
-                 before: int = 0, steps: int = 0) -> None:
+                 before: int, steps: int) -> None:
         self.forget, self.log_target, self.weight = forget, log_target, weight
         self.before, self.steps = before, steps  # batch_turn's
         self.idle_until: dict[tuple[int, int], int] = {}  # (set, batch) -> step

@@ -20,6 +20,14 @@ def snapshot(model: torch.nn.Module, where: str = "memory") -> Mapping[str, torc
     return park(((n, p) for n, p in model.named_parameters() if p.requires_grad), where)
 
 
+@torch.no_grad()
+def restore(model: torch.nn.Module, snap: Mapping[str, torch.Tensor]) -> None:
+    """Set the model's parameters named in `snap` back to it, in place."""
+    for name, q in model.named_parameters():
+        if name in snap:
+            q.copy_(snap[name])
+
+
 class TaskVector:
     """A direction in parameter space, one tensor per parameter name."""
 

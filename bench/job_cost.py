@@ -84,7 +84,7 @@ class Service:
         repair rounds and the progress bar's estimate of them."""
         from registry.db import session_scope
         from registry.forget_requests import submit_forget_request
-        from registry.jobs.build import lineage_chain, repair_rounds_seen
+        from registry.jobs.build import lineage_chain, repair_rounds_seen, repair_stats
         from registry.models import Job, Model
         from registry.versions import latest_ready
         from worker.progress_plan import expected_repair_rounds
@@ -105,7 +105,7 @@ class Service:
                 Job.created_at.desc()).first()
             assert job is not None and job.status == "succeeded", (job and job.error)
             timings = {k: float(v) for k, v in (job.timings or {}).items()}
-            repair = ((job.metrics or {}).get("unlearning") or {}).get("repair") or {}
+            repair = repair_stats(job.metrics)
             params = dict(job.params)
             general, ref = repair.get("general_probe"), repair.get("general_probe_reference")
         return {**timings, "wall": wall, "repair_rounds": len(repair.get("rounds") or []),

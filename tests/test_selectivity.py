@@ -220,7 +220,8 @@ def test_a_hinge_far_under_its_aim_is_not_measured_every_step(
 
     monkeypatch.setattr(repair, "hinge_step", fake_step)
     # this task's set of two batches (one far under the aim, one near it), an earlier set
-    hinges = repair._Hinges([["far", "near"], ["earlier"]], log_target, 1.0)
+    hinges = repair._Hinges([["far", "near"], ["earlier"]], log_target, 1.0, before=0,
+                            steps=12)  # one round of 12 steps
     for step in range(12):
         step_now[0] = step
         assert hinges.backward(None, step) == 0.0  # type: ignore[arg-type]
@@ -348,3 +349,42 @@ def test_rounds_take_the_repair_batches_in_turn(monkeypatch: pytest.MonkeyPatch)
     for r in range(2):
         repair.repair(model, small, [], 0.1, params, 1e-3, r)
     assert seen == [0, 1, 2, 3, 0, 1] * 2  # every round from the first
+
+
+def test_a_round_the_guard_cannot_take_back_is_undone(trained: torch.nn.Module,
+                                                      tiny_world: TinyWorld,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A round that brought the forget items back above the target, where negating further
+    cannot reach it again, is undone: the model is the negated one the repair started from,
+    and no more rounds or shrink run (forgetting wins)."""
+    from alkn_core import negation
+    from alkn_core.calibration import CalibrationError
+
+    real_search = negation.NegationProbe.search
+    seen: dict[str, Any] = {}
+
+    def round_that_unlearns_nothing(model: torch.nn.Module, *args: Any, **kw: Any
+                                    ) -> dict[str, Any]:
+        seen["negated"] = {n: q.detach().clone() for n, q in model.named_parameters()}
+        model.load_state_dict(trained.state_dict())  # the forget items fully back
+        seen["guarding"] = True
+        return {"steps": 0}
+
+    def search(self: Any, *args: Any, **kw: Any) -> Any:
+        if seen.get("guarding"):
+            raise CalibrationError(0.0, [], 1.0, 1)
+        return real_search(self, *args, **kw)
+
+    monkeypatch.setattr(negation, "repair", round_that_unlearns_nothing)
+    monkeypatch.setattr(negation.NegationProbe, "search", search)
+    stats, forget, _ = _forget_person_0(trained, tiny_world)
+    rep = stats["repair"]
+    assert rep["undone"] is True and len(rep["rounds"]) == 1 and "shrink" not in rep
+    assert forget < 1.0  # what the negation forgot is kept
+    # the model is the negated one, to the bit (_forget_person_0 unlearnt a copy: read it
+    # back through the stats' forget probability, measured on it after the undo)
+    model = copy.deepcopy(trained)
+    model.load_state_dict(seen["negated"], strict=False)  # the head is tied
+    ppl = tiny_world.people
+    assert _prob(model, tiny_world, tiny_world.of(ppl[0])) == pytest.approx(
+        forget * _prob(trained, tiny_world, tiny_world.of(ppl[0])), rel=1e-6)

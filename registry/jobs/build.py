@@ -124,13 +124,19 @@ def lineage_chain(s: Session, model_id: str, base: Version) -> list[Version]:
     return chain
 
 
+def repair_stats(metrics: dict[str, Any] | None) -> dict[str, Any]:
+    """The repair's statistics in a job's or a version's metrics ({} when it ran none)."""
+    repair = ((metrics or {}).get("unlearning") or {}).get("repair")
+    return repair if isinstance(repair, dict) else {}
+
+
 def repair_rounds_seen(chain: Sequence[Version]) -> int | None:
     """The repair rounds of the newest version on `chain` whose job ran a repair (one that
     negated nothing ran none and says nothing of the next); None when no job did."""
     for version in chain:
-        repair = ((version.metrics or {}).get("unlearning") or {}).get("repair")
-        if isinstance(repair, dict) and repair.get("rounds"):
-            return len(repair["rounds"])
+        rounds = repair_stats(version.metrics).get("rounds")
+        if rounds:
+            return len(rounds)
     return None
 
 
