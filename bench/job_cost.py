@@ -149,6 +149,12 @@ def evaluation_share(t: dict[str, float]) -> float:
     return sum(t.get(k, 0.0) for k in EVAL_STAGES) / t["total"]
 
 
+def without_repair(t: dict[str, Any]) -> float:
+    """A job's time less its repair's: the repair's rounds adapt (until the probes are back),
+    so each ratio is printed without them too."""
+    return t["total"] - t.get("repair", 0.0)
+
+
 def shares_row(label: str, t: dict[str, Any]) -> str:
     cells = " ".join(f"{t.get(k, 0.0) / t['total']:>6.2f}" for k in STAGES)
     kept = "-" if t.get("general_kept") is None else f"{t['general_kept']:.3f}"
@@ -192,8 +198,7 @@ def lineage(svc: Service, n_jobs: int, facts: int, forget: list[dict[str, Any]]
     first_k = statistics.median(t["total"] for t in runs[:k])
     last_k = statistics.median(t["total"] for t in runs[-k:])
     evals = [sum(t.get(s, 0.0) for s in EVAL_STAGES) for t in runs]
-    # The repair's rounds adapt (until the probes are back), so the rest is compared too.
-    rest = [t["total"] - t.get("repair", 0.0) for t in runs]
+    rest = [without_repair(t) for t in runs]
     out = {"jobs": runs, "first_eval_share": evaluation_share(runs[0]),
            "later_eval_share_median": statistics.median(later) if later else None,
            "later_eval_share_max": max(later) if later else None,
@@ -252,9 +257,7 @@ def retain_size(svc: Service, facts: int, forget: list[dict[str, Any]], rounds: 
                 times[label].append(t["total"])
                 runs[label].append(t)
     ratio = statistics.median(times["10000"]) / statistics.median(times["200"])
-    # The repair adapts (rounds until the probes are back), so the rest is compared too.
-    rest = {k: statistics.median(t["total"] - t.get("repair", 0.0) for t in v)
-            for k, v in runs.items()}
+    rest = {k: statistics.median(without_repair(t) for t in v) for k, v in runs.items()}
     print(f"\n2. Retain set of 10 000 vs 200 items, {rounds} job(s) each after one warm-up: "
           f"median {statistics.median(times['10000']):.1f} s vs "
           f"{statistics.median(times['200']):.1f} s = {ratio:.2f}x (target <= "
@@ -291,8 +294,7 @@ def growth(svc: Service, base_facts: int, forget: list[dict[str, Any]]) -> dict[
     slope = _fit(xs, ys)[1]
     intercept = _fit([p["tokens"] for p in points], [p["seconds"] for p in points])[0]
     overhead = max(0.0, intercept) / points[0]["seconds"]
-    # The repair's rounds adapt (until the probes are back), so the rest is fitted too.
-    rest = [p["seconds"] - p["timings"].get("repair", 0.0) for p in points]
+    rest = [without_repair(p["timings"]) for p in points]
     rest_intercept = _fit([p["tokens"] for p in points], rest)[0]
     rest_overhead = max(0.0, rest_intercept) / rest[0]
     print(f"\n3. Growth with the forget set ({base_facts} items = 1x):")
