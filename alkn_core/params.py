@@ -106,7 +106,10 @@ def _coerce(name: str, value: Any, kind: type) -> Any:
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"param {name!r} must be a number, got {quoted(value)}")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an int beyond float's range
+            raise ValueError(f"param {name!r} is out of range, got {quoted(value)}") from None
         if value != value or value in (float("inf"), float("-inf")):
             raise ValueError(f"param {name!r} must be finite, got {quoted(value)}")
         return value

@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    StrictInt,
     StringConstraints,
     WithJsonSchema,
     model_serializer,
@@ -156,6 +157,9 @@ SetName = Annotated[str, StringConstraints(min_length=1, max_length=64),
 
 
 class _In(BaseModel):
+    """A request body. Its integers are StrictInt: "1", true and 1.0 are refused (422), as
+    method params refuse them, rather than read as 1."""
+
     model_config = ConfigDict(extra="forbid")
 
 
@@ -221,15 +225,15 @@ class ModelCreate(_In):
     retain_set: ItemSet = Field(default_factory=list)
     holdout_set: ItemSet = Field(default_factory=list)
     eval_sets: dict[SetName, ItemSet] = Field(default_factory=dict, max_length=MAX_EVAL_SETS)
-    eval_max_items: int | None = Field(
+    eval_max_items: StrictInt | None = Field(
         default=None, ge=1, le=100_000,
         description=f"items of each set a job evaluates (a fixed sample, the same on every "
                     f"version), for answer probability and Min-K; null: {EVAL_MAX_ITEMS}")
-    eval_detail_items: int | None = Field(
+    eval_detail_items: StrictInt | None = Field(
         default=None, ge=1, le=100_000,
         description=f"the first of those for ROUGE-L (generation), truth ratio and the "
                     f"normalised probability; null: {EVAL_DETAIL_ITEMS}")
-    min_gpu_memory_gb: int | None = Field(
+    min_gpu_memory_gb: StrictInt | None = Field(
         default=None, ge=1, le=100_000,
         description="GPU memory the model's jobs need: they go to the smallest worker queue "
                     "of ALKN_QUEUE_ROUTES whose GPUs have as much; null: the default queue")
@@ -306,7 +310,7 @@ class ArchiveLinkOut(BaseModel):
 
 
 class AliasIn(_In):
-    version: int = Field(ge=1, le=MAX_VERSION)
+    version: StrictInt = Field(ge=1, le=MAX_VERSION)
 
 
 class AliasOut(BaseModel):
@@ -335,7 +339,7 @@ class ForgetRequestCreate(_In):
         default_factory=dict, json_schema_extra=PARAMS_SCHEMA,
         description="over the model's default_params and the method's defaults; the method's "
                     "params only (docs/methods.md)")
-    base_version: int | None = Field(default=None, ge=1, le=MAX_VERSION,
+    base_version: StrictInt | None = Field(default=None, ge=1, le=MAX_VERSION,
                                      description="default: the newest ready version")
 
 

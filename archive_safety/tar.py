@@ -16,6 +16,7 @@ import lzma
 import shutil
 import tarfile
 import zlib
+from collections import deque
 from pathlib import Path
 from typing import BinaryIO
 
@@ -84,9 +85,15 @@ class _CappedReader(io.RawIOBase):
     says nothing about what it expands to. Decompression errors become tarfile.ReadError
     here, so that a disk error while writing is never mistaken for a bad archive."""
 
+    # The last bytes read are kept (`tail`): tarfile reads ahead of the header that ended
+    # the archive, and `check_end` must see them.
+    TAIL = 2 * CHUNK
+
     def __init__(self, inner: BinaryIO, limit: int | None) -> None:
         super().__init__()
         self.inner, self.limit, self.count = inner, limit, 0
+        self.tail: deque[bytes] = deque()
+        self.tail_bytes = 0
 
     def readable(self) -> bool:
         return True
@@ -101,7 +108,31 @@ class _CappedReader(io.RawIOBase):
         self.count += len(data)
         if self.limit is not None and self.count > self.limit:
             raise ArchiveTooLarge(f"archive expands to more than {self.limit} bytes")
+        self.tail.append(data)
+        self.tail_bytes += len(data)
+        while self.tail_bytes - len(self.tail[0]) >= self.TAIL:
+            self.tail_bytes -= len(self.tail.popleft())
         return data
+
+    def check_end(self, end: int) -> None:
+        """The tar stream ended at offset `end` (the header tarfile stopped at): from there
+        to the end of the stream, read to its end here (so that gzip's and xz's checksums
+        are verified), there must be zeros only, at least one block of them (tar's
+        end-of-archive marker). tarfile itself ends quietly at a truncated or unreadable
+        header after the first member, which would drop the members after it."""
+        start = self.count - self.tail_bytes
+        if end < start:  # tarfile read further ahead than TAIL: not an archive it wrote
+            raise UnsafeArchive("archive ends in an unreadable way")
+        rest = b"".join(self.tail)[end - start:]
+        zeros, clean = len(rest), rest.count(0) == len(rest)
+        while data := self.read(CHUNK):
+            zeros += len(data)
+            clean = clean and data.count(0) == len(data)
+        if not clean:
+            raise UnsafeArchive("archive is damaged: data after its last readable entry")
+        if zeros < tarfile.BLOCKSIZE:
+            raise UnsafeArchive("archive is truncated: it ends without tar's end-of-archive "
+                                "marker")
 
 
 def _decompressed(raw: BinaryIO) -> BinaryIO:
@@ -130,8 +161,8 @@ def extract_tar(archive: Path, dest: Path, max_bytes: int | None = None,
         max_bytes + (MAX_ARCHIVE_MEMBERS + 2) * _TAR_OVERHEAD
     try:
         with archive.open("rb") as raw, _decompressed(raw) as plain, \
-                tarfile.open(fileobj=_CappedReader(plain, stream_limit), mode="r|",
-                             tarinfo=_BoundedTarInfo) as tf:
+                tarfile.open(fileobj=(reader := _CappedReader(plain, stream_limit)),
+                             mode="r|", tarinfo=_BoundedTarInfo) as tf:
             # Stream mode ("r|"): one sequential pass, nothing seeks back.
             for count, member in enumerate(tf, 1):
                 if count > MAX_ARCHIVE_MEMBERS:
@@ -157,6 +188,7 @@ def extract_tar(archive: Path, dest: Path, max_bytes: int | None = None,
                 assert src is not None  # a regular member always has content
                 with target.open("wb") as out:
                     shutil.copyfileobj(src, out, CHUNK)
+            reader.check_end(tf.offset)
     except (FileExistsError, NotADirectoryError, IsADirectoryError):
         raise UnsafeArchive("archive entries conflict (a file and a directory of the same path)"
                       ) from None

@@ -37,9 +37,14 @@ def latest_ready(session: Session, model: Model) -> Version | None:
                           .order_by(Version.number.desc()).limit(1))
 
 
-def get_version(session: Session, model: Model, number: int) -> Version:
-    if not 1 <= number <= MAX_VERSION:  # out of the column's range: no such version
-        raise NotFound(f"model {model.name!r} has no version {number}")
+def get_version(session: Session, model: Model, number: int | str) -> Version:
+    """Version `number` (an int, or a string of ASCII digits as a path gives it)."""
+    # Longer than MAX_VERSION's digits cannot be a version; int() of a huge string would
+    # also hit Python's 4300-digit limit (ValueError).
+    if isinstance(number, str) and len(number) <= len(str(MAX_VERSION)):
+        number = int(number)
+    if isinstance(number, str) or not 1 <= number <= MAX_VERSION:  # out of the column's range
+        raise NotFound(f"model {model.name!r} has no version {quoted(number)}")
     version = session.scalar(select(Version).where(Version.model_id == model.id,
                                                    Version.number == number))
     if version is None:
@@ -51,7 +56,7 @@ def resolve_version(session: Session, model: Model, ref: str | int) -> Version:
     """`ref` is a version number, `latest` (the newest ready version) or an alias."""
     # ASCII digits only: str.isdigit() is also true for '²', which int() refuses.
     if isinstance(ref, int) or (ref.isascii() and ref.isdigit()):
-        return get_version(session, model, int(ref))
+        return get_version(session, model, ref)
     if ref == "latest":
         version = latest_ready(session, model)
         if version is None:
@@ -78,7 +83,7 @@ def resolve_revision(session: Session, model: Model, revision: str) -> Version:
     if revision == "main":
         return resolve_version(session, model, "latest")
     if revision[:1] == "v" and revision[1:].isascii() and revision[1:].isdigit():
-        return get_version(session, model, int(revision[1:]))
+        return get_version(session, model, revision[1:])
     if COMMIT_RE.fullmatch(revision):
         for version in session.scalars(versions_query(model)):
             if commit_sha(version) == revision:

@@ -29,6 +29,7 @@ from registry.models import ForgetRequest, Model, Version
 
 from .apikit import MAX_JSON_BYTES, MAX_UPLOAD_BYTES, QA, ApiWorld, raw_request, write_model_dir
 from .test_api import assert_problem
+from .test_archive_safety import DAMAGED
 
 JSON = {"Content-Type": "application/json"}
 
@@ -160,6 +161,9 @@ EVIL_ARCHIVES: dict[str, Callable[[], bytes]] = {
     "block-device": lambda: _archive(_member("disk", tarfile.BLKTYPE)),
     "fifo": lambda: _archive(_member("pipe", tarfile.FIFOTYPE)),
     "truncated": lambda: _archive(_member("model.safetensors", data=os.urandom(4096)))[:-200],
+    # damaged in ways tarfile alone reads past, storing bad bytes or dropping files
+    "gzip-crc-mismatch": DAMAGED["gzip-crc"],
+    "tar-cut-in-a-header": DAMAGED["tar-cut-in-a-header"],
     "uncompressed-symlink": lambda: _archive(
         _member("link", tarfile.SYMTYPE, linkname="../../x"), compress=False),
 }
@@ -372,9 +376,28 @@ def test_oversized_headers_queries_and_numbers(api_world: ApiWorld) -> None:
         assert_problem(c.get("/v1/forget-requests", params={"cursor": "c" * 513}), 422)
         assert_problem(c.put(f"/v1/models/{m}/aliases/{'a' * 65}", json={"version": 1}), 422)
         assert_problem(c.put(f"/v1/models/{m}/aliases/prod", json={"version": 2**40}), 422)
-        for ref in ("99999999999999999999", str(2**31), "0", "-1", "1e3", "²", "١"):
+        # past Python's 4300-digit int() limit too (int() raised ValueError: a 500)
+        for ref in ("99999999999999999999", str(2**31), "0", "-1", "1e3", "²", "١", "9" * 4301):
             assert_problem(c.get(f"/v1/models/{m}/versions/{ref}"), 404)
             assert_problem(c.post(f"/v1/models/{m}/versions/{ref}:revoke"), 404)
+        r = c.get(f"/v1/models/{m}/versions/{'9' * 4301}")
+        assert len(r.json()["detail"]) < 200, r.text  # the ref quoted, cut
+        assert_problem(c.get(f"/api/models/default/{m}/revision/v{'9' * 4301}"), 404)
+
+
+def test_integer_fields_refuse_strings_booleans_and_floats(api_world: ApiWorld) -> None:
+    """As method params do: "1", true and 1.0 are not read as 1."""
+    c, m = api_world.client, api_world.model
+    with api_world.unchanged():
+        for bad in ("1", " 1 ", True, 1.0):
+            for field in ("eval_max_items", "eval_detail_items", "min_gpu_memory_gb"):
+                r = c.post("/v1/models", json={"name": "lax", "source": {
+                    "path": str(api_world.model_dir)}, field: bad})
+                assert_problem(r, 422)
+                assert field in r.text
+            assert_problem(c.put(f"/v1/models/{m}/aliases/lax", json={"version": bad}), 422)
+            assert_problem(post_json(api_world, f"/v1/models/{m}/forget-requests",
+                                     {"items": QA, "base_version": bad}), 422)
 
 
 # --------------------------------------------------------------------------------------------

@@ -34,6 +34,9 @@ def test_bounds_are_inclusive_and_past_them_is_refused(method: str) -> None:
         past: Any = at + 1 if isinstance(at, int) else at * 1.5
         with pytest.raises(ValueError, match=rf"param '{name}' must be <= "):
             method_params(method, {name: past})
+        # an int beyond a float's range (float() raises OverflowError, not ValueError)
+        with pytest.raises(ValueError, match=rf"param '{name}' "):
+            method_params(method, {name: 10**400})
     with pytest.raises(ValueError, match="param 'epochs' must be <= 100"):
         method_params(method, {"epochs": 1e30})  # a float that is an integer: still bounded
     with pytest.raises(ValueError, match="param 'qa_template' must be at most"):
@@ -44,15 +47,21 @@ def test_api_refuses_a_param_past_its_bound_with_422(api_world: ApiWorld) -> Non
     from .apikit import QA
 
     for params, name in [({"epochs": 101}, "epochs"), ({"batch_size": 10**6}, "batch_size"),
-                         ({"lr": 5.0}, "lr"), ({"max_length": 100_000}, "max_length")]:
+                         ({"lr": 5.0}, "lr"), ({"max_length": 100_000}, "max_length"),
+                         ({"lr": 10**309}, "lr")]:
         with api_world.unchanged():
             r = api_world.client.post(f"/v1/models/{api_world.model}/forget-requests",
                                       json={"items": QA, "params": params})
         assert r.status_code == 422, r.text
         assert r.headers["content-type"].startswith("application/problem+json")
-        assert f"'{name}' must be <=" in r.json()["detail"]
+        assert f"'{name}' must be <=" in r.json()["detail"] or (
+            f"'{name}' is out of range" in r.json()["detail"])
     # Model defaults are bounded too (they are a request's params by another route).
     r = api_world.client.post("/v1/models", json={
         "name": "too-long", "source": {"path": str(api_world.model_dir)},
         "default_params": {"epochs": 1000}})
     assert r.status_code == 422 and "'epochs' must be <=" in r.json()["detail"], r.text
+    r = api_world.client.post("/v1/models", json={
+        "name": "too-long", "source": {"path": str(api_world.model_dir)},
+        "default_params": {"alpha": 10**400}})
+    assert r.status_code == 422 and "'alpha' is out of range" in r.json()["detail"], r.text
