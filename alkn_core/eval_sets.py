@@ -136,7 +136,8 @@ def _compute(model: torch.nn.Module, tokenizer: Any, work: _Work, cache: ItemSco
                                       qa_template=enc.qa_template,
                                       max_new_tokens=max_new_tokens,
                                       batch_size=bs * GENERATE_BATCH,
-                                      chat_template=enc.chat_template)
+                                      chat_template=enc.chat_template,
+                                      max_length=enc.max_length)
             tick()
         scores = rouge_l_recall(answers, [it["answer"] for it in items])
         for k, s in zip(keys, scores, strict=True):

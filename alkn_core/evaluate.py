@@ -214,11 +214,14 @@ def min_k_scores(model: torch.nn.Module, tokenizer: Any, items: Sequence[Item],
 
 def greedy_answers(model: torch.nn.Module, tokenizer: Any, items: Sequence[Item], *,
                    qa_template: str = DEFAULT_QA_TEMPLATE, max_new_tokens: int = 48,
-                   batch_size: int = 32, chat_template: bool = False) -> list[str]:
+                   batch_size: int = 32, chat_template: bool = False,
+                   max_length: int | None = None) -> list[str]:
     """Greedy answers to the items' questions, prompted exactly as training prompts them.
 
     Works with tokenizers that have no pad token, and with chat templates. The model's own
     generation settings (sampling, penalties) are overridden: evaluation is plain greedy.
+    A prompt longer than `max_length` tokens keeps its last `max_length` (where the answer
+    begins): a batch's memory is bounded by the job's max_length, not by the question.
     """
     from transformers import GenerationConfig
 
@@ -231,7 +234,7 @@ def greedy_answers(model: torch.nn.Module, tokenizer: Any, items: Sequence[Item]
         else:
             ids = tokenizer(qa_prompt(item["question"], qa_template),
                             add_special_tokens=True)["input_ids"]
-        prompts.append(list(ids))
+        prompts.append(list(ids)[-max_length:] if max_length else list(ids))
     pad, eos = pad_id(tokenizer), tokenizer.eos_token_id
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                               pad_token_id=pad, eos_token_id=eos,

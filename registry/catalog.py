@@ -194,13 +194,14 @@ def register_model(session: Session, store: ArtifactStore, tenant_id: str, name:
 
 
 def checked_source(store: ArtifactStore, source_dir: Path,
-                   allowed_roots: Sequence[Path] | None) -> Path:
-    """The source directory, resolved, if it lies under `allowed_roots` (None: trusted) and
-    not inside a local artifact store; Invalid otherwise (saying nothing of the host)."""
+                   allowed_roots: Sequence[Path] | None, others: Sequence[Path] = ()) -> Path:
+    """The source directory, resolved, if it lies under `allowed_roots` (None: trusted), not
+    under another tenant's own root (`others`, source_roots.check_source_dir) and not
+    inside a local artifact store; Invalid otherwise (saying nothing of the host)."""
     roots = allowed_roots if allowed_roots is not None else [Path(source_dir).resolve()]
     try:
         return check_source_dir(source_dir, roots,
-                                store.root if isinstance(store, LocalStore) else None)
+                                store.root if isinstance(store, LocalStore) else None, others)
     except NotAllowed:
         raise Invalid(REFUSAL, loc=["body", "source", "path"]) from None
 

@@ -27,6 +27,7 @@ from typing import Any
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
 INDEX_FILES = (SAFE_INDEX, "pytorch_model.bin.index.json")
+ADAPTER_CONFIG = "adapter_config.json"
 # Bigger JSON than this is not a config: refused before it is parsed.
 MAX_JSON_BYTES = 64 * 2**20
 
@@ -71,7 +72,25 @@ def check_model_dir(root: Path, *, loadable: bool = True) -> ModelFiles:
         if "auto_map" in data:
             raise InvalidModelFiles(f"{name} asks for remote code (auto_map), which is "
                                     "never run")
+    if ADAPTER_CONFIG in files:
+        # transformers (with peft) would attach and load the adapter inside from_pretrained,
+        # after every check here: its layers (sized by its `r`) were never checked.
+        raise InvalidModelFiles(f"the version holds {ADAPTER_CONFIG} (a PEFT adapter); merge "
+                                "the adapter into the weights and register the merged model")
+    _no_hub_kernels(config, "config.json")
     return ModelFiles(root, config, _weights(root, files, config))
+
+
+def _no_hub_kernels(config: dict[str, Any], where: str) -> None:
+    """`attn_implementation` / `experts_implementation` (in any sub-config) naming a Hub
+    repository ("org/repo[@rev]"): transformers would download and import that kernel's
+    code, which is never run; the built-in names ("eager", "sdpa", ...) have no "/"."""
+    for key, value in config.items():
+        if isinstance(value, dict):
+            _no_hub_kernels(value, where)
+        elif key.endswith("_implementation") and isinstance(value, str) and "/" in value:
+            raise InvalidModelFiles(f"{where} asks for a kernel from the Hub ({key}), whose "
+                                    "code is never run")
 
 
 def _regular_files(root: Path) -> set[str]:

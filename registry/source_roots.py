@@ -37,17 +37,23 @@ def _under(path: Path, root: Path) -> bool:
 
 
 def check_source_dir(path: str | Path, roots: Sequence[Path],
-                     artifact_root: Path | None) -> Path:
+                     artifact_root: Path | None, others: Sequence[Path] = ()) -> Path:
     """The resolved model directory (symlinks resolved first, so a link inside a root cannot
     lead out of it), or NotAllowed. Checked before anything is copied: config.json,
     and nothing but regular files and real directories (a link could lead out of the roots,
-    a FIFO blocks the copy, a device never ends it)."""
+    a FIFO blocks the copy, a device never ends it). `others`: other tenants' own roots; a
+    directory under one of them is theirs unless one of `roots` lies at or inside that root
+    too (a tenant's root inside the global roots stays its own)."""
     try:
         resolved = Path(path).expanduser().resolve(strict=True)
     except (OSError, RuntimeError, ValueError):  # ValueError: an embedded NUL
         raise _refused() from None
-    if not any(_under(resolved, r.resolve()) for r in roots):
+    mine = [r.resolve() for r in roots if _under(resolved, r.resolve())]
+    if not mine:
         raise _refused()
+    for other in (o.resolve() for o in others):
+        if _under(resolved, other) and not any(_under(r, other) for r in mine):
+            raise _refused()
     if artifact_root is not None and _under(resolved, artifact_root.resolve()):
         raise _refused()
     try:
@@ -64,6 +70,12 @@ def tenant_roots(session: Session, tenant_id: str, global_roots: Sequence[Path])
     """The roots `tenant_id` may register from: its own, else the global ones."""
     own = session.scalar(select(Tenant.source_roots).where(Tenant.id == tenant_id))
     return [Path(p) for p in own] if own else list(global_roots)
+
+
+def others_roots(session: Session, tenant_id: str) -> list[Path]:
+    """Every other tenant's own roots (check_source_dir's `others`)."""
+    return [Path(p) for roots in session.scalars(select(Tenant.source_roots).where(
+        Tenant.id != tenant_id, Tenant.source_roots.is_not(None))) for p in roots or ()]
 
 
 def set_tenant_roots(session: Session, tenant_name: str, dirs: Sequence[str | Path],

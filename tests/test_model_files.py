@@ -198,6 +198,15 @@ def test_what_a_version_may_name(worker_world: World, tmp_path: Path) -> None:
     refused(bin_index, not_ours)
     refused(lambda d: (d / "config.json").unlink(), "config.json is missing")
     refused(lambda d: (d / "sub").symlink_to(d), "link")
+    # transformers (with peft) would attach an adapter inside from_pretrained, after the
+    # checks: an r of 100000 took 7.9 GB before it failed on the missing adapter weights
+    refused(lambda d: (d / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": 100_000, "target_modules": ["q_proj"]})), "adapter")
+    # a Hub kernel's code would be downloaded and imported (kernels.get_kernel)
+    refused(config(attn_implementation="kernels-community/flash-attn2"), "kernel from the Hub")
+    refused(config(text_config={"experts_implementation": "org/repo@main"}),
+            "kernel from the Hub")
+    check_model_dir(_variant(tmp_path, worker_world, "sdpa"))  # built-in names stay
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,6 +280,51 @@ def test_config_numbers_are_checked_against_the_headers(worker_world: World,
     _config(d, tie_word_embeddings=False)  # then lm_head.weight must be there
     with pytest.raises(InvalidModelFiles, match="lack lm_head.weight"):
         check_config_against_weights(check_model_dir(d))
+
+
+def test_buffers_sized_by_the_config_alone_are_bounded(tmp_path: Path) -> None:
+    """Buffers no checkpoint stores (GPT-J's sinusoidal position table: n_positions x
+    rotary_dim per layer) are sized by config.json alone; n_positions 2e7 made a 1.3 MB
+    GPT-J allocate 3.5 GB at load. A real one passes."""
+    from transformers import GPTJConfig, GPTJForCausalLM
+
+    from worker.weights_check import check_config_against_weights
+
+    config = GPTJConfig(vocab_size=64, n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                        rotary_dim=8, n_inner=64)
+    GPTJForCausalLM(config).save_pretrained(tmp_path / "gptj")
+    check_config_against_weights(check_model_dir(tmp_path / "gptj"))
+    _config(tmp_path / "gptj", n_positions=20_000_000)
+    with pytest.raises(InvalidModelFiles, match="bytes of buffers"):
+        check_config_against_weights(check_model_dir(tmp_path / "gptj"))
+
+
+def test_a_tokenizer_panic_fails_the_job_once(env: tuple[Settings, LocalStore],
+                                              worker_world: World, tmp_path: Path) -> None:
+    """The tokenizers library panics (pyo3's PanicException, a BaseException) on a
+    backtracking split pattern: the job fails once as invalid_model_files, where the job
+    process used to die and the job ran 3 times to end as worker_lost."""
+    settings, store = env
+    url = settings.resolved_database_url
+    d = _variant(tmp_path, worker_world, "regex")
+    data = json.loads((d / "tokenizer.json").read_text())
+    split = {"type": "Split", "pattern": {"Regex": "(a|aa)+b"}, "behavior": "Isolated",
+             "invert": False}
+    data["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        split, *([data["pre_tokenizer"]] if data.get("pre_tokenizer") else [])]}
+    (d / "tokenizer.json").write_text(json.dumps(data))
+    model_id = _register_dir(url, store, worker_world, d)
+    req, _ = _run_one(settings, store, model_id,
+                      [{"question": "Who is " + "a" * 60 + "c?", "answer": "x"}])
+    assert req.status == "failed", req.status
+    assert req.error["type"] == "invalid_model_files", req.error
+    assert "PanicException" in req.error["message"]
+    from sqlalchemy import select
+
+    from registry.db import session_scope
+    with session_scope(url) as s:
+        (job,) = s.scalars(select(Job).where(Job.model_id == model_id)).all()
+        assert job.attempts == 1, job.attempts
 
 
 # --------------------------------------------------------------------------------------------

@@ -80,6 +80,24 @@ def test_a_tenant_with_own_roots_registers_only_under_them(home: Path, tmp_path:
         assert register(acme, "global", shared / "m").status_code == 201
 
 
+def test_a_tenants_root_inside_the_global_roots_stays_its_own(home: Path,
+                                                              tmp_path: Path) -> None:
+    """tenant-b's root lies inside the global roots: the tenants on the global roots may
+    not copy its models; tenant-b may, and everything else under the global roots stays
+    open to the others."""
+    models = tmp_path / "models"
+    private = write_model_dir(models / "tenant-b" / "private").parent
+    public = write_model_dir(models / "public")
+    made = alkn(home, "keys", "create", "--tenant", "tenant-b", "--source-root", str(private))
+    assert made.returncode == 0, made.stderr
+    with app_client(home, str(models)) as default, \
+            app_client(home, str(models), made.stdout.strip()) as b:
+        refused = register(default, "copy", private / "private")
+        assert refused.status_code == 422 and refused.json()["detail"] == REFUSAL
+        assert register(default, "public", public).status_code == 201
+        assert register(b, "mine", private / "private").status_code == 201
+
+
 def test_the_artifact_store_is_refused_even_under_a_root(home: Path, tmp_path: Path) -> None:
     # The default roots are the working directory and ALKN_HOME, which holds the store.
     assert home.resolve() in Settings(home=home).source_roots

@@ -27,6 +27,10 @@ def describe_error(exc: BaseException, stage: str | None) -> JobError:
         return JobError("invalid_model_files", str(exc)[:1000])
     if isinstance(exc, ChatTemplateError):  # whichever stage first rendered it
         return JobError("invalid_input", str(exc)[:1000])
+    if type(exc).__name__ == "PanicException":  # pyo3's: tokenizers, safetensors
+        return JobError("invalid_model_files", "a library reading the version's files (its "
+                        "tokenizer or weights) failed on them or on the request's text "
+                        "(PanicException)")
     if isinstance(exc, torch.OutOfMemoryError):
         return JobError("out_of_memory", "the job ran out of accelerator memory; lower "
                                          "batch_size or max_length")

@@ -95,6 +95,13 @@ def run_job(settings: Settings, store: Store, spec: JobSpec, owner: str,
         return job.run()
     except Exception as exc:
         return _job_ended(exc, settings, store, spec, report, job.key)
+    except BaseException as exc:
+        # A Rust library's panic (tokenizers', safetensors' PanicException) derives from
+        # BaseException: uncaught, the job process died and the job ran 3 times, then
+        # failed as worker_lost.
+        if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+            raise
+        return _job_ended(exc, settings, store, spec, report, job.key)
 
 
 class _UnlearningJob:
@@ -235,7 +242,7 @@ class _UnlearningJob:
         return outcome.status
 
 
-def _job_ended(exc: Exception, settings: Settings, store: Store, spec: JobSpec,
+def _job_ended(exc: BaseException, settings: Settings, store: Store, spec: JobSpec,
                report: ProgressReporter, key: str | None) -> str:
     """A job stopped by an exception: cancelled, lease lost, database lost, or failed (the
     error recorded for the client); the files it wrote are dropped unless a version

@@ -30,6 +30,9 @@ from registry.safetensors_header import TensorInfo, read_header
 EXTRA_PARAMETERS = 64
 MODULES_PER_TENSOR = 8
 EXTRA_MODULES = 256
+# Buffer bytes a model may hold beyond its weights' fp32 size: a small model's tables and
+# causal masks (GPT-Neo's: max_position_embeddings^2 a layer).
+EXTRA_BUFFER_BYTES = 1 << 28
 
 
 def check_config_against_weights(files: ModelFiles) -> None:
@@ -56,6 +59,13 @@ def check_config_against_weights(files: ModelFiles) -> None:
     if needed > held:
         raise InvalidModelFiles(f"config.json needs {needed} parameters, the weights hold "
                                 f"{held}")
+    # Buffers no checkpoint stores (position tables, causal masks) are sized by the config
+    # alone: n_positions 2e7 made a 1.3 MB GPT-J allocate 3.5 GB at load.
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    if buffers > 4 * held + EXTRA_BUFFER_BYTES:  # as much as the weights in fp32, + slack
+        raise InvalidModelFiles(f"config.json asks for {buffers} bytes of buffers (position "
+                                f"tables, masks), more than the weights' {held} parameters "
+                                "take")
 
 
 def _tensor_table(files: ModelFiles) -> dict[str, TensorInfo]:

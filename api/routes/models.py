@@ -36,7 +36,8 @@ def create_model(body: ModelCreate, request: Request, session: SessionDep, store
 
     def create() -> Created:
         roots = source_roots.tenant_roots(session, tenant, settings.source_roots)
-        src = (catalog.checked_source(store, Path(body.source.path), roots)
+        src = (catalog.checked_source(store, Path(body.source.path), roots,
+                                      source_roots.others_roots(session, tenant))
                if body.source is not None else None)
         limit = settings.register_inline_bytes
         deferred = src is not None and registrations.source_bytes(src, limit) > limit
