@@ -190,6 +190,27 @@ def test_answer_probabilities_agree_with_losses(tiny_world: TinyWorld) -> None:
         mean_answer_probability(model, examples, tok.pad_token_id), abs=1e-6)
 
 
+def test_generation_prompts_are_cut_to_max_length(tiny_world: TinyWorld) -> None:
+    """A question far longer than max_length reaches generate as its last max_length
+    tokens (where the answer begins), not whole: memory bounded by the job's max_length."""
+    tok = tiny_world.tokenizer
+    model = random_tiny_model(tok)
+    widths: list[int] = []
+    generate = model.generate
+
+    def recording(**kw: Any) -> Any:
+        widths.append(int(kw["input_ids"].shape[1]))
+        return generate(**kw)
+
+    model.generate = recording  # type: ignore[method-assign]
+    long = {"question": " ".join(["word"] * 3000) + "?", "answer": "x"}
+    answers = ev.greedy_answers(model, tok, [long, tiny_world.items[0]], max_new_tokens=4,
+                                max_length=64)
+    assert len(answers) == 2 and widths == [64]
+    ev.greedy_answers(model, tok, [long], max_new_tokens=4)
+    assert widths[-1] > 3000  # without max_length, the whole question
+
+
 def test_evaluate_sets_survives_odd_items(tiny_world: TinyWorld) -> None:
     tok = tiny_world.tokenizer
     model = random_tiny_model(tok)
