@@ -9,6 +9,9 @@ tests/test_faults.py, `test_a_hung_job_is_requeued_after_the_heartbeat_timeout`.
 
 from __future__ import annotations
 
+import os
+import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,6 +118,29 @@ def _replay_outbox(settings: Settings, store: LocalStore, limit: int = 50) -> li
         order.append(model_id)
         runner.run_lineage_once(settings, model_id, store=store)
     raise AssertionError(f"the outbox never emptied: {order}")
+
+
+def _leave_a_temporary_file_and_hang(note: Path) -> None:
+    fd, path = tempfile.mkstemp(prefix="alkn-job-")
+    os.write(fd, b"a copy of the model")
+    note.write_text(path)
+    time.sleep(600)
+
+
+def test_a_killed_jobs_temporary_files_are_removed(tmp_path: Path) -> None:
+    """A job process killed at the time limit cleans nothing up itself (with the S3 store
+    its copy of the model is under the temporary directory): its temporary files live in a
+    directory of their own, removed by the worker once the process is gone."""
+    from worker.job_process import run_in_child
+
+    note = tmp_path / "note"
+    result = run_in_child(lambda: _leave_a_temporary_file_and_hang(note), time_limit=3.0)
+    assert result.outcome == "time_limit"
+    left = Path(note.read_text())
+    assert left.parent.name.startswith("alkn-child-"), left
+    assert not left.exists() and not left.parent.exists()
+    finished = run_in_child(lambda: tempfile.gettempdir(), time_limit=30.0)
+    assert finished.outcome == "finished" and not Path(finished.value).exists()
 
 
 def test_tenants_take_turns(own_db: str, tmp_path: Path,

@@ -44,8 +44,10 @@ import multiprocessing
 import os
 import pickle
 import select
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -179,6 +181,9 @@ def run_in_child(target: Callable[[], Any], *, time_limit: float,
     os.fork, not multiprocessing: a prefork pool child is a daemonic process, which
     multiprocessing does not let have children."""
     one_thread = _native_threads() > _NATIVE_THREADS_OF_A_CLEAN_PARENT
+    # The child's temporary files (a job's copy of the model, staging, parked tensors) go
+    # here, removed once it is gone: a killed child cleans nothing up itself.
+    scratch = tempfile.mkdtemp(prefix="alkn-child-")
     read_end, write_end = os.pipe()
     start = time.monotonic()
     deadline = start + time_limit
@@ -186,11 +191,13 @@ def run_in_child(target: Callable[[], Any], *, time_limit: float,
     pid = os.fork()
     if pid == 0:  # pragma: no cover  (the child; it never returns)
         os.close(read_end)
+        tempfile.tempdir = os.environ["TMPDIR"] = scratch
         _child(target, write_end, parent_pid, db_url, one_thread)
     os.close(write_end)  # EOF on read_end once the child is gone
 
     def done(outcome: Outcome, value: Any = None, kill: bool = False) -> ChildResult:
         code = _reap(pid, kill)
+        shutil.rmtree(scratch, ignore_errors=True)
         return ChildResult(outcome, value, code, time.monotonic() - start)
 
     chunks: list[bytes] = []
@@ -213,4 +220,5 @@ def run_in_child(target: Callable[[], Any], *, time_limit: float,
                     return done("time_limit", kill=True)
     except BaseException:  # our own thread is stopping (a warm shutdown): the job goes too
         _reap(pid, kill=True)
+        shutil.rmtree(scratch, ignore_errors=True)
         raise
