@@ -96,10 +96,10 @@ def run_job(settings: Settings, store: Store, spec: JobSpec, owner: str,
     except Exception as exc:
         return _job_ended(exc, settings, store, spec, report, job.key)
     except BaseException as exc:
-        # A Rust library's panic (tokenizers', safetensors' PanicException) derives from
-        # BaseException: uncaught, the job process died and the job ran 3 times, then
-        # failed as worker_lost.
-        if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+        # A Rust library's panic (pyo3's PanicException: tokenizers, safetensors) derives
+        # from BaseException: uncaught, the job process died and the job ran 3 times, then
+        # failed as worker_lost. Anything else of the kind stops the process as before.
+        if type(exc).__name__ != "PanicException":
             raise
         return _job_ended(exc, settings, store, spec, report, job.key)
 
