@@ -20,8 +20,9 @@ overwriting it (the issue found purged text with `pageinspect` after VACUUM).
   it runs on an autocommit connection, after the purge's commit. VACUUM FULL copies a
   deleted row that some transaction's snapshot may still see (tested: an open REPEATABLE
   READ transaction from before the purge makes it carry the text into the new file), so it
-  runs only once no snapshot, replication slot or prepared transaction is older than the
-  purge (`_horizon_passed`); until then it is tried again after each sweep.
+  runs only once no snapshot in this database (or of a walsender), replication slot or
+  prepared transaction is older than the purge (`_horizon_passed`); until then it is
+  tried again after each sweep.
 
 Why this and not crypto-shredding (items encrypted with a per-request key that the purge
 deletes): the key would be a row in the same database, and a deleted key row stays in its
@@ -106,9 +107,14 @@ def _checkpoint_sqlite(url: str) -> bool:
 # slots (a standby with hot_standby_feedback) and prepared transactions. Ages compare 32-bit
 # xids across wraparound. Another role's backend_xmin shows only to a role with
 # pg_read_all_stats (SECURITY.md).
+# Backends in other databases do not hold back a (non-shared) table's vacuum horizon, so
+# they are left out: a long transaction in another database of the cluster (another
+# service's, a test's) kept the erasure waiting. Those without a database (walsenders with
+# hot_standby_feedback) hold back every database's.
 _HELD_BACK = text("""
     SELECT EXISTS (SELECT 1 FROM pg_stat_activity
                    WHERE pid <> pg_backend_pid() AND backend_xmin IS NOT NULL
+                     AND (datname IS NULL OR datname = current_database())
                      AND age(backend_xmin) >= age(CAST(:xid AS xid)))
         OR EXISTS (SELECT 1 FROM pg_replication_slots
                    WHERE xmin IS NOT NULL AND age(xmin) >= age(CAST(:xid AS xid)))

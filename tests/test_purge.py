@@ -197,6 +197,31 @@ def test_an_old_snapshot_delays_the_erasure_until_it_ends(own_pg: str, tmp_path:
     assert_marker(pg_database_files(own_pg), marker, present=False)
 
 
+def test_a_snapshot_in_another_database_does_not_delay_the_erasure(
+        own_pg: str, tmp_path: Path, worker_world: World) -> None:  # noqa: F811
+    """A snapshot in another database of the cluster (another service's; a parallel test's)
+    does not hold back this database's vacuum horizon: the purge erases in its own sweep."""
+    from registry.erasure import erase_pending
+
+    marker = f"PurgeMarker{uuid.uuid4().hex[:12]}"
+    settings = Settings(home=tmp_path, database_url=own_pg,
+                        artifact_root=str(tmp_path / "artifacts"), forget_data_retention="0s",
+                        lease_seconds=60)
+    with migrated_pg_database() as other_url:
+        engine = sa.create_engine(other_url)
+        reader = engine.connect().execution_options(isolation_level="REPEATABLE READ")
+        try:
+            def open_snapshot() -> None:
+                reader.execute(sa.text("SELECT count(*) FROM jobs")).scalar_one()
+
+            run_and_purge(settings, worker_world, marker, open_snapshot)
+            assert not erase_pending(own_pg)  # erased although that snapshot is still open
+        finally:
+            reader.close()
+            engine.dispose()
+    assert_marker(pg_database_files(own_pg), marker, present=False)
+
+
 # --------------------------------------------------------------------------------------------
 # HMACs and idempotency records
 # --------------------------------------------------------------------------------------------
