@@ -21,6 +21,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from registry.errors import RegistryError
 
+from .strict_json import NO_POSITION
+
 log = logging.getLogger("api")
 
 PROBLEM_JSON = "application/problem+json"
@@ -100,8 +102,8 @@ async def _validation(request: Request, exc: Exception) -> Response:
     if bad_json is not None:
         reason = (bad_json.get("ctx") or {}).get("error", "invalid JSON")
         pos = _loc(bad_json.get("loc"))[-1:] or ["?"]
-        return problem(400, f"malformed JSON body: {reason} (at character {pos[0]})",
-                       title="Malformed JSON")
+        where = "" if pos[0] == NO_POSITION else f" (at character {pos[0]})"
+        return problem(400, f"malformed JSON body: {reason}{where}", title="Malformed JSON")
     # loc/msg/type only: the rejected input could be large or sensitive.
     out = [{"loc": _loc(e.get("loc")), "msg": str(e.get("msg", "")),
             "type": str(e.get("type", ""))} for e in errors]

@@ -385,6 +385,28 @@ def test_oversized_headers_queries_and_numbers(api_world: ApiWorld) -> None:
         assert_problem(c.get(f"/api/models/default/{m}/revision/v{'9' * 4301}"), 404)
 
 
+def test_a_key_twice_in_one_object_is_refused(api_world: ApiWorld) -> None:
+    """Python's json keeps the last of duplicate keys, a gateway's parser may keep the
+    first: the two would disagree about what was asked. 400, as malformed JSON."""
+    c, m = api_world.client, api_world.model
+    bodies = [("POST", "/v1/models", '{"name": "a", "name": "b", "source": {"path": "/x"}}'),
+              ("POST", f"/v1/models/{m}/forget-requests",
+               '{"items": [{"question": "Q?", "answer": "A.", "answer": "B."}]}'),
+              ("POST", f"/v1/models/{m}/forget-requests",
+               '{"items": [{"text": "t"}], "params": {"lr": 0.001, "lr": 0.5}}'),
+              ("PUT", f"/v1/models/{m}/aliases/dup", '{"version": 1, "version": 2}')]
+    with api_world.unchanged():
+        for method, url, body in bodies:
+            r = c.request(method, url, content=body, headers=JSON)
+            assert_problem(r, 400)
+            assert "appears twice in one object" in r.json()["detail"], r.text
+            assert "at character" not in r.json()["detail"]
+    ok = c.request("PUT", f"/v1/models/{m}/aliases/dup", content='{"version": 1}',
+                   headers=JSON)
+    assert ok.status_code == 200, ok.text  # the same route without the repeat
+    assert c.delete(f"/v1/models/{m}/aliases/dup").status_code == 204
+
+
 def test_integer_fields_refuse_strings_booleans_and_floats(api_world: ApiWorld) -> None:
     """As method params do: "1", true and 1.0 are not read as 1."""
     c, m = api_world.client, api_world.model

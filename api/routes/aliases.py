@@ -12,8 +12,10 @@ from registry import versions as model_versions
 from ..auth import TenantDep
 from ..deps import SessionDep
 from ..schemas import AliasIn, AliasOut, problems
+from ..strict_json import StrictJSONRoute
 
-router = APIRouter(prefix="/v1/models/{name}", tags=["aliases"], responses=problems(401, 404))
+router = APIRouter(route_class=StrictJSONRoute,
+                   prefix="/v1/models/{name}", tags=["aliases"], responses=problems(401, 404))
 
 
 @router.put("/aliases/{alias}", response_model=AliasOut, responses=problems(409, 422))

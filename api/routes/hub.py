@@ -28,9 +28,11 @@ from registry.store import ArtifactStore
 from ..auth import TenantDep
 from ..deps import SessionDep, StoreDep
 from ..schemas import BINARY_BODY, problems
+from ..strict_json import StrictJSONRoute
 from .downloads import file_head, file_response
 
-router = APIRouter(tags=["hugging face hub"], responses=problems(401, 404))
+router = APIRouter(route_class=StrictJSONRoute,
+                   tags=["hugging face hub"], responses=problems(401, 404))
 
 
 def _hub_error(exc: RegistryError, code: str) -> RegistryError:

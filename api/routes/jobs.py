@@ -14,8 +14,10 @@ from ..auth import TenantDep
 from ..deps import SessionDep
 from ..pagination import PageDep, paginate
 from ..schemas import JobEventOut, JobOut, Page, RequestStatus, problems
+from ..strict_json import StrictJSONRoute
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problems(401, 404))
+router = APIRouter(route_class=StrictJSONRoute,
+                   prefix="/v1/jobs", tags=["jobs"], responses=problems(401, 404))
 
 
 @router.get("", response_model=Page[JobOut], responses=problems(422))

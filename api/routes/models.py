@@ -17,8 +17,10 @@ from ..deps import SessionDep, SettingsDep, StoreDep
 from ..idempotency import Created, IdempotencyKey
 from ..pagination import PageDep, paginate
 from ..schemas import JobOut, ModelCreate, ModelOut, Page, problems
+from ..strict_json import StrictJSONRoute
 
-router = APIRouter(prefix="/v1/models", tags=["models"], responses=problems(401))
+router = APIRouter(route_class=StrictJSONRoute,
+                   prefix="/v1/models", tags=["models"], responses=problems(401))
 
 
 @router.post("", status_code=201, response_model=ModelOut,

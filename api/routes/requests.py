@@ -27,8 +27,10 @@ from ..schemas import (
     RequestStatus,
     problems,
 )
+from ..strict_json import StrictJSONRoute
 
-router = APIRouter(tags=["forget requests"], responses=problems(401, 404))
+router = APIRouter(route_class=StrictJSONRoute,
+                   tags=["forget requests"], responses=problems(401, 404))
 
 
 def request_out(session: Session, req: ForgetRequest) -> dict[str, Any]:

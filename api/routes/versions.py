@@ -36,8 +36,10 @@ from ..schemas import (
     VersionSummaryOut,
     problems,
 )
+from ..strict_json import StrictJSONRoute
 
-router = APIRouter(prefix="/v1/models/{name}", tags=["versions"], responses=problems(401, 404))
+router = APIRouter(route_class=StrictJSONRoute,
+                   prefix="/v1/models/{name}", tags=["versions"], responses=problems(401, 404))
 
 UPLOAD_SUFFIX = "/versions:upload"
 
