@@ -103,16 +103,18 @@ def _checkpoint_sqlite(url: str) -> bool:
 
 
 # Is anything that holds back the removal of dead rows as old as transaction :xid (or
-# older)? Snapshots of every backend (all databases: a conservative horizon), replication
-# slots (a standby with hot_standby_feedback) and prepared transactions. Ages compare 32-bit
-# xids across wraparound. Another role's backend_xmin shows only to a role with
-# pg_read_all_stats (SECURITY.md).
-# Backends in other databases do not hold back a (non-shared) table's vacuum horizon, so
-# they are left out: a long transaction in another database of the cluster (another
-# service's, a test's) kept the erasure waiting. Those without a database (walsenders with
-# hot_standby_feedback) hold back every database's.
+# older)? Any transaction still running from then, in any database: the oldest running xid
+# of the whole cluster bounds VACUUM FULL's horizon (our own snapshot's xmin, which counts
+# prepared transactions too; a writer in another database, or one idle in a READ COMMITTED
+# transaction here with no backend_xmin, made it copy a purged row into the new file);
+# snapshots of backends of this database, and of none (walsenders with
+# hot_standby_feedback): a read-only snapshot in another database does not hold back this
+# database's tables, and waiting for one (another service's, a parallel test's) only
+# delayed the erasure; replication slots. Ages compare 32-bit xids across wraparound.
+# Another role's backend_xmin shows only to a role with pg_read_all_stats (SECURITY.md).
 _HELD_BACK = text("""
-    SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+    SELECT pg_snapshot_xmin(pg_current_snapshot()) <= CAST(:xid8 AS xid8)
+        OR EXISTS (SELECT 1 FROM pg_stat_activity
                    WHERE pid <> pg_backend_pid() AND backend_xmin IS NOT NULL
                      AND (datname IS NULL OR datname = current_database())
                      AND age(backend_xmin) >= age(CAST(:xid AS xid)))
@@ -126,7 +128,8 @@ def _horizon_passed(conn: Connection, xid: int) -> bool:
     """No snapshot can still see rows deleted by (committed) transaction `xid`."""
     if xid == 0:
         return True
-    return not conn.execute(_HELD_BACK, {"xid": str(xid % 2**32)}).scalar_one()
+    return not conn.execute(_HELD_BACK, {"xid": str(xid % 2**32),
+                                         "xid8": str(xid)}).scalar_one()
 
 
 def _vacuum_items(url: str, xid: int) -> bool:

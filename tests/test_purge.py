@@ -245,6 +245,36 @@ def test_a_snapshot_in_another_database_does_not_delay_the_erasure(
     assert_marker(pg_database_files(own_pg), marker, present=False)
 
 
+@pytest.mark.parametrize("where", ["another database", "this database"])
+def test_a_running_transaction_older_than_the_purge_delays_the_erasure(
+        own_pg: str, tmp_path: Path, worker_world: World, where: str) -> None:  # noqa: F811
+    """A transaction that holds a transaction id from before the purge, in any database of
+    the cluster (idle in READ COMMITTED: no backend_xmin), bounds VACUUM FULL's horizon: it
+    would copy the purged row into the new file. The erasure waits for it to end."""
+    from registry.erasure import erase_pending
+
+    marker = f"PurgeMarker{uuid.uuid4().hex[:12]}"
+    settings = Settings(home=tmp_path, database_url=own_pg,
+                        artifact_root=str(tmp_path / "artifacts"), forget_data_retention="0s",
+                        lease_seconds=60)
+    with migrated_pg_database() as other_url:
+        engine = sa.create_engine(other_url if where == "another database" else own_pg)
+        writer = engine.connect()  # READ COMMITTED
+        try:
+            def take_an_xid() -> None:
+                writer.execute(sa.text("SELECT pg_current_xact_id()")).scalar_one()
+
+            run_and_purge(settings, worker_world, marker, take_an_xid)
+            assert erase_pending(own_pg)
+            writer.rollback()
+        finally:
+            writer.close()
+            engine.dispose()
+    Dispatcher(None, settings).sweep()
+    assert not erase_pending(own_pg)
+    assert_marker(pg_database_files(own_pg), marker, present=False, url=own_pg)
+
+
 # --------------------------------------------------------------------------------------------
 # HMACs and idempotency records
 # --------------------------------------------------------------------------------------------
