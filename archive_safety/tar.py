@@ -135,6 +135,55 @@ class _CappedReader(io.RawIOBase):
                                 "marker")
 
 
+class _XzStreams(io.RawIOBase):
+    """xz streams one after another, with stream padding (zero bytes, a multiple of four)
+    between and after them, as `xz -d` reads them: lzma.LZMAFile takes any bytes after a
+    stream for a stream cut short (EOFError), padding included."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        super().__init__()
+        self.raw, self.pending, self.done = raw, b"", False
+        self.dec = lzma.LZMADecompressor(lzma.FORMAT_XZ)
+
+    def readable(self) -> bool:
+        return True
+
+    def _input(self) -> bytes:
+        data, self.pending = self.pending or self.raw.read(CHUNK), b""
+        return data
+
+    def read(self, size: int | None = -1) -> bytes:
+        size = CHUNK if size is None or size < 0 else size
+        while not self.done:
+            if self.dec.eof:  # between streams: padding, another stream, or the end
+                self._next_stream()
+                continue
+            data = self._input() if self.dec.needs_input else b""
+            if self.dec.needs_input and not data:
+                raise EOFError("the xz stream is cut short")
+            out = self.dec.decompress(data, max_length=size)
+            if out:
+                return out
+        return b""
+
+    def _next_stream(self) -> None:
+        zeros, data = 0, self.dec.unused_data
+        while True:
+            data = data or self._input()
+            if not data:  # the end of the file
+                self.done = True
+                break
+            stripped = data.lstrip(b"\0")
+            zeros += len(data) - len(stripped)
+            if stripped:
+                self.pending = stripped
+                self.dec = lzma.LZMADecompressor(lzma.FORMAT_XZ)
+                break
+            data = b""
+        if zeros % 4:
+            raise lzma.LZMAError("xz stream padding is not a multiple of four bytes")
+
+
 def _decompressed(raw: BinaryIO) -> BinaryIO:
     """`raw` decompressed by its magic bytes (gzip, bzip2, xz), or as is (plain tar)."""
     magic = raw.read(6)
@@ -144,7 +193,7 @@ def _decompressed(raw: BinaryIO) -> BinaryIO:
     if magic.startswith(b"BZh"):
         return bz2.BZ2File(raw)  # type: ignore[return-value]
     if magic.startswith(b"\xfd7zXZ\x00"):
-        return lzma.LZMAFile(raw)  # type: ignore[return-value]
+        return _XzStreams(raw)  # type: ignore[return-value]
     return raw
 
 

@@ -81,16 +81,21 @@ def check_model_dir(root: Path, *, loadable: bool = True) -> ModelFiles:
     return ModelFiles(root, config, _weights(root, files, config))
 
 
-def _no_hub_kernels(config: dict[str, Any], where: str) -> None:
-    """`attn_implementation` / `experts_implementation` (in any sub-config) naming a Hub
-    repository ("org/repo[@rev]"): transformers would download and import that kernel's
-    code, which is never run; the built-in names ("eager", "sdpa", ...) have no "/"."""
-    for key, value in config.items():
-        if isinstance(value, dict):
-            _no_hub_kernels(value, where)
-        elif key.endswith("_implementation") and isinstance(value, str) and "/" in value:
-            raise InvalidModelFiles(f"{where} asks for a kernel from the Hub ({key}), whose "
-                                    "code is never run")
+def _no_hub_kernels(config: Any, where: str, key: str = "") -> None:
+    """An `attn_implementation` / `experts_implementation` (in any sub-config, or as a
+    per-sub-config dict) naming a Hub repository ("org/repo[@rev]"): transformers would
+    download and import that kernel's code, which is never run; the built-in names
+    ("eager", "sdpa", ...) have no "/". (The worker also passes its own attention when it
+    builds a model, worker.weights_check.with_our_attention.)"""
+    if isinstance(config, dict):
+        for k, value in config.items():
+            _no_hub_kernels(value, where, k if not key.endswith("_implementation") else key)
+    elif isinstance(config, list):
+        for value in config:
+            _no_hub_kernels(value, where, key)
+    elif key.endswith("_implementation") and isinstance(config, str) and "/" in config:
+        raise InvalidModelFiles(f"{where} asks for a kernel from the Hub ({key}), whose "
+                                "code is never run")
 
 
 def _regular_files(root: Path) -> set[str]:

@@ -41,8 +41,8 @@ def get_version(session: Session, model: Model, number: int | str) -> Version:
     """Version `number` (an int, or a string of ASCII digits as a path gives it)."""
     # Longer than MAX_VERSION's digits cannot be a version; int() of a huge string would
     # also hit Python's 4300-digit limit (ValueError).
-    if isinstance(number, str) and len(number) <= len(str(MAX_VERSION)):
-        number = int(number)
+    if isinstance(number, str) and len(number.lstrip("0")) <= len(str(MAX_VERSION)):
+        number = int(number)  # leading zeros as before: "0001" is version 1
     if isinstance(number, str) or not 1 <= number <= MAX_VERSION:  # out of the column's range
         raise NotFound(f"model {model.name!r} has no version {quoted(number)}")
     version = session.scalar(select(Version).where(Version.model_id == model.id,

@@ -39,7 +39,11 @@ def _flip_weights_byte(data: bytes) -> bytes:
 
 
 COMPRESS: dict[str, Callable[[bytes], bytes]] = {
-    "tar": lambda b: b, "gz": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress}
+    "tar": lambda b: b, "gz": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress,
+    # what `xz -d` reads too: stream padding (zeros, a multiple of 4), streams in a row
+    "xz-padded": lambda b: lzma.compress(b) + bytes(8),
+    "xz-two-streams": lambda b: lzma.compress(b[:1024]) + bytes(4) + lzma.compress(b[1024:]),
+    "gz-zero-padded": lambda b: gzip.compress(b) + bytes(100)}
 
 DAMAGED: dict[str, Callable[[], bytes]] = {
     # the weights changed after the checksum was taken: gzip's CRC no longer matches
@@ -47,6 +51,8 @@ DAMAGED: dict[str, Callable[[], bytes]] = {
     "gzip-without-trailer": lambda: gzip.compress(PLAIN)[:-8],
     "xz-cut": lambda: lzma.compress(PLAIN)[:-10],
     "bz2-cut": lambda: bz2.compress(PLAIN)[:-10],
+    "xz-padding-not-a-multiple-of-4": lambda: lzma.compress(PLAIN) + bytes(3),
+    "gz-then-garbage": lambda: gzip.compress(PLAIN) + b"garbage",
     # the second member's header cut: tarfile ends quietly after config.json
     "tar-cut-in-a-header": lambda: PLAIN[:1024 + 100],
     "tar-cut-at-a-member-boundary": lambda: PLAIN[:1024],

@@ -380,6 +380,7 @@ def test_oversized_headers_queries_and_numbers(api_world: ApiWorld) -> None:
         for ref in ("99999999999999999999", str(2**31), "0", "-1", "1e3", "²", "١", "9" * 4301):
             assert_problem(c.get(f"/v1/models/{m}/versions/{ref}"), 404)
             assert_problem(c.post(f"/v1/models/{m}/versions/{ref}:revoke"), 404)
+        assert c.get(f"/v1/models/{m}/versions/{'0' * 20}1").json()["version"] == 1
         r = c.get(f"/v1/models/{m}/versions/{'9' * 4301}")
         assert len(r.json()["detail"]) < 200, r.text  # the ref quoted, cut
         assert_problem(c.get(f"/api/models/default/{m}/revision/v{'9' * 4301}"), 404)

@@ -10,6 +10,7 @@ tests/test_faults.py, `test_a_hung_job_is_requeued_after_the_heartbeat_timeout`.
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
 import time
 import uuid
@@ -141,6 +142,29 @@ def test_a_killed_jobs_temporary_files_are_removed(tmp_path: Path) -> None:
     assert not left.exists() and not left.parent.exists()
     finished = run_in_child(lambda: tempfile.gettempdir(), time_limit=30.0)
     assert finished.outcome == "finished" and not Path(finished.value).exists()
+
+
+def test_scratch_is_removed_when_the_fork_fails_or_its_worker_died(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker import job_process
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid no process has now: a worker killed with its job running
+    orphan = tmp_path / f"alkn-child-{gone.pid}-abc"
+    orphan.mkdir()
+    (orphan / "model.safetensors").write_bytes(b"x")
+    live = tmp_path / f"alkn-child-{os.getpid()}-def"  # a running worker's: kept
+    live.mkdir()
+
+    def no_fork() -> int:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(job_process.os, "fork", no_fork)
+    with pytest.raises(OSError):
+        job_process.run_in_child(lambda: None, time_limit=5.0)
+    assert not orphan.exists() and live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]  # none left by the try
 
 
 def test_tenants_take_turns(own_db: str, tmp_path: Path,

@@ -206,6 +206,7 @@ def test_what_a_version_may_name(worker_world: World, tmp_path: Path) -> None:
     refused(config(attn_implementation="kernels-community/flash-attn2"), "kernel from the Hub")
     refused(config(text_config={"experts_implementation": "org/repo@main"}),
             "kernel from the Hub")
+    refused(config(attn_implementation={"": "kernels-community/evil"}), "kernel from the Hub")
     check_model_dir(_variant(tmp_path, worker_world, "sdpa"))  # built-in names stay
 
 
@@ -297,6 +298,40 @@ def test_buffers_sized_by_the_config_alone_are_bounded(tmp_path: Path) -> None:
     _config(tmp_path / "gptj", n_positions=20_000_000)
     with pytest.raises(InvalidModelFiles, match="bytes of buffers"):
         check_config_against_weights(check_model_dir(tmp_path / "gptj"))
+
+
+@pytest.mark.parametrize("name", ["flash_attention_2", "kernels-community/flash-attn2"])
+def test_the_worker_picks_the_attention_not_config_json(worker_world: World, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        name: str) -> None:
+    """A built-in name can still fetch a Hub kernel (flash_attention_2 without flash_attn
+    falls back to kernels-community/flash-attn2 when `kernels` is installed): building the
+    model for the weights check and loading it pass the worker's own attention, which
+    overrides config.json, and no kernel is fetched."""
+    import transformers.integrations.hub_kernels as hub_kernels
+
+    from worker.weights_check import check_config_against_weights, with_our_attention
+
+    fetched: list[str] = []
+
+    def get_kernel(repo_id: str, *args: Any, **kwargs: Any) -> Any:
+        fetched.append(repo_id)
+        raise RuntimeError("no kernel is fetched in this test")
+
+    monkeypatch.setattr(hub_kernels, "get_kernel", get_kernel)
+    d = _variant(tmp_path, worker_world, "attention")
+    _config(d, attn_implementation=name)  # type: ignore[arg-type]
+    files = check_model_dir(d) if "/" not in name else None
+    if files is None:  # a Hub name is refused outright
+        with pytest.raises(InvalidModelFiles, match="kernel from the Hub"):
+            check_model_dir(d)
+        return
+    check_config_against_weights(files)
+    from transformers import AutoModelForCausalLM
+    model = with_our_attention(lambda **kw: AutoModelForCausalLM.from_pretrained(
+        d, use_safetensors=True, trust_remote_code=False, **kw))
+    assert model.config._attn_implementation == "sdpa"
+    assert fetched == []
 
 
 def test_a_tokenizer_panic_fails_the_job_once(env: tuple[Settings, LocalStore],

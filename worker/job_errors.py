@@ -27,7 +27,8 @@ def describe_error(exc: BaseException, stage: str | None) -> JobError:
         return JobError("invalid_model_files", str(exc)[:1000])
     if isinstance(exc, ChatTemplateError):  # whichever stage first rendered it
         return JobError("invalid_input", str(exc)[:1000])
-    if type(exc).__name__ == "PanicException":  # pyo3's: tokenizers, safetensors
+    if type(exc).__name__ == "PanicException" and stage != "saving":  # pyo3's: tokenizers,
+        # safetensors, reading the version's files or tokenizing with them
         return JobError("invalid_model_files", "a library reading the version's files (its "
                         "tokenizer or weights) failed on them or on the request's text "
                         "(PanicException)")

@@ -128,6 +128,30 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+SCRATCH_PREFIX = "alkn-child-"
+
+
+def _remove_orphaned_scratch() -> None:
+    """Scratch directories (`alkn-child-<worker pid>-...`) of workers no longer alive: one
+    killed (SIGKILL, the OOM killer) never removed its running child's."""
+    root = tempfile.gettempdir()
+    with contextlib.suppress(OSError):
+        for name in os.listdir(root):
+            owner = name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
+            if name.startswith(SCRATCH_PREFIX) and owner.isdigit() and not _alive(int(owner)):
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: alive
+        return True
+    return True
+
+
 def _child(target: Callable[[], Any], out: int, parent_pid: int, db_url: str | None,
            one_thread: bool) -> None:
     """The forked child: run `target`, write its pickled result to `out`, exit (never
@@ -183,12 +207,22 @@ def run_in_child(target: Callable[[], Any], *, time_limit: float,
     one_thread = _native_threads() > _NATIVE_THREADS_OF_A_CLEAN_PARENT
     # The child's temporary files (a job's copy of the model, staging, parked tensors) go
     # here, removed once it is gone: a killed child cleans nothing up itself.
-    scratch = tempfile.mkdtemp(prefix="alkn-child-")
-    read_end, write_end = os.pipe()
+    _remove_orphaned_scratch()
+    parent_pid = os.getpid()
+    scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{parent_pid}-")
+    try:
+        read_end, write_end = os.pipe()
+        try:
+            pid = os.fork()
+        except BaseException:
+            os.close(read_end)
+            os.close(write_end)
+            raise
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
     start = time.monotonic()
     deadline = start + time_limit
-    parent_pid = os.getpid()
-    pid = os.fork()
     if pid == 0:  # pragma: no cover  (the child; it never returns)
         os.close(read_end)
         tempfile.tempdir = os.environ["TMPDIR"] = scratch

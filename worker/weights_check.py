@@ -16,14 +16,16 @@ modules than the files could fill. Every refusal is `InvalidModelFiles`.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from registry.model_files import InvalidModelFiles, ModelFiles
 from registry.safetensors_header import TensorInfo, read_header
+
+M = TypeVar("M")
 
 # Slack over the files' tensor count for what a model registers but a checkpoint omits
 # (tied weights); modules per tensor for containers, activations and norms without weights.
@@ -108,12 +110,24 @@ def _meta_model(files: ModelFiles, tensor_count: int) -> torch.nn.Module:
     max_modules = MODULES_PER_TENSOR * tensor_count + EXTRA_MODULES
     try:
         with _bounded_construction(max_parameters, max_modules), torch.device("meta"):
-            return AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+            return with_our_attention(lambda **kw: AutoModelForCausalLM.from_config(
+                config, trust_remote_code=False, **kw))
     except InvalidModelFiles:
         raise
     except (ValueError, TypeError, KeyError, AttributeError, RuntimeError) as exc:
         raise InvalidModelFiles(f"config.json does not describe a model that can be built "
                                 f"({type(exc).__name__})") from None
+
+
+def with_our_attention(build: Callable[..., M]) -> M:
+    """`build(attn_implementation=...)` with "sdpa", or "eager" where the architecture has
+    no sdpa. The worker picks the attention, never config.json: a name there (even nested
+    per sub-config) can make transformers download and import a kernel from the Hub ("org/
+    repo", or flash_attention_2's fallback to one); the explicit argument overrides it."""
+    try:
+        return build(attn_implementation="sdpa")
+    except ValueError:  # e.g. "BloomForCausalLM does not support ... scaled_dot_product"
+        return build(attn_implementation="eager")
 
 
 _counting = threading.local()
