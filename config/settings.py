@@ -56,7 +56,7 @@ class Settings(BaseSettings):
         "worker kills its process and fails it with time_limit_exceeded")
     max_queued_per_tenant: int = Field(
         default=1000, ge=1, description="a tenant's unfinished (queued or running) forget "
-        "requests; one more answers 429")
+        "requests and evaluation / registration jobs; one more answers 429")
     forget_data_retention: str = Field(
         default="7d", description="how long a finished request keeps its items before they "
         "are purged to hashes: seconds, or a number with s, m, h or d")

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .errors import Conflict, Invalid
-from .forget_requests import DEFAULT_METHOD, resolve_params
+from .forget_requests import DEFAULT_METHOD, check_queue_room, resolve_params
 from .jobs.common import (
     DONE_PROGRESS,
     QUEUED_PROGRESS,
@@ -33,15 +33,19 @@ from .versions import require_ready
 KIND = "evaluate"
 
 
-def enqueue_evaluation(session: Session, model: Model, version: Version) -> tuple[Job, bool]:
+def enqueue_evaluation(session: Session, model: Model, version: Version,
+                       max_queued: int | None = None) -> tuple[Job, bool]:
     """A queued full evaluation of `version` (ready, else Conflict), or the one already
-    queued or running for it; (job, created)."""
+    queued or running for it; (job, created). `max_queued`: the tenant's limit of
+    unfinished work (forget_requests.check_queue_room; QueueFull past it)."""
     require_ready(version)
     pending = session.scalar(select(Job).where(
         Job.model_id == model.id, Job.kind == KIND, Job.base_version == version.number,
         Job.status.in_(("queued", "running"))).limit(1))
     if pending is not None:
         return pending, False
+    if max_queued is not None:
+        check_queue_room(session, model.tenant_id, max_queued)
     try:
         # How items are encoded: the model's defaults for its default method.
         params = resolve_params(model, DEFAULT_METHOD, None)

@@ -45,21 +45,27 @@ class QueueFull(RegistryError):
 
 
 def check_queue_room(session: Session, tenant_id: str, limit: int) -> None:
-    """QueueFull when one more request would take the tenant's unfinished (queued or
-    running) requests past `limit`. The tenant row is locked first, so concurrent
-    submissions of one tenant (on any of its models) are counted one after the other.
+    """QueueFull when one more request or job would take the tenant's unfinished (queued or
+    running) work past `limit`: its forget requests, and its jobs of no request (full
+    evaluations, registrations), which a tenant could otherwise queue without bound ahead
+    of other tenants' lineages. The tenant row is locked first, so concurrent submissions
+    of one tenant (on any of its models) are counted one after the other.
 
     FOR NO KEY UPDATE, not FOR UPDATE: a worker holding a model's lock inserts rows that
     reference the tenant (a foreign-key check takes FOR KEY SHARE on its row); FOR UPDATE
     here would block that while we wait for the same model's lock: a deadlock."""
     session.execute(select(Tenant.id).where(Tenant.id == tenant_id)
                     .with_for_update(key_share=True))
-    unfinished = session.scalar(select(func.count()).select_from(ForgetRequest).where(
-        ForgetRequest.tenant_id == tenant_id, ForgetRequest.status.not_in(FINISHED)))
-    if (unfinished or 0) >= limit:
-        raise QueueFull(f"this tenant already has {unfinished} unfinished forget requests, "
-                        f"the most it may have queued (limit {limit}); retry once some "
-                        "have finished")
+    requests = session.scalar(select(func.count()).select_from(ForgetRequest).where(
+        ForgetRequest.tenant_id == tenant_id, ForgetRequest.status.not_in(FINISHED))) or 0
+    jobs = session.scalar(select(func.count()).select_from(Job).where(
+        Job.tenant_id == tenant_id, Job.status.not_in(FINISHED), Job.kind.is_not(None),
+        Job.kind != "unlearn")) or 0
+    if requests + jobs >= limit:
+        what = f"{requests} unfinished forget requests" + (
+            f" and {jobs} unfinished evaluation or registration jobs" if jobs else "")
+        raise QueueFull(f"this tenant already has {what}, the most it may have queued "
+                        f"(limit {limit}); retry once some have finished")
 
 
 def is_id(value: str) -> bool:

@@ -236,8 +236,42 @@ def test_a_tenant_past_its_queue_limit_gets_429(api_world: ApiWorld) -> None:
         assert _count(world.db_url, ForgetRequest) == before + 1
     finally:
         world.app.state.settings = settings
-        with session_scope(world.db_url) as s:  # leave the module's world without a queue
-            for rid in s.scalars(select(ForgetRequest.id).where(
-                    ForgetRequest.status == "queued")):
-                s.get(ForgetRequest, rid).status = "cancelled"
+        _no_queue(world.db_url)
+
+
+def _no_queue(url: str) -> None:
+    """Leave the module's world without queued requests or jobs."""
+    with session_scope(url) as s:
+        for rid in s.scalars(select(ForgetRequest.id).where(ForgetRequest.status == "queued")):
+            s.get(ForgetRequest, rid).status = "cancelled"
+        for job in s.scalars(select(Job).where(Job.status == "queued")):
+            job.status = "cancelled"
+
+
+def test_evaluation_jobs_count_toward_the_queue_limit(api_world: ApiWorld) -> None:
+    """Full evaluations (and registration jobs) carry no forget request: uncounted, a tenant
+    could queue one per version of every model, ahead of other tenants' lineages."""
+    world, limit = api_world, 2
+    settings = world.app.state.settings
+    world.app.state.settings = settings.model_copy(update={"max_queued_per_tenant": limit})
+    path = f"/v1/models/{world.model}/forget-requests"
+    try:
+        assert world.client.post(path, json={"items": QA[:1]}).status_code == 202
+        evaluate = f"/v1/models/{world.model}/versions/1:evaluate"
+        assert world.client.post(evaluate).status_code == 202
+        assert world.client.post(evaluate).status_code == 200  # the same job: no more work
+        with world.unchanged():
+            r = world.client.post(path, json={"items": QA[:1]})
+        assert r.status_code == 429, r.text
+        assert "1 unfinished evaluation or registration jobs" in r.json()["detail"]
+        # A registration job (a source over ALKN_REGISTER_INLINE_BYTES) is refused too.
+        world.app.state.settings = world.app.state.settings.model_copy(
+            update={"register_inline_bytes": 1})
+        with world.unchanged():
+            r = world.client.post("/v1/models", json={
+                "name": "copied-by-a-job", "source": {"path": str(world.model_dir)}})
+        assert r.status_code == 429, r.text
+    finally:
+        world.app.state.settings = settings
+        _no_queue(world.db_url)
 

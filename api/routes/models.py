@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from registry import catalog, registrations, source_roots
+from registry import catalog, forget_requests, registrations, source_roots
 from registry.models import Model
 
 from .. import idempotency, views
@@ -43,6 +43,8 @@ def create_model(body: ModelCreate, request: Request, session: SessionDep, store
                if body.source is not None else None)
         limit = settings.register_inline_bytes
         deferred = src is not None and registrations.source_bytes(src, limit) > limit
+        if deferred:  # a registration job counts toward the tenant's unfinished work
+            forget_requests.check_queue_room(session, tenant, settings.max_queued_per_tenant)
         model = catalog.register_model(
             session, store, tenant, body.name, None if deferred else src,
             body.description, body.qa_template, body.default_params, body.retain_set,

@@ -145,16 +145,17 @@ def revoke_version(name: str, ref: str, request: Request, session: SessionDep,
              responses={**problems(409),
                         200: {"model": JobOut, "description": "an evaluation of the version "
                                                               "already queued or running"}})
-def evaluate_version(name: str, ref: str, session: SessionDep,
+def evaluate_version(name: str, ref: str, session: SessionDep, settings: SettingsDep,
                      tenant: TenantDep) -> JSONResponse:
     """Queue a full evaluation of the version: every item of the model's retain, holdout and
     general sets and of every forget request on its lineage (jobs measure fixed samples).
     A job of its own (`kind` "evaluate", no new version): poll `GET /v1/jobs/{id}`, whose
     `metrics.evaluation` holds the numbers. While one is queued or running for the version,
-    that job is returned."""
+    that job is returned. It counts toward ALKN_MAX_QUEUED_PER_TENANT (429 past it)."""
     model = catalog.get_model(session, tenant, name)
     version = model_versions.resolve_version(session, model, ref)
-    job, created = enqueue_evaluation(session, model, version)
+    job, created = enqueue_evaluation(session, model, version,
+                                      max_queued=settings.max_queued_per_tenant)
     session.commit()
     session.refresh(job)
     body = views.job_out(job, model.name).model_dump(mode="json")
