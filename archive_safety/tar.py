@@ -138,21 +138,36 @@ class _CappedReader(io.RawIOBase):
 class _XzStreams(io.RawIOBase):
     """xz streams one after another, with stream padding (zero bytes, a multiple of four)
     between and after them, as `xz -d` reads them: lzma.LZMAFile takes any bytes after a
-    stream for a stream cut short (EOFError), padding included."""
+    stream for a stream cut short (EOFError), padding included.
+
+    The decompressor is fed FEED bytes at a time (views of a CHUNK read, no copies): what
+    it has not used at a stream's end is copied once, so thousands of tiny streams in one
+    read cost as much as one."""
+
+    FEED = 1 << 16
 
     def __init__(self, raw: BinaryIO) -> None:
         super().__init__()
-        self.raw, self.pending, self.done = raw, b"", False
+        self.raw, self.done = raw, False
+        self.front = b""  # what the last stream left unused, read first
+        self.pending = memoryview(b"")  # the rest of the last raw read
         self.dec = lzma.LZMADecompressor(lzma.FORMAT_XZ)
 
     def readable(self) -> bool:
         return True
 
-    def _input(self) -> bytes:
-        data, self.pending = self.pending or self.raw.read(CHUNK), b""
+    def _input(self) -> bytes | memoryview:
+        if self.front:
+            data, self.front = self.front, b""
+            return data
+        if not self.pending:
+            self.pending = memoryview(self.raw.read(CHUNK))
+        data, self.pending = self.pending[: self.FEED], self.pending[self.FEED :]
         return data
 
     def read(self, size: int | None = -1) -> bytes:
+        if size == 0:
+            return b""
         size = CHUNK if size is None or size < 0 else size
         while not self.done:
             if self.dec.eof:  # between streams: padding, another stream, or the end
@@ -169,14 +184,14 @@ class _XzStreams(io.RawIOBase):
     def _next_stream(self) -> None:
         zeros, data = 0, self.dec.unused_data
         while True:
-            data = data or self._input()
+            data = data or bytes(self._input())
             if not data:  # the end of the file
                 self.done = True
                 break
             stripped = data.lstrip(b"\0")
             zeros += len(data) - len(stripped)
             if stripped:
-                self.pending = stripped
+                self.front = stripped
                 self.dec = lzma.LZMADecompressor(lzma.FORMAT_XZ)
                 break
             data = b""

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .errors import Conflict, Invalid
-from .forget_requests import DEFAULT_METHOD, check_queue_room, resolve_params
+from .forget_requests import DEFAULT_METHOD, check_queue_room, lock_tenant, resolve_params
 from .jobs.common import (
     DONE_PROGRESS,
     QUEUED_PROGRESS,
@@ -39,6 +39,8 @@ def enqueue_evaluation(session: Session, model: Model, version: Version,
     queued or running for it; (job, created). `max_queued`: the tenant's limit of
     unfinished work (forget_requests.check_queue_room; QueueFull past it)."""
     require_ready(version)
+    # First: two calls at once would both find no pending job and queue two.
+    lock_tenant(session, model.tenant_id)
     pending = session.scalar(select(Job).where(
         Job.model_id == model.id, Job.kind == KIND, Job.base_version == version.number,
         Job.status.in_(("queued", "running"))).limit(1))

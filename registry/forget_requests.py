@@ -44,6 +44,13 @@ class QueueFull(RegistryError):
     headers = {"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)}
 
 
+def lock_tenant(session: Session, tenant_id: str) -> None:
+    """The tenant's row, locked FOR NO KEY UPDATE (check_queue_room says why not FOR
+    UPDATE) until the transaction ends: one tenant's submissions are counted in turn."""
+    session.execute(select(Tenant.id).where(Tenant.id == tenant_id)
+                    .with_for_update(key_share=True))
+
+
 def check_queue_room(session: Session, tenant_id: str, limit: int) -> None:
     """QueueFull when one more request or job would take the tenant's unfinished (queued or
     running) work past `limit`: its forget requests, and its jobs of no request (full
@@ -54,8 +61,7 @@ def check_queue_room(session: Session, tenant_id: str, limit: int) -> None:
     FOR NO KEY UPDATE, not FOR UPDATE: a worker holding a model's lock inserts rows that
     reference the tenant (a foreign-key check takes FOR KEY SHARE on its row); FOR UPDATE
     here would block that while we wait for the same model's lock: a deadlock."""
-    session.execute(select(Tenant.id).where(Tenant.id == tenant_id)
-                    .with_for_update(key_share=True))
+    lock_tenant(session, tenant_id)
     requests = session.scalar(select(func.count()).select_from(ForgetRequest).where(
         ForgetRequest.tenant_id == tenant_id, ForgetRequest.status.not_in(FINISHED))) or 0
     jobs = session.scalar(select(func.count()).select_from(Job).where(

@@ -86,7 +86,7 @@ def _no_hub_kernels(config: Any, where: str, key: str = "") -> None:
     per-sub-config dict) naming a Hub repository ("org/repo[@rev]"): transformers would
     download and import that kernel's code, which is never run; the built-in names
     ("eager", "sdpa", ...) have no "/". (The worker also passes its own attention when it
-    builds a model, worker.weights_check.with_our_attention.)"""
+    builds and loads a model, worker.weights_check.ATTENTION.)"""
     if isinstance(config, dict):
         for k, value in config.items():
             _no_hub_kernels(value, where, k if not key.endswith("_implementation") else key)

@@ -10,7 +10,6 @@ tests/test_faults.py, `test_a_hung_job_is_requeued_after_the_heartbeat_timeout`.
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 import time
 import uuid
@@ -146,25 +145,33 @@ def test_a_killed_jobs_temporary_files_are_removed(tmp_path: Path) -> None:
 
 def test_scratch_is_removed_when_the_fork_fails_or_its_worker_died(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scratch directory nobody holds a lock on (its worker was killed with its job) is
+    removed before the next job; one a running job holds is kept, whatever its name says;
+    a failed fork leaves none."""
+    import fcntl
+
     from worker import job_process
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    gone = subprocess.Popen(["true"])
-    gone.wait()  # a pid no process has now: a worker killed with its job running
-    orphan = tmp_path / f"alkn-child-{gone.pid}-abc"
-    orphan.mkdir()
-    (orphan / "model.safetensors").write_bytes(b"x")
-    live = tmp_path / f"alkn-child-{os.getpid()}-def"  # a running worker's: kept
+    orphans = [tmp_path / "alkn-child-123-abc", tmp_path / "alkn-child-²-x",
+               tmp_path / f"alkn-child-{'9' * 30}-y"]
+    for orphan in orphans:
+        orphan.mkdir()
+        (orphan / "model.safetensors").write_bytes(b"x")
+    live = tmp_path / "alkn-child-1-running"  # another container's job: its pid means nothing
     live.mkdir()
+    hold = os.open(live, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(hold, fcntl.LOCK_EX)
+    try:
+        def no_fork() -> int:
+            raise OSError(11, "Resource temporarily unavailable")
 
-    def no_fork() -> int:
-        raise OSError(11, "Resource temporarily unavailable")
-
-    monkeypatch.setattr(job_process.os, "fork", no_fork)
-    with pytest.raises(OSError):
-        job_process.run_in_child(lambda: None, time_limit=5.0)
-    assert not orphan.exists() and live.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]  # none left by the try
+        monkeypatch.setattr(job_process.os, "fork", no_fork)
+        with pytest.raises(OSError):
+            job_process.run_in_child(lambda: None, time_limit=5.0)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]
+    finally:
+        os.close(hold)
 
 
 def test_tenants_take_turns(own_db: str, tmp_path: Path,

@@ -38,6 +38,7 @@ mid-job takes its job with it, and the job is run again as a new attempt.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib
 import logging
 import multiprocessing
@@ -131,25 +132,45 @@ def _die_with_parent(parent_pid: int) -> None:
 SCRATCH_PREFIX = "alkn-child-"
 
 
+def _locked_scratch() -> tuple[str, int]:
+    """A new scratch directory and an fd holding an exclusive flock on it (the child
+    inherits it: the lock lasts while either runs). Made under another name and renamed
+    once locked, so that no sweep sees it unlocked."""
+    made = tempfile.mkdtemp(prefix="alkn-new-")
+    hold = os.open(made, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(hold, fcntl.LOCK_EX)
+    scratch = made.replace("alkn-new-", SCRATCH_PREFIX, 1)
+    os.rename(made, scratch)
+    return scratch, hold
+
+
+def _drop_scratch(scratch: str, hold: int) -> None:
+    shutil.rmtree(scratch, ignore_errors=True)
+    os.close(hold)
+
+
 def _remove_orphaned_scratch() -> None:
-    """Scratch directories (`alkn-child-<worker pid>-...`) of workers no longer alive: one
-    killed (SIGKILL, the OOM killer) never removed its running child's."""
+    """Scratch directories nobody holds a lock on: their worker and its job process are
+    gone (SIGKILL, the OOM killer). A flock, not a pid: pids say nothing across containers
+    that share the temporary directory, and nothing a name in it says is trusted."""
     root = tempfile.gettempdir()
-    with contextlib.suppress(OSError):
-        for name in os.listdir(root):
-            owner = name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
-            if name.startswith(SCRATCH_PREFIX) and owner.isdigit() and not _alive(int(owner)):
-                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's: alive
-        return True
-    return True
+        names = [n for n in os.listdir(root) if n.startswith(SCRATCH_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(root, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held: a running job's
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def _child(target: Callable[[], Any], out: int, parent_pid: int, db_url: str | None,
@@ -209,7 +230,7 @@ def run_in_child(target: Callable[[], Any], *, time_limit: float,
     # here, removed once it is gone: a killed child cleans nothing up itself.
     _remove_orphaned_scratch()
     parent_pid = os.getpid()
-    scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{parent_pid}-")
+    scratch, hold = _locked_scratch()
     try:
         read_end, write_end = os.pipe()
         try:
@@ -219,7 +240,7 @@ def run_in_child(target: Callable[[], Any], *, time_limit: float,
             os.close(write_end)
             raise
     except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
+        _drop_scratch(scratch, hold)
         raise
     start = time.monotonic()
     deadline = start + time_limit
@@ -231,7 +252,7 @@ def run_in_child(target: Callable[[], Any], *, time_limit: float,
 
     def done(outcome: Outcome, value: Any = None, kill: bool = False) -> ChildResult:
         code = _reap(pid, kill)
-        shutil.rmtree(scratch, ignore_errors=True)
+        _drop_scratch(scratch, hold)
         return ChildResult(outcome, value, code, time.monotonic() - start)
 
     chunks: list[bytes] = []
@@ -254,5 +275,5 @@ def run_in_child(target: Callable[[], Any], *, time_limit: float,
                     return done("time_limit", kill=True)
     except BaseException:  # our own thread is stopping (a warm shutdown): the job goes too
         _reap(pid, kill=True)
-        shutil.rmtree(scratch, ignore_errors=True)
+        _drop_scratch(scratch, hold)
         raise

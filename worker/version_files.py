@@ -28,7 +28,7 @@ from registry.model_files import INDEX_FILES, check_model_dir
 from registry.safetensors_header import read_header
 from registry.store import LocalStore, S3Store, regular_files
 
-from .weights_check import check_config_against_weights, with_our_attention
+from .weights_check import check_config_against_weights
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def load_base(store: Store, spec: JobSpec, workdir: Path, settings: Settings | N
                                            settings.template_output_limit,
                                            settings.template_memory_limit))
     files = check_model_dir(store.fetch_dir(spec.base_storage_key, workdir / "model"))
-    check_config_against_weights(files)
+    attention = check_config_against_weights(files)
     src = files.root
     device = pick_device()
     # On a GPU the source's own dtype: a bf16 model stays bf16 end to end, an fp32 one is
@@ -75,9 +75,9 @@ def load_base(store: Store, spec: JobSpec, workdir: Path, settings: Settings | N
     # A worker that owns several GPUs (CUDA_VISIBLE_DEVICES) spreads a model over them;
     # ALKN's per-parameter tensors follow their parameter. Untested: no multi-GPU machine.
     spread = device.type == "cuda" and torch.cuda.device_count() > 1
-    model = with_our_attention(lambda **kw: AutoModelForCausalLM.from_pretrained(
+    model = AutoModelForCausalLM.from_pretrained(
         src, dtype=dtype, use_safetensors=True, trust_remote_code=False,
-        **({"device_map": "auto"} if spread else {}), **kw))
+        attn_implementation=attention, **({"device_map": "auto"} if spread else {}))
     tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=False)
     if not spread:
         place(model)

@@ -16,16 +16,20 @@ modules than the files could fill. Every refusal is `InvalidModelFiles`.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
 from registry.model_files import InvalidModelFiles, ModelFiles
 from registry.safetensors_header import TensorInfo, read_header
 
-M = TypeVar("M")
+# The attention the worker builds and loads every model with, never config.json's: a name
+# there (even per sub-config) can make transformers download and import a kernel from the
+# Hub ("org/repo", or flash_attention_2's fallback to one); the explicit argument overrides
+# it. sdpa, else eager where the architecture has no sdpa.
+ATTENTION = ("sdpa", "eager")
 
 # Slack over the files' tensor count for what a model registers but a checkpoint omits
 # (tied weights); modules per tensor for containers, activations and norms without weights.
@@ -37,7 +41,9 @@ EXTRA_MODULES = 256
 EXTRA_BUFFER_BYTES = 1 << 28
 
 
-def check_config_against_weights(files: ModelFiles) -> None:
+def check_config_against_weights(files: ModelFiles) -> str:
+    """The checks above; returns the attention the model was built with (ATTENTION), for
+    loading it the same way."""
     tensors = _tensor_table(files)
     model = _meta_model(files, len(tensors))
     expected = model.state_dict(keep_vars=True)
@@ -68,6 +74,7 @@ def check_config_against_weights(files: ModelFiles) -> None:
         raise InvalidModelFiles(f"config.json asks for {buffers} bytes of buffers (position "
                                 f"tables, masks), more than the weights' {held} parameters "
                                 "take")
+    return str(model.config._attn_implementation)
 
 
 def _tensor_table(files: ModelFiles) -> dict[str, TensorInfo]:
@@ -108,26 +115,23 @@ def _meta_model(files: ModelFiles, tensor_count: int) -> torch.nn.Module:
         raise InvalidModelFiles(f"config.json cannot be read ({type(exc).__name__})") from None
     max_parameters = tensor_count + EXTRA_PARAMETERS
     max_modules = MODULES_PER_TENSOR * tensor_count + EXTRA_MODULES
-    try:
+
+    def build(attention: str) -> torch.nn.Module:
+        # Each attempt with the whole budget: a failed one may have registered modules.
         with _bounded_construction(max_parameters, max_modules), torch.device("meta"):
-            return with_our_attention(lambda **kw: AutoModelForCausalLM.from_config(
-                config, trust_remote_code=False, **kw))
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=False,
+                                                    attn_implementation=attention)
+
+    try:
+        try:
+            return build(ATTENTION[0])
+        except ValueError:  # e.g. "BloomForCausalLM does not support ... scaled_dot_product"
+            return build(ATTENTION[1])  # on meta: a second try costs nothing
     except InvalidModelFiles:
         raise
     except (ValueError, TypeError, KeyError, AttributeError, RuntimeError) as exc:
         raise InvalidModelFiles(f"config.json does not describe a model that can be built "
                                 f"({type(exc).__name__})") from None
-
-
-def with_our_attention(build: Callable[..., M]) -> M:
-    """`build(attn_implementation=...)` with "sdpa", or "eager" where the architecture has
-    no sdpa. The worker picks the attention, never config.json: a name there (even nested
-    per sub-config) can make transformers download and import a kernel from the Hub ("org/
-    repo", or flash_attention_2's fallback to one); the explicit argument overrides it."""
-    try:
-        return build(attn_implementation="sdpa")
-    except ValueError:  # e.g. "BloomForCausalLM does not support ... scaled_dot_product"
-        return build(attn_implementation="eager")
 
 
 _counting = threading.local()
