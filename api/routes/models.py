@@ -27,7 +27,7 @@ router = APIRouter(route_class=StrictJSONRoute,
              responses={202: {"model": JobOut, "description": "a source larger than "
                               "ALKN_REGISTER_INLINE_BYTES: the model exists, its version 1 is "
                               "copied by this registration job (`Location`: poll it)"},
-                        **problems(400, 409, 413, 422)})
+                        **problems(400, 409, 413, 422, 429)})
 def create_model(body: ModelCreate, request: Request, session: SessionDep, store: StoreDep,
                  settings: SettingsDep, tenant: TenantDep,
                  idempotency_key: IdempotencyKey = None) -> JSONResponse:

@@ -142,7 +142,7 @@ def revoke_version(name: str, ref: str, request: Request, session: SessionDep,
 
 
 @router.post("/versions/{ref}:evaluate", status_code=202, response_model=JobOut,
-             responses={**problems(409),
+             responses={**problems(409, 429),
                         200: {"model": JobOut, "description": "an evaluation of the version "
                                                               "already queued or running"}})
 def evaluate_version(name: str, ref: str, session: SessionDep, settings: SettingsDep,
