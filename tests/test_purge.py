@@ -13,6 +13,7 @@ Before the purge the marker must be found there (the search sees what it looks f
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -166,13 +167,16 @@ def pg_database_files(url: str) -> list[Path]:
     return files
 
 
+def pg_settings(url: str, tmp_path: Path) -> Settings:
+    return Settings(home=tmp_path, database_url=url, artifact_root=str(tmp_path / "artifacts"),
+                    forget_data_retention="0s", lease_seconds=60)
+
+
 def test_purged_text_is_in_no_byte_of_the_postgresql_files(own_pg: str, tmp_path: Path,
                                                             worker_world: World  # noqa: F811
                                                             ) -> None:
     marker = f"PurgeMarker{uuid.uuid4().hex[:12]}"
-    settings = Settings(home=tmp_path, database_url=own_pg,
-                        artifact_root=str(tmp_path / "artifacts"), forget_data_retention="0s",
-                        lease_seconds=60)
+    settings = pg_settings(own_pg, tmp_path)
     run_and_purge(settings, worker_world, marker,
                   lambda: assert_marker(pg_database_files(own_pg), marker, present=True))
     # On a busy machine the erasure may wait for the next sweeps (its 2 s lock timeout, an
@@ -192,6 +196,27 @@ def erased_by_sweep(settings: Settings, within: float = 60.0) -> None:
     assert not erase_pending(url), f"the erasure still waits after {within} s of sweeps"
 
 
+def purge_while_held(settings: Settings, world: World, holder_url: str, statement: str,
+                     isolation: str) -> tuple[str, bool]:
+    """Purge a marked request while a connection to `holder_url` has run `statement` in a
+    transaction opened before the purge (at `isolation`); that transaction ends after.
+    Returns the marker and whether the erasure was still pending while it was open."""
+    from registry.erasure import erase_pending
+
+    marker = f"PurgeMarker{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(holder_url)
+    holder = engine.connect().execution_options(isolation_level=isolation)
+    try:
+        run_and_purge(settings, world, marker,
+                      lambda: holder.execute(sa.text(statement)).scalar_one())
+        pending = erase_pending(settings.resolved_database_url)
+        holder.rollback()
+    finally:
+        holder.close()
+        engine.dispose()
+    return marker, pending
+
+
 def test_an_old_snapshot_delays_the_erasure_until_it_ends(own_pg: str, tmp_path: Path,
                                                           worker_world: World  # noqa: F811
                                                           ) -> None:
@@ -199,22 +224,11 @@ def test_an_old_snapshot_delays_the_erasure_until_it_ends(own_pg: str, tmp_path:
     files: the erasure waits for that snapshot to end (the next sweep then erases)."""
     from registry.erasure import erase_pending
 
-    marker = f"PurgeMarker{uuid.uuid4().hex[:12]}"
-    settings = Settings(home=tmp_path, database_url=own_pg,
-                        artifact_root=str(tmp_path / "artifacts"), forget_data_retention="0s",
-                        lease_seconds=60)
-    engine = sa.create_engine(own_pg)
-    reader = engine.connect().execution_options(isolation_level="REPEATABLE READ")
-    try:
-        def open_snapshot() -> None:  # a snapshot, and no lock on forget_items
-            reader.execute(sa.text("SELECT count(*) FROM jobs")).scalar_one()
-
-        run_and_purge(settings, worker_world, marker, open_snapshot)
-        assert erase_pending(own_pg)
-        reader.rollback()
-    finally:
-        reader.close()
-        engine.dispose()
+    settings = pg_settings(own_pg, tmp_path)
+    # a snapshot, and no lock on forget_items
+    marker, pending = purge_while_held(settings, worker_world, own_pg,
+                                       "SELECT count(*) FROM jobs", "REPEATABLE READ")
+    assert pending
     Dispatcher(None, settings).sweep()
     assert not erase_pending(own_pg)
     assert_marker(pg_database_files(own_pg), marker, present=False)
@@ -224,24 +238,11 @@ def test_a_snapshot_in_another_database_does_not_delay_the_erasure(
         own_pg: str, tmp_path: Path, worker_world: World) -> None:  # noqa: F811
     """A snapshot in another database of the cluster (another service's; a parallel test's)
     does not hold back this database's vacuum horizon: the purge erases in its own sweep."""
-    from registry.erasure import erase_pending
-
-    marker = f"PurgeMarker{uuid.uuid4().hex[:12]}"
-    settings = Settings(home=tmp_path, database_url=own_pg,
-                        artifact_root=str(tmp_path / "artifacts"), forget_data_retention="0s",
-                        lease_seconds=60)
     with migrated_pg_database() as other_url:
-        engine = sa.create_engine(other_url)
-        reader = engine.connect().execution_options(isolation_level="REPEATABLE READ")
-        try:
-            def open_snapshot() -> None:
-                reader.execute(sa.text("SELECT count(*) FROM jobs")).scalar_one()
-
-            run_and_purge(settings, worker_world, marker, open_snapshot)
-            assert not erase_pending(own_pg)  # erased although that snapshot is still open
-        finally:
-            reader.close()
-            engine.dispose()
+        marker, pending = purge_while_held(pg_settings(own_pg, tmp_path), worker_world,
+                                           other_url, "SELECT count(*) FROM jobs",
+                                           "REPEATABLE READ")
+    assert not pending  # erased although that snapshot was still open
     assert_marker(pg_database_files(own_pg), marker, present=False)
 
 
@@ -253,23 +254,12 @@ def test_a_running_transaction_older_than_the_purge_delays_the_erasure(
     would copy the purged row into the new file. The erasure waits for it to end."""
     from registry.erasure import erase_pending
 
-    marker = f"PurgeMarker{uuid.uuid4().hex[:12]}"
-    settings = Settings(home=tmp_path, database_url=own_pg,
-                        artifact_root=str(tmp_path / "artifacts"), forget_data_retention="0s",
-                        lease_seconds=60)
-    with migrated_pg_database() as other_url:
-        engine = sa.create_engine(other_url if where == "another database" else own_pg)
-        writer = engine.connect()  # READ COMMITTED
-        try:
-            def take_an_xid() -> None:
-                writer.execute(sa.text("SELECT pg_current_xact_id()")).scalar_one()
-
-            run_and_purge(settings, worker_world, marker, take_an_xid)
-            assert erase_pending(own_pg)
-            writer.rollback()
-        finally:
-            writer.close()
-            engine.dispose()
+    settings = pg_settings(own_pg, tmp_path)
+    with (migrated_pg_database() if where == "another database"
+          else contextlib.nullcontext(own_pg)) as holder_url:
+        marker, pending = purge_while_held(settings, worker_world, holder_url,
+                                           "SELECT pg_current_xact_id()", "READ COMMITTED")
+    assert pending
     Dispatcher(None, settings).sweep()
     assert not erase_pending(own_pg)
     assert_marker(pg_database_files(own_pg), marker, present=False, url=own_pg)
