@@ -65,8 +65,8 @@ def check_queue_room(session: Session, tenant_id: str, limit: int) -> None:
     requests = session.scalar(select(func.count()).select_from(ForgetRequest).where(
         ForgetRequest.tenant_id == tenant_id, ForgetRequest.status.not_in(FINISHED))) or 0
     jobs = session.scalar(select(func.count()).select_from(Job).where(
-        Job.tenant_id == tenant_id, Job.status.not_in(FINISHED), Job.kind.is_not(None),
-        Job.kind != "unlearn")) or 0
+        Job.tenant_id == tenant_id, Job.status.not_in(FINISHED),
+        Job.kind != "unlearn")) or 0  # jobs.kind is NOT NULL (migration 0007)
     if requests + jobs >= limit:
         what = f"{requests} unfinished forget requests" + (
             f" and {jobs} unfinished evaluation or registration jobs" if jobs else "")
