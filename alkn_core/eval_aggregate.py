@@ -10,6 +10,7 @@ from typing import Any
 from .eval_plan import Entry, SetPlan, is_normalised
 from .eval_samples import ItemScores
 from .evaluate import (
+    TRUTH_RATIO_MEAN,
     _is_qa,
     auc,
     forget_quality,
@@ -100,6 +101,7 @@ def aggregate_set(plan: SetPlan, cache: ItemScores, holdout: SetPlan | None,
         "rouge_l": None, "rouge_l_items": 0, "truth_ratio": None, "truth_ratio_items": 0,
         "truth_ratio_reference": None,
         "truth_ratio_convention": "mean(min(TR, 1/TR))" if forget else "mean(max(0, 1 - TR))",
+        "truth_ratio_mean": TRUTH_RATIO_MEAN,
     })
     agg.probability()
     agg.rouge()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .evaluate import MIN_K
-from .params import DEFAULT_QA_TEMPLATE
+from .params import DEFAULT_QA_TEMPLATE, EVAL_MAX_NEW_TOKENS
 
 
 def item_key(item: Any) -> str:
@@ -73,7 +73,8 @@ class ItemScores:
 
 
 def fingerprint(*, qa_template: str = DEFAULT_QA_TEMPLATE, chat_template: bool = False,
-                max_length: int = 500, max_new_tokens: int = 48, min_k: float = MIN_K) -> str:
+                max_length: int = 500, max_new_tokens: int = EVAL_MAX_NEW_TOKENS,
+                min_k: float = MIN_K) -> str:
     """What per-item scores depend on besides the model and the item."""
     raw = json.dumps([qa_template, bool(chat_template), int(max_length), int(max_new_tokens),
                       float(min_k)])

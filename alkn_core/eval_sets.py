@@ -44,7 +44,7 @@ from .evaluate import (
     model_utility,
     rouge_l_recall,
 )
-from .params import DEFAULT_QA_TEMPLATE
+from .params import DEFAULT_QA_TEMPLATE, EVAL_MAX_NEW_TOKENS
 
 __all__ = ["RESERVED_KEYS", "EvalPlan", "ItemScores", "Limits", "evaluate_sets", "fingerprint",
            "item_key", "plan_evaluation", "run_plan", "sample", "sample_order"]
@@ -214,7 +214,8 @@ def evaluate_sets(model: torch.nn.Module, tokenizer: Any, sets: Mapping[str, Seq
                   retain_names: Collection[str] = ("retain",),
                   retain_model_trs: Mapping[str, Sequence[float]] | None = None,
                   retain_model_aucs: Mapping[str, float] | None = None,
-                  batch_size: int = 16, max_new_tokens: int = 48, chat_template: bool = False,
+                  batch_size: int = 16, max_new_tokens: int = EVAL_MAX_NEW_TOKENS,
+                  chat_template: bool = False,
                   max_length: int = 500, min_k: float = MIN_K,
                   limits: Limits = Limits(), set_limits: Mapping[str, Limits] | None = None,
                   cache: ItemScores | None = None,
@@ -266,7 +267,8 @@ def evaluate_sets(model: torch.nn.Module, tokenizer: Any, sets: Mapping[str, Seq
 def run_plan(model: torch.nn.Module, tokenizer: Any, plan: EvalPlan, cache: ItemScores, *,
              retain_model_trs: Mapping[str, Sequence[float]] | None = None,
              retain_model_aucs: Mapping[str, float] | None = None, batch_size: int = 16,
-             max_new_tokens: int = 48, min_k: float = MIN_K, holdout_given: bool = False,
+             max_new_tokens: int = EVAL_MAX_NEW_TOKENS, min_k: float = MIN_K,
+             holdout_given: bool = False,
              progress: Progress | None = None) -> dict[str, Any]:
     """Compute `plan`'s missing passes into `cache`, then every set's numbers from it."""
     bs = max(1, int(batch_size))

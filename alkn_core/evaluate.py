@@ -31,12 +31,15 @@ import torch
 from .chat_template import render_chat
 from .data import Example, collate, encode_item, pad_id, qa_prompt
 from .losses import token_logprobs
-from .params import DEFAULT_QA_TEMPLATE
+from .params import DEFAULT_QA_TEMPLATE, EVAL_MAX_NEW_TOKENS
 
 Item = Mapping[str, Any]
 Progress = Callable[[str, int, int], None]
 
 MIN_K = 0.4
+# How truth_ratios averages the perturbed answers (each set's "truth_ratio_mean"): numbers
+# stored before it existed used an arithmetic mean and do not compare with these.
+TRUTH_RATIO_MEAN = "geometric"
 # Floor for a denominator probability: exp(-NLL) underflows to 0.0 past NLL ~745, and a ratio
 # must stay finite to be JSON-serialisable.
 _TINY_P = 1e-300
@@ -213,7 +216,8 @@ def min_k_scores(model: torch.nn.Module, tokenizer: Any, items: Sequence[Item],
 
 
 def greedy_answers(model: torch.nn.Module, tokenizer: Any, items: Sequence[Item], *,
-                   qa_template: str = DEFAULT_QA_TEMPLATE, max_new_tokens: int = 48,
+                   qa_template: str = DEFAULT_QA_TEMPLATE,
+                   max_new_tokens: int = EVAL_MAX_NEW_TOKENS,
                    batch_size: int = 32, chat_template: bool = False,
                    max_length: int | None = None) -> list[str]:
     """Greedy answers to the items' questions, prompted exactly as training prompts them.
@@ -283,17 +287,19 @@ def normalized_probability(p_true: Sequence[float], p_perturbed_lists: Sequence[
 
 def truth_ratios(p_paraphrased: Sequence[float], p_perturbed_lists: Sequence[Sequence[float]]
                  ) -> list[float]:
-    """Per item TR = mean_j p(perturbed_j) / p(paraphrased) (docs/evaluation.md; the TOFU paper's
-    formula with per-token-normalised probabilities). TOFU's code averages the perturbed
-    *losses* instead, i.e. a geometric mean of the probabilities; the spec's arithmetic mean is
-    kept here. A vanishing p(paraphrased) is floored so TR stays finite."""
+    """Per item TR = exp(mean_j log p(perturbed_j)) / p(paraphrased), each p per-token
+    normalised: the perturbed answers' per-token losses are averaged, as TOFU's code
+    (aggregate_eval_stat.py) and open-unlearning compute it, so the numbers compare with
+    published ones (the TOFU paper's text writes an arithmetic mean of the probabilities,
+    which its code does not use). A vanishing probability is floored so TR stays finite."""
     if len(p_paraphrased) != len(p_perturbed_lists):
         raise ValueError("p_paraphrased and p_perturbed_lists differ in length")
     out = []
     for p_para, perturbed in zip(p_paraphrased, p_perturbed_lists, strict=True):
         if not perturbed:
             raise ValueError("an item has no perturbed probabilities")
-        out.append((sum(perturbed) / len(perturbed)) / max(p_para, _TINY_P))
+        mean_log = sum(math.log(max(p, _TINY_P)) for p in perturbed) / len(perturbed)
+        out.append(math.exp(mean_log - math.log(max(p_para, _TINY_P))))
     return out
 
 

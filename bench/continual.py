@@ -40,6 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: bench.* importable
 
+from alkn_core.params import EVAL_MAX_NEW_TOKENS  # noqa: E402
 from bench.continual_data import (  # noqa: E402
     build_data_tokenizer,
     cap,
@@ -76,7 +77,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--finetune-epochs", type=int, default=15)
     ap.add_argument("--tiny-size", choices=("demo", "test"), default="demo")
     ap.add_argument("--vocab-size", type=int, default=2048)
-    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--max-new-tokens", type=int, default=EVAL_MAX_NEW_TOKENS)
     ap.add_argument("--eval-batch-size", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-earlier-forget", action="store_true",

@@ -4,6 +4,7 @@ components, samples stable and nested, the cache reused exactly, item counts rep
 from __future__ import annotations
 
 import json
+import math
 import random
 from typing import Any
 
@@ -38,14 +39,15 @@ def test_model_utility_is_tofus_harmonic_mean_of_nine_values_by_hand() -> None:
 
     # retain: plain probability, truth ratio against the paraphrase
     p = [geo(q("A", "</s>")), geo(q("B", "A", "</s>"))]
-    tr = [(geo(q("C", "</s>")) + geo(q("D", "C", "</s>"))) / 2 / geo(q("B", "</s>")),
+    # TOFU's code: the perturbed answers' per-token losses averaged (a geometric mean)
+    tr = [math.sqrt(geo(q("C", "</s>")) * geo(q("D", "C", "</s>"))) / geo(q("B", "</s>")),
           geo(q("E", "</s>")) / geo(q("A", "</s>"))]
     retain = [sum(p) / 2, (ROUGE[0] + ROUGE[1]) / 2, sum(max(0, 1 - t) for t in tr) / 2]
     # general sets: normalised probability, truth ratio against the answer itself
     a = [geo(q("A", "</s>")), geo(q("D", "</s>"))]
     pert = [[geo(q("B", "</s>")), geo(q("C", "</s>"))], [geo(q("A", "E", "</s>"))]]
     norm = [a[i] / (a[i] + sum(pert[i])) for i in range(2)]
-    tr_g = [sum(pert[i]) / len(pert[i]) / a[i] for i in range(2)]
+    tr_g = [math.prod(pert[i]) ** (1 / len(pert[i])) / a[i] for i in range(2)]
     general = [sum(norm) / 2, (ROUGE[0] + ROUGE[1]) / 2, sum(max(0, 1 - t) for t in tr_g) / 2]
     values = retain + general + general  # world facts: the same items in another order
     assert len(values) == 9 and all(v > 0 for v in values)

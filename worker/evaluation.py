@@ -29,13 +29,18 @@ from alkn_core.eval_sets import (
     plan_evaluation,
     run_plan,
 )
-from alkn_core.params import EVAL_DETAIL_ITEMS, EVAL_MAX_ITEMS, EVAL_RECENT_TASKS
+from alkn_core.params import (
+    EVAL_DETAIL_ITEMS,
+    EVAL_MAX_ITEMS,
+    EVAL_MAX_NEW_TOKENS,
+    EVAL_RECENT_TASKS,
+)
 from registry.jobs import JobSpec
 
 Progress = Callable[[str, int, int], None]
 Items = list[dict[str, Any]]
 FORGET_PREFIXES = ("task/", "request/")
-MAX_NEW_TOKENS = 48
+MAX_NEW_TOKENS = EVAL_MAX_NEW_TOKENS
 
 
 def is_forget_set(name: str) -> bool:
