@@ -10,7 +10,6 @@ from typing import Any
 from .eval_plan import Entry, SetPlan, is_normalised
 from .eval_samples import ItemScores
 from .evaluate import (
-    TRUTH_RATIO_MEAN,
     _is_qa,
     auc,
     forget_quality,
@@ -71,12 +70,15 @@ class _Aggregate:
             self.skipped.append("rouge_l: no QA items")
 
     def truth_ratio(self, forget: bool) -> list[float]:
+        """The set's truth-ratio statistic (the perturbed answers' arithmetic mean, as model
+        utility takes it); returns the per-item ratios forget quality takes (their geometric
+        mean: TOFU's get_forget_quality)."""
         detail = self.plan.detail
         usable = [e for e in detail if _tr_reference(e) is not None]
         refs = {_tr_reference(e) for e in usable}
-        trs = truth_ratios(
-            [self.rec(e)["para"] if e.para is not None else self.rec(e)["p"] for e in usable],
-            [self.rec(e)["pert"] for e in usable])
+        ref_p = [self.rec(e)["para"] if e.para is not None else self.rec(e)["p"] for e in usable]
+        pert = [self.rec(e)["pert"] for e in usable]
+        trs = truth_ratios(ref_p, pert)
         if trs:
             self.res.update(truth_ratio=truth_ratio_score(trs, forget),
                             truth_ratio_items=len(trs),
@@ -86,7 +88,7 @@ class _Aggregate:
                                     "(the others lack a usable perturbed_answer)")
         elif self.plan.entries:
             self.skipped.append("truth_ratio: no item has a usable perturbed_answer")
-        return trs
+        return truth_ratios(ref_p, pert, mean="geometric")
 
 
 def aggregate_set(plan: SetPlan, cache: ItemScores, holdout: SetPlan | None,
@@ -101,7 +103,6 @@ def aggregate_set(plan: SetPlan, cache: ItemScores, holdout: SetPlan | None,
         "rouge_l": None, "rouge_l_items": 0, "truth_ratio": None, "truth_ratio_items": 0,
         "truth_ratio_reference": None,
         "truth_ratio_convention": "mean(min(TR, 1/TR))" if forget else "mean(max(0, 1 - TR))",
-        "truth_ratio_mean": TRUTH_RATIO_MEAN,
     })
     agg.probability()
     agg.rouge()

@@ -239,9 +239,10 @@ def evaluate_sets(model: torch.nn.Module, tokenizer: Any, sets: Mapping[str, Seq
     - rouge_l: mean ROUGE-L recall of greedy answers (QA items of the detail sample).
     - truth_ratio: over the detail sample's QA items with `perturbed_answer`, against the
       `paraphrased_answer` where there is one, else against the answer (TOFU's definition on
-      real authors and world facts); forget sets mean(min(TR, 1/TR)), others
-      mean(max(0, 1 - TR)).
-    - forget sets also get "truth_ratios" (per item, to serve as `retain_model_trs` when this
+      real authors and world facts), the perturbed answers' probabilities averaged (TOFU's
+      model utility); forget sets mean(min(TR, 1/TR)), others mean(max(0, 1 - TR)).
+    - forget sets also get "truth_ratios" (per item, the perturbed answers' per-token losses
+      averaged, as TOFU's forget quality takes them; to serve as `retain_model_trs` when this
       runs on a retain model), "privacy_auc" (Min-K% AUC of the sample against `holdout`'s,
       "privacy_auc_items" [set, holdout]), "forget_quality" (needs `retain_model_trs[name]`)
       and "privacy_leak" (needs `retain_model_aucs[name]`); None when not computable.

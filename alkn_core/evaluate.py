@@ -37,9 +37,6 @@ Item = Mapping[str, Any]
 Progress = Callable[[str, int, int], None]
 
 MIN_K = 0.4
-# How truth_ratios averages the perturbed answers (each set's "truth_ratio_mean"): numbers
-# stored before it existed used an arithmetic mean and do not compare with these.
-TRUTH_RATIO_MEAN = "geometric"
 # Floor for a denominator probability: exp(-NLL) underflows to 0.0 past NLL ~745, and a ratio
 # must stay finite to be JSON-serialisable.
 _TINY_P = 1e-300
@@ -285,21 +282,29 @@ def normalized_probability(p_true: Sequence[float], p_perturbed_lists: Sequence[
     return out
 
 
-def truth_ratios(p_paraphrased: Sequence[float], p_perturbed_lists: Sequence[Sequence[float]]
-                 ) -> list[float]:
-    """Per item TR = exp(mean_j log p(perturbed_j)) / p(paraphrased), each p per-token
-    normalised: the perturbed answers' per-token losses are averaged, as TOFU's code
-    (aggregate_eval_stat.py) and open-unlearning compute it, so the numbers compare with
-    published ones (the TOFU paper's text writes an arithmetic mean of the probabilities,
-    which its code does not use). A vanishing probability is floored so TR stays finite."""
+def truth_ratios(p_paraphrased: Sequence[float], p_perturbed_lists: Sequence[Sequence[float]],
+                 *, mean: str = "arithmetic") -> list[float]:
+    """Per item TR = m_j p(perturbed_j) / p(paraphrased), each p per-token normalised, m the
+    perturbed answers' mean:
+    - "arithmetic" (the spec; TOFU's `utils.get_model_utility`, whose model utility its
+      evaluation reports): mean_j p(perturbed_j);
+    - "geometric" (TOFU's `get_forget_quality`, its `aggregate_eval_stat.py` and
+      open-unlearning: the perturbed answers' per-token losses averaged):
+      exp(mean_j log p(perturbed_j)), what forget quality's KS test takes.
+    A vanishing probability is floored so TR stays finite."""
     if len(p_paraphrased) != len(p_perturbed_lists):
         raise ValueError("p_paraphrased and p_perturbed_lists differ in length")
+    if mean not in ("arithmetic", "geometric"):
+        raise ValueError(f"mean must be 'arithmetic' or 'geometric', not {mean!r}")
     out = []
     for p_para, perturbed in zip(p_paraphrased, p_perturbed_lists, strict=True):
         if not perturbed:
             raise ValueError("an item has no perturbed probabilities")
-        mean_log = sum(math.log(max(p, _TINY_P)) for p in perturbed) / len(perturbed)
-        out.append(math.exp(mean_log - math.log(max(p_para, _TINY_P))))
+        if mean == "arithmetic":
+            m = sum(perturbed) / len(perturbed)
+        else:
+            m = math.exp(sum(math.log(max(p, _TINY_P)) for p in perturbed) / len(perturbed))
+        out.append(m / max(p_para, _TINY_P))
     return out
 
 

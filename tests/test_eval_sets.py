@@ -39,15 +39,14 @@ def test_model_utility_is_tofus_harmonic_mean_of_nine_values_by_hand() -> None:
 
     # retain: plain probability, truth ratio against the paraphrase
     p = [geo(q("A", "</s>")), geo(q("B", "A", "</s>"))]
-    # TOFU's code: the perturbed answers' per-token losses averaged (a geometric mean)
-    tr = [math.sqrt(geo(q("C", "</s>")) * geo(q("D", "C", "</s>"))) / geo(q("B", "</s>")),
+    tr = [(geo(q("C", "</s>")) + geo(q("D", "C", "</s>"))) / 2 / geo(q("B", "</s>")),
           geo(q("E", "</s>")) / geo(q("A", "</s>"))]
     retain = [sum(p) / 2, (ROUGE[0] + ROUGE[1]) / 2, sum(max(0, 1 - t) for t in tr) / 2]
     # general sets: normalised probability, truth ratio against the answer itself
     a = [geo(q("A", "</s>")), geo(q("D", "</s>"))]
     pert = [[geo(q("B", "</s>")), geo(q("C", "</s>"))], [geo(q("A", "E", "</s>"))]]
     norm = [a[i] / (a[i] + sum(pert[i])) for i in range(2)]
-    tr_g = [math.prod(pert[i]) ** (1 / len(pert[i])) / a[i] for i in range(2)]
+    tr_g = [sum(pert[i]) / len(pert[i]) / a[i] for i in range(2)]
     general = [sum(norm) / 2, (ROUGE[0] + ROUGE[1]) / 2, sum(max(0, 1 - t) for t in tr_g) / 2]
     values = retain + general + general  # world facts: the same items in another order
     assert len(values) == 9 and all(v > 0 for v in values)
@@ -59,6 +58,27 @@ def test_model_utility_is_tofus_harmonic_mean_of_nine_values_by_hand() -> None:
     assert ra["truth_ratio_reference"] == "answer" and ra["probability_kind"] == "normalized"
     assert res["model_utility"] == pytest.approx(9 / sum(1 / v for v in values), rel=1e-6)
     assert res["model_utility_skipped"] == []
+
+
+def test_forget_quality_takes_the_perturbed_answers_losses_averaged() -> None:
+    """TOFU reports model utility from truth ratios over the perturbed answers' mean
+    probability (utils.get_model_utility) and forget quality from their mean per-token loss
+    (get_forget_quality): the forget set's statistic is the first's, its per-item
+    `truth_ratios` (the KS test's input) the second's."""
+    sets = {"forget": STUB_ITEMS}
+    res = es.evaluate_sets(StubModel(), WordTokenizer(), sets, cache=_cache_with_rouge(sets),
+                           batch_size=2, retain_model_trs={"forget": [0.5, 1.0, 2.0]})
+    pert0 = [geo(q("C", "</s>")), geo(q("D", "C", "</s>"))]
+    para = [geo(q("B", "</s>")), geo(q("A", "</s>"))]
+    arithmetic = [sum(pert0) / 2 / para[0], geo(q("E", "</s>")) / para[1]]
+    losses_averaged = [math.sqrt(pert0[0] * pert0[1]) / para[0], arithmetic[1]]
+    assert arithmetic[0] != pytest.approx(losses_averaged[0])
+    f = res["forget"]
+    assert f["truth_ratio"] == pytest.approx(sum(min(t, 1 / t) for t in arithmetic) / 2)
+    assert f["truth_ratios"] == pytest.approx(losses_averaged)
+    from scipy.stats import ks_2samp
+    assert f["forget_quality"] == pytest.approx(
+        ks_2samp(losses_averaged, [0.5, 1.0, 2.0]).pvalue)
 
 
 def test_samples_are_fixed_nested_and_independent_of_order() -> None:

@@ -94,7 +94,7 @@ def test_truth_ratio_and_normalised_probability_hand_values() -> None:
     p_pert = ev.perturbed_probabilities(model, tok, STUB_ITEMS)
 
     pert0 = [geo(q("C", "</s>")), geo(q("D", "C", "</s>"))]
-    tr0 = math.sqrt(pert0[0] * pert0[1]) / geo(q("B", "</s>"))  # TOFU: losses averaged
+    tr0 = (sum(pert0) / 2) / geo(q("B", "</s>"))
     tr1 = geo(q("E", "</s>")) / geo(q("A", "</s>"))
     trs = ev.truth_ratios(p_para, p_pert)
     assert trs == pytest.approx([tr0, tr1], rel=1e-6)
@@ -109,10 +109,13 @@ def test_truth_ratio_and_normalised_probability_hand_values() -> None:
 
 
 def test_truth_ratio_score_and_normalisation_plain_numbers() -> None:
-    # the perturbed answers' geometric mean (TOFU's code averages their losses), not 1.0 and
-    # 0.5 as an arithmetic mean would give
-    assert ev.truth_ratios([0.5, 0.2], [[0.25, 1.0], [0.1]]) == pytest.approx([1.0, 0.5])
-    assert ev.truth_ratios([0.5], [[0.9, 0.1]]) == pytest.approx([0.6])
+    assert ev.truth_ratios([0.5, 0.2], [[0.25, 0.75], [0.1]]) == pytest.approx([1.0, 0.5])
+    # forget quality's: the perturbed answers' losses averaged (a geometric mean)
+    assert ev.truth_ratios([0.5], [[0.9, 0.1]]) == pytest.approx([1.0])
+    assert ev.truth_ratios([0.5], [[0.9, 0.1]], mean="geometric") == pytest.approx([0.6])
+    assert ev.truth_ratios([0.5], [[0.0, 0.1]], mean="geometric")[0] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="mean"):
+        ev.truth_ratios([0.5], [[0.1]], mean="harmonic")
     assert ev.truth_ratio_score([0.5, 2.0, 1.0], forget=True) == pytest.approx(2 / 3)
     assert ev.truth_ratio_score([0.5, 2.0, 1.0], forget=False) == pytest.approx(1 / 6)
     assert ev.truth_ratio_score([0.0], forget=True) == 0.0

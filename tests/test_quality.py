@@ -258,30 +258,3 @@ def test_target_met_from_the_unlearning_stats() -> None:
     # A reference of 0 (or none) measures nothing: no ratio, no failure on it.
     q = assess(spec, {**ev, "model_utility": 0.0}, {**ev, "model_utility": 0.0}, {})
     assert q["model_utility_ratio"] is None and q["passed"] is True
-
-
-def test_model_utility_of_a_reference_with_another_truth_ratio_mean_is_not_compared() -> None:
-    """A first version evaluated by an earlier release (truth ratios from an arithmetic mean
-    of the perturbed answers, no `truth_ratio_mean`) has a model utility on another scale:
-    the gate takes no ratio of it (the retain probability still compares)."""
-    from registry.jobs import JobSpec
-    from worker.quality import assess
-
-    spec = JobSpec(job_id="j", model_id="m", method="alkn", params={"utility_floor": 0.9},
-                   base_version=2, base_storage_key="k", base_state=False, request_ids=[],
-                   request_items={}, retain_set=[], eval_sets={}, attempts=1,
-                   reference={"version": 1, "source": "version_evaluation", "job_id": None,
-                              "evaluation": {"retain": {"probability": 0.8, "truth_ratio": 0.4},
-                                             "model_utility": 0.9}})
-    now = {"retain": {"probability": 0.78, "truth_ratio": 0.5, "truth_ratio_mean": "geometric"},
-           "model_utility": 0.5}
-    q = assess(spec, now, now, {})
-    assert q["model_utility_ratio"] is None and q["passed"] is True
-    assert q["retain_probability_ratio"] == pytest.approx(0.975)
-    assert q["kept"]["model_utility"]["first"] is None
-    assert q["kept"]["model_utility"]["vs_before"] == 1.0
-    # the same reference under today's definition compares, and fails the floor
-    spec.reference["evaluation"]["retain"]["truth_ratio_mean"] = "geometric"  # type: ignore[index]
-    q = assess(spec, now, now, {})
-    assert q["model_utility_ratio"] == pytest.approx(0.5 / 0.9)
-    assert q["reasons"] == ["model_utility"]

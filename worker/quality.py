@@ -10,8 +10,7 @@ failure: a version below the floor is still published (forgetting wins), and say
   this job's own "before" (`source` "this_job_before") when nothing measured it earlier;
   `version` names the version that was measured.
 - `retain_probability_ratio`: retain answer probability after / reference; `model_utility_ratio`
-  likewise; None when not measurable (no retain set, a reference of 0, a reference whose
-  truth ratios were averaged otherwise: `comparable_utility`).
+  likewise; None when not measurable (no retain set, a reference of 0).
 - `target_met`: whether the forgetting target was reached: the unlearning stats'
   `target_met` when the method reports it, else the alpha search's (`calibration`: forget
   probability <= target); None when the job had no target (a fixed alpha, other methods).
@@ -103,20 +102,6 @@ def kept(spec: JobSpec, before: Mapping[str, Any], after: Mapping[str, Any],
                                           first.get("model_utility"))}
 
 
-def _truth_ratio_mean(evaluation: Mapping[str, Any]) -> Any:
-    return next((m.get("truth_ratio_mean") for m in evaluation.values()
-                 if isinstance(m, Mapping) and m.get("truth_ratio") is not None), None)
-
-
-def comparable_utility(first: Mapping[str, Any], after: Mapping[str, Any]) -> Mapping[str, Any]:
-    """`first` without its model utility when its truth ratios were averaged otherwise than
-    `after`'s (an evaluation stored by an earlier release: an arithmetic mean): the two
-    utilities would not compare, so no ratio is taken."""
-    if _truth_ratio_mean(first) == _truth_ratio_mean(after):
-        return first
-    return {**first, "model_utility": None}
-
-
 def _reference(spec: JobSpec, before: Mapping[str, Any]
                ) -> tuple[dict[str, Any], Mapping[str, Any]]:
     ref = spec.reference
@@ -162,7 +147,6 @@ def assess(spec: JobSpec, before: Mapping[str, Any], after: Mapping[str, Any],
     """The job's `quality` block (see the module docstring)."""
     floor = float(spec.params.get("utility_floor", QualityParams().utility_floor))
     reference, first = _reference(spec, before)
-    first = comparable_utility(first, after)
     ratios = {"retain_probability": _ratio(_metric(after, "retain", "probability"),
                                            _metric(first, "retain", "probability")),
               "model_utility": _ratio(after.get("model_utility"), first.get("model_utility"))}
