@@ -230,8 +230,13 @@ def _status(client: Client, args: argparse.Namespace, out: TextIO, err: TextIO) 
         if seen[-1:] != [stage] or step < bar.n or total != bar.total:
             seen.append(stage)
             bar.set_description(stage, refresh=False)
+            # reset() draws the bar at once: with the last stage's `initial` still set it showed
+            # a negative rate and time ("0/150 [00:00<-00:00, -329552.46step/s]")
+            bar.initial = 0
             bar.reset(total=total)
-            bar.initial = bar.n = step  # steps done before we looked do not count as a rate
+            bar.total = total  # reset() keeps the last total when given None
+            # steps done before we looked do not count as a rate
+            bar.initial = bar.n = bar.last_print_n = step
         if p.fraction is not None:
             eta = f", ~{_duration(p.eta_seconds)} left" if p.eta_seconds is not None else ""
             bar.set_postfix_str(f"job {p.fraction:.0%}{eta}", refresh=False)

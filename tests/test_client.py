@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -579,6 +580,8 @@ def test_cli_submit_watch_and_download(server: str, model: str, job_run: JobRun,
     final = json.loads(watch.stdout)
     assert final["id"] == submitted["id"] and final["status"] == "succeeded"
     assert "evaluating" in watch.stderr and f"succeeded: {model} version 2" in watch.stderr
+    # no stage's bar starts from the last one's count (a negative rate or time left)
+    assert not re.search(r"<-|-[\d.]+step/s", watch.stderr), watch.stderr
     r = _alkn("status", submitted["id"], server=server, cwd=tmp_path)
     assert r.returncode == 0 and json.loads(r.stdout)["result_version"] == 2
 
@@ -753,3 +756,41 @@ def test_cli_revoke_alias_cancel_jobs(server: str, client: Client, model: str,
         client.wait(job_run.cancelled.id, raise_on_failure=True)
     assert failed.value.request.status == "cancelled"
     assert client.wait(job_run.done.id, raise_on_failure=True).status == "succeeded"
+
+
+def test_watch_bar_starts_each_stage_at_its_own_count() -> None:
+    """`alkn status --watch` on a job first seen halfway through a stage: the next stage's
+    bar shows no rate or time from the last one's count (it drew "0/150 [00:00<-00:00,
+    -329552.46step/s]" on a real job)."""
+    import argparse
+
+    from alkn_cli.client import _status
+
+    base = {"id": str(uuid.uuid4()), "status": "running", "model": "m", "method": "alkn",
+            "params": {}, "base_version": 1, "result_version": None, "job_id": None,
+            "item_count": 1, "metrics": None, "error": None, "cancel_requested": False,
+            "created_at": "2026-12-05T09:24:50Z", "started_at": None, "finished_at": None}
+
+    def at(label: str | None, step: int | None, total: int | None, status: str = "running"
+           ) -> ForgetRequest:
+        progress = {"stage": label, "step": step, "total_steps": total, "fraction": 0.5,
+                    "phase": None, "label": label, "eta_seconds": 10.0}
+        return ForgetRequest.model_validate({**base, "status": status, "progress": progress})
+
+    updates = [at("evaluating (before)", 22, 101), at("evaluating (before)", 99, 101),
+               at("negating", 0, 150), at("negating", 21, 150), at("saving", None, None),
+               at("done", 1, 1, status="failed")]
+
+    class Watched:
+        def wait(self, request_id: str, **kw: Any) -> ForgetRequest:
+            for u in updates:
+                kw["on_update"](u)
+            return updates[-1]
+
+    err, out = io.StringIO(), io.StringIO()
+    args = argparse.Namespace(request_id=base["id"], watch=True, interval=0.5)
+    _status(Watched(), args, out, err)  # type: ignore[arg-type]
+    shown = err.getvalue()
+    assert "negating" in shown and "saving" in shown
+    assert not re.search(r"<-|-[\d.]+step/s", shown), shown
+    assert "/150" not in shown.split("saving")[-1]  # a stage without a total shows none
