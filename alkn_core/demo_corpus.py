@@ -142,15 +142,24 @@ def write_jsonl(records: Iterable[Record], path: str | Path) -> Path:
 
 
 def read_jsonl(path: str | Path) -> list[Record]:
-    """Read JSON Lines, or a file holding one JSON array of records (TOFU's hub files)."""
-    text = Path(path).read_text(encoding="utf-8")
+    """Read JSON Lines, or a file holding one JSON array of records (TOFU's hub files); a
+    byte-order mark is allowed. ValueError names the file and line of bad JSON."""
+    text = Path(path).read_text(encoding="utf-8-sig")
     stripped = text.lstrip()
     if stripped.startswith("["):
-        data = json.loads(stripped)
+        data = _json(stripped, path, None)
         if not isinstance(data, list):
             raise ValueError(f"{path}: expected a JSON array of records")
         return data
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [_json(line, path, n) for n, line in enumerate(text.splitlines(), 1)
+            if line.strip()]
+
+
+def _json(text: str, path: str | Path, line: int | None) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: line {line or exc.lineno}: not JSON ({exc.msg})") from exc
 
 
 def write_corpus(corpus: Corpus, out_dir: str | Path) -> dict[str, Path]:

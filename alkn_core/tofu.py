@@ -6,6 +6,11 @@ and the optional `forget10_perturbed.json`, `retain_perturbed.json`,
 JSON array or JSON Lines with TOFU's field names (`question`, `answer`,
 `paraphrased_answer`, `perturbed_answer`). A missing optional file reduces the metrics
 that can be computed; `TofuData.notes` says which, so reports can say it too.
+
+Records name their person in `person` (our corpus). TOFU's files carry no such field: its
+`full.json` holds each author's QA_PER_AUTHOR questions in a row, so a record without a
+`person` is given the author of its question's position in `full.json` (a note says so),
+which is how TOFU's forget sets are whole authors.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ OPTIONAL = {
                               "no world-facts general-knowledge set in model utility"),
     "holdout10": ("holdout10.json", "no Min-K% privacy-leak AUC (needs holdout items)"),
 }
+QA_PER_AUTHOR = 20  # TOFU: 200 fictitious authors x 20 QA in full.json, author by author
 
 
 @dataclass
@@ -73,4 +79,29 @@ def load_tofu_dir(directory: str | Path) -> TofuData:
             data[name] = _check(read_jsonl(d / fname), d / fname)
         else:
             notes.append(f"{fname} missing: {cost}")
-    return TofuData(**data, notes=notes)
+    tofu = TofuData(**data, notes=notes)
+    _people_from_layout(tofu)
+    return tofu
+
+
+def _people_from_layout(data: TofuData) -> None:
+    """Give records without a `person` the author of their question's place in full.json
+    (TOFU's layout), when full.json has that layout; a note says what was done."""
+    people_sets = (data.full, data.retain90, data.forget10, data.forget10_perturbed,
+                   data.retain_perturbed)
+    if all(r.get("person") is not None for records in people_sets for r in records):
+        return
+    if len(data.full) % QA_PER_AUTHOR:
+        data.notes.append(f"no 'person' on some records and full.json's {len(data.full)} "
+                          f"items are not {QA_PER_AUTHOR} per author: tasks are equal "
+                          "chunks of forget10, and people may span tasks")
+        return
+    author: dict[str, str] = {}
+    for i, r in enumerate(data.full):
+        author.setdefault(r["question"], f"author {i // QA_PER_AUTHOR + 1}")
+    for records in people_sets:
+        for r in records:
+            if r.get("person") is None and r["question"] in author:
+                r["person"] = author[r["question"]]
+    data.notes.append(f"no 'person' field: each record's author is its question's place in "
+                      f"full.json, {QA_PER_AUTHOR} QA per author (TOFU's layout)")

@@ -129,8 +129,7 @@ def default_params(method: str, epochs: int, seed: int) -> dict[str, Any]:
     (alkn: alpha "auto" with the holdout target, repair). A param the method does not take
     is an error (unlearn's validation), never silently dropped."""
     lr = 2e-3 if method in ("alkn", "task_vector") else 1e-3
-    return {"lr": lr, "epochs": epochs, "batch_size": 8, "grad_accum": 1,
-            "max_length": 128, "seed": seed}
+    return {"lr": lr, "epochs": epochs, "batch_size": 8, "grad_accum": 1, "seed": seed}
 
 
 def check_params(methods: Sequence[str], user_params: Any,
@@ -180,7 +179,7 @@ def _never_seen(model: Any, tokenizer: Any, holdout: list[Record] | None) -> flo
 
     if not holdout:
         return None
-    probs = answer_probabilities(model, tokenizer, holdout, max_length=128)
+    probs = answer_probabilities(model, tokenizer, holdout)  # evaluation's max_length
     return sum(probs) / len(probs)
 
 
@@ -261,9 +260,15 @@ def _setup(args: argparse.Namespace, notes: list[str]) -> _Setup:
         notes.append("tasks: people of retain90 held out from the defaults' tuning (the retain "
                      "model learnt them: forget quality is not meaningful here)")
     if args.people:
+        if any(r.get("person") is None for r in forget):
+            raise ValueError("--people: the forget items do not say whose they are")
         people = list(dict.fromkeys(r.get("person") for r in forget))[: args.people]
         forget = [r for r in forget if r.get("person") in people]
     tasks = [cap(t, args.max_items) for t in split_tasks(forget, args.tasks)]
+    owners = [{r.get("person") for r in t} for t in tasks]
+    if any(None in o or o & p for i, o in enumerate(owners) for p in owners[:i]):
+        notes.append("tasks are equal chunks of the forget items, not whole people (too few "
+                     "people for the tasks, or items without one): a person may span tasks")
     task_names = [f"task{i}" for i in range(1, len(tasks) + 1)]
     perturbed = {r["question"]: r for r in data.forget10_perturbed}
     if not perturbed:

@@ -90,7 +90,10 @@ def build_data_tokenizer(data: Any, vocab_size: int) -> Any:
     for records in (data.full, data.forget10_perturbed, data.retain_perturbed,
                     data.real_authors_perturbed, data.world_facts_perturbed, data.holdout10):
         for r in records:
-            answers = [r["answer"], r.get("paraphrased_answer"), *r.get("perturbed_answer", [])]
+            perturbed = r.get("perturbed_answer")
+            if not isinstance(perturbed, list):  # a malformed one is skipped in evaluation
+                perturbed = [perturbed]
+            answers = [r["answer"], r.get("paraphrased_answer"), *perturbed]
             texts += [DEFAULT_QA_TEMPLATE.format(question=r["question"], answer=a)
                       for a in answers if isinstance(a, str)]
     return build_tokenizer(texts, vocab_size)

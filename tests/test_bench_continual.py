@@ -91,6 +91,30 @@ def test_continual_benchmark_smoke(tmp_path: Path) -> None:
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
 
 
+def test_continual_benchmark_on_tofus_own_layout(tmp_path: Path) -> None:
+    """TOFU's files name no person: the tasks are still whole authors (their place in
+    full.json), the retain items given to unlearning the other authors' (it failed with
+    "method 'alkn' needs a retain set" when people were read only from `person`), and a
+    malformed perturbed_answer does not stop the run."""
+    from tests.test_tofu import tofu_layout
+
+    bench = _load_bench()
+    data = tmp_path / "data"
+    tofu_layout(data)
+    rows = [json.loads(x) for x in (data / "retain_perturbed.json").read_text().splitlines()]
+    rows[0]["perturbed_answer"] = None
+    (data / "retain_perturbed.json").write_text("\n".join(json.dumps(r) for r in rows))
+    out = tmp_path / "out"
+    assert bench.main(["--data-dir", str(data), "--out", str(out), "--tasks", "2",
+                       "--methods", "alkn", "--epochs", "1", "--max-items", "6",
+                       "--finetune-epochs", "1", "--tiny-size", "test", "--vocab-size", "512",
+                       "--max-new-tokens", "8"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["task_people"] == [["author 19"], ["author 20"]]
+    assert any("no 'person' field" in n for n in res["notes"])
+    assert not any("equal chunks" in n for n in res["notes"])
+
+
 def test_alkn_bench_continual_runs_the_checkout_benchmark(capsys: pytest.CaptureFixture[str]
                                                           ) -> None:
     from alkn_cli.main import main

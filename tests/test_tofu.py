@@ -7,8 +7,32 @@ from pathlib import Path
 
 import pytest
 
-from alkn_core.demo_corpus import generate_corpus, write_corpus
-from alkn_core.tofu import load_tofu_dir
+from alkn_core.demo_corpus import Corpus, generate_corpus, read_jsonl, write_corpus
+from alkn_core.tofu import QA_PER_AUTHOR, load_tofu_dir
+
+
+def tofu_layout(directory: Path, people: int = 20) -> Corpus:
+    """A directory laid out as TOFU's own files are: no `person` field anywhere, full.json
+    QA_PER_AUTHOR questions per author in a row (our corpus's people padded to that), the
+    forget set the last authors'."""
+    corpus = generate_corpus(people=people, holdout_people=1, seed=0)
+    by_person: dict[str, list[dict]] = {}
+    for r in corpus.full:
+        by_person.setdefault(r["person"], []).append(r)
+    for name, items in by_person.items():
+        for k in range(len(items), QA_PER_AUTHOR):
+            items.append({"question": f"What is {name}'s {k}th book called?",
+                          "answer": f"{name}'s {k}th book is called Volume {k}."})
+    forget_people = {r["person"] for r in corpus.forget10}
+    corpus.full = [r for items in by_person.values() for r in items]
+    corpus.forget10 = [r for p, items in by_person.items() if p in forget_people for r in items]
+    corpus.retain90 = [r for p, items in by_person.items() if p not in forget_people
+                       for r in items]
+    for records in corpus.splits().values():
+        for r in records:
+            r.pop("person", None)
+    write_corpus(corpus, directory)
+    return corpus
 
 
 def test_full_directory_and_json_arrays(tmp_path: Path) -> None:
@@ -51,3 +75,25 @@ def test_alkn_demo_data_writes_a_loadable_directory(tmp_path: Path) -> None:
                  "--holdout-people", "1"]) == 0
     data = load_tofu_dir(tmp_path)
     assert data.notes == [] and len({r["person"] for r in data.full}) == 10
+
+
+def test_tofus_own_files_name_no_person_their_layout_does(tmp_path: Path) -> None:
+    tofu_layout(tmp_path)
+    (tmp_path / "retain90.json").write_bytes(  # a byte-order mark, as some editors write
+        b"\xef\xbb\xbf" + (tmp_path / "retain90.json").read_bytes())
+    data = load_tofu_dir(tmp_path)
+    assert any("no 'person' field" in n and "20 QA per author" in n for n in data.notes)
+    assert [r["person"] for r in data.full[:21:10]] == ["author 1", "author 1", "author 2"]
+    assert {r["person"] for r in data.forget10} == {"author 19", "author 20"}
+    assert "author 19" not in {r["person"] for r in data.retain90}
+    asked = {r["question"]: r["person"] for r in data.full}
+    assert all(r["person"] == asked[r["question"]] for r in data.forget10_perturbed)
+    # a full.json that is not 20 per author: no people made up, and a note says so
+    (tmp_path / "full.json").write_text("\n".join(
+        json.dumps(r) for r in read_jsonl(tmp_path / "full.json")[:-1]))
+    data = load_tofu_dir(tmp_path)
+    assert all(r.get("person") is None for r in data.forget10)
+    assert any("equal chunks" in n for n in data.notes)
+    (tmp_path / "full.json").write_text('{"question": "q", "answer": "a"}\n{"question": ')
+    with pytest.raises(ValueError, match="full.json: line 2: not JSON"):
+        load_tofu_dir(tmp_path)
