@@ -23,8 +23,10 @@ COPY config ./config
 COPY observability ./observability
 COPY archive_safety ./archive_safety
 COPY migrations ./migrations
-RUN pip install ./clients/python . && useradd --create-home --uid 1000 alkn && mkdir -p /data \
-    && chown alkn /data
+# /data/artifacts exists in the image, owned by alkn: a named volume mounted there is created
+# with the image's owner (an empty, root-owned one left the API unable to start).
+RUN pip install ./clients/python . && useradd --create-home --uid 1000 alkn \
+    && mkdir -p /data/artifacts && chown -R alkn /data
 USER alkn
 VOLUME ["/data"]
 EXPOSE 8000

@@ -24,7 +24,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) >= 2 and argv[0] == "bench":  # every later argument is the benchmark's own
+    # every later argument is the benchmark's own (`alkn bench --help` is this parser's)
+    if len(argv) >= 2 and argv[0] == "bench" and not argv[1].startswith("-"):
         return bench.run_bench(argv[1], argv[2:])
     args = parser().parse_args(argv)
     return int(args.handler(args))

@@ -124,6 +124,9 @@ def test_alkn_bench_continual_runs_the_checkout_benchmark(capsys: pytest.Capture
     assert exit_.value.code == 0
     assert "--data-dir" in capsys.readouterr().out
     assert main(["bench", "nope"]) == 2
+    with pytest.raises(SystemExit) as exit_:  # the bench command's own help, not bench/--help.py
+        main(["bench", "--help"])
+    assert exit_.value.code == 0 and "continual: the paper's protocol" in capsys.readouterr().out
 
 
 def test_resume_reuses_only_runs_of_the_same_setup(tmp_path: Path) -> None:

@@ -1,0 +1,61 @@
+"""The deployment files against the code, read as an operator's Docker would read them (Docker
+does not run here): every setting they pass is one the service reads, the GPU workers get the
+same settings as the base file's, no key is known in advance, the API is published on this
+host only, and the artifact volume's mount point exists in the image, owned by its user."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from config.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _compose(name: str) -> dict[str, Any]:
+    return yaml.safe_load((ROOT / name).read_text())
+
+
+def _settings_names() -> set[str]:
+    return {f"ALKN_{name.upper()}" for name in Settings.model_fields}
+
+
+def test_every_setting_the_compose_files_pass_is_read() -> None:
+    base, gpu = _compose("docker-compose.yml"), _compose("docker-compose.gpu.yml")
+    envs = [base["x-alkn-env"], gpu["x-alkn-gpu-env"],
+            *(s.get("environment") or {} for s in [*base["services"].values(),
+                                                  *gpu["services"].values()])]
+    passed = {k for env in envs if isinstance(env, dict) for k in env if k.startswith("ALKN_")}
+    assert passed and passed <= _settings_names(), passed - _settings_names()
+
+
+def test_gpu_workers_get_the_base_files_settings() -> None:
+    # anchors do not cross files: the GPU file repeats them, and must not fall behind
+    base = _compose("docker-compose.yml")["x-alkn-env"]
+    gpu = _compose("docker-compose.gpu.yml")["x-alkn-gpu-env"]
+    worker_only = set(base) - {"ALKN_BOOTSTRAP_API_KEY"}  # the API's, at its start
+    assert {k: gpu.get(k) for k in worker_only} == {k: base[k] for k in worker_only}
+
+
+def test_no_known_key_and_the_api_on_this_host_only() -> None:
+    base = _compose("docker-compose.yml")
+    key = base["x-alkn-env"]["ALKN_BOOTSTRAP_API_KEY"]
+    assert re.fullmatch(r"\$\{ALKN_BOOTSTRAP_API_KEY:\?[^}]+\}", key), key
+    for port in base["services"]["api"]["ports"]:
+        assert str(port).startswith("127.0.0.1:"), port
+
+
+def test_the_artifact_volume_is_mounted_where_the_image_made_it_its_users() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    before_user = dockerfile[: dockerfile.index("\nUSER alkn")]
+    assert "mkdir -p /data/artifacts" in before_user and "chown -R alkn /data" in before_user
+    root = _compose("docker-compose.yml")["x-alkn-env"]["ALKN_ARTIFACT_ROOT"]
+    for name in ("docker-compose.yml", "docker-compose.gpu.yml"):
+        for service in _compose(name)["services"].values():
+            for volume in service.get("volumes") or []:
+                if volume.startswith("artifacts:"):
+                    assert volume.split(":")[1] == root == "/data/artifacts"
