@@ -82,10 +82,15 @@ class _Aggregate:
         if trs:
             self.res.update(truth_ratio=truth_ratio_score(trs, forget),
                             truth_ratio_items=len(trs),
-                            truth_ratio_reference=refs.pop() if len(refs) == 1 else "mixed")
+                            truth_ratio_reference=next(iter(refs)) if len(refs) == 1 else "mixed")
             if len(trs) < len(detail):
                 self.skipped.append(f"truth_ratio: over {len(trs)} of {len(detail)} items "
                                     "(the others lack a usable perturbed_answer)")
+            if len(refs) > 1:
+                on_answer = sum(1 for e in usable if e.para is None)
+                self.skipped.append(f"truth_ratio: {on_answer} of {len(usable)} items against "
+                                    "the answer (no usable paraphrased_answer), the others "
+                                    "against their paraphrase")
         elif self.plan.entries:
             self.skipped.append("truth_ratio: no item has a usable perturbed_answer")
         return truth_ratios(ref_p, pert, mean="geometric")
