@@ -9,8 +9,8 @@ that can be computed; `TofuData.notes` says which, so reports can say it too.
 
 Records name their person in `person` (our corpus). TOFU's files carry no such field: its
 `full.json` holds each author's QA_PER_AUTHOR questions in a row, so a record without a
-`person` is given the author of its question's position in `full.json` (a note says so),
-which is how TOFU's forget sets are whole authors.
+`person` is given the author of its place in `full.json` (a note says so), which is how
+TOFU's forget sets are whole authors.
 """
 
 from __future__ import annotations
@@ -85,8 +85,10 @@ def load_tofu_dir(directory: str | Path) -> TofuData:
 
 
 def _people_from_layout(data: TofuData) -> None:
-    """Give records without a `person` the author of their question's place in full.json
-    (TOFU's layout), when full.json has that layout; a note says what was done."""
+    """Give records without a `person` the author of their place in full.json (TOFU's
+    layout), when full.json has that layout; a note says what was done. retain90 and forget10
+    are slices of full.json there: placed by position; the perturbed files by their
+    (question, answer), which stays unique where a question does not."""
     people_sets = (data.full, data.retain90, data.forget10, data.forget10_perturbed,
                    data.retain_perturbed)
     if all(r.get("person") is not None for records in people_sets for r in records):
@@ -96,12 +98,39 @@ def _people_from_layout(data: TofuData) -> None:
                           f"items are not {QA_PER_AUTHOR} per author: tasks are equal "
                           "chunks of forget10, and people may span tasks")
         return
-    author: dict[str, str] = {}
+    places: dict[tuple[Any, Any], list[int]] = {}
     for i, r in enumerate(data.full):
-        author.setdefault(r["question"], f"author {i // QA_PER_AUTHOR + 1}")
-    for records in people_sets:
+        places.setdefault(_qa(r), []).append(i)
+    author: dict[tuple[Any, Any], str] = {}
+    for records in (data.full, data.retain90, data.forget10):
+        start = _slice_start(data.full, records, places)
+        for j, r in enumerate(records):
+            at = places.get(_qa(r), [])
+            i = start + j if start is not None else (at[0] if len(at) == 1 else None)
+            if i is not None:
+                author[_qa(r)] = name = f"author {i // QA_PER_AUTHOR + 1}"
+                if r.get("person") is None:
+                    r["person"] = name
+    for records in (data.forget10_perturbed, data.retain_perturbed):
         for r in records:
-            if r.get("person") is None and r["question"] in author:
-                r["person"] = author[r["question"]]
-    data.notes.append(f"no 'person' field: each record's author is its question's place in "
-                      f"full.json, {QA_PER_AUTHOR} QA per author (TOFU's layout)")
+            if r.get("person") is None and _qa(r) in author:
+                r["person"] = author[_qa(r)]
+    data.notes.append(f"no 'person' field: each record's author is its place in full.json, "
+                      f"{QA_PER_AUTHOR} QA per author (TOFU's layout)")
+
+
+def _qa(r: Record) -> tuple[Any, Any]:
+    return r["question"], r["answer"]
+
+
+def _slice_start(full: list[Record], records: list[Record],
+                 places: dict[tuple[Any, Any], list[int]]) -> int | None:
+    """Where `records` lie in `full` as one contiguous run, if they do."""
+    if not records:
+        return None
+    for start in places.get(_qa(records[0]), []):
+        run = full[start : start + len(records)]
+        if len(run) == len(records) and all(_qa(a) == _qa(b) for a, b in zip(run, records,
+                                                                                strict=True)):
+            return start
+    return None

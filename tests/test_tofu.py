@@ -13,16 +13,17 @@ from alkn_core.tofu import QA_PER_AUTHOR, load_tofu_dir
 
 def tofu_layout(directory: Path, people: int = 20) -> Corpus:
     """A directory laid out as TOFU's own files are: no `person` field anywhere, full.json
-    QA_PER_AUTHOR questions per author in a row (our corpus's people padded to that), the
-    forget set the last authors'."""
+    QA_PER_AUTHOR questions per author in a row (our corpus's people padded to that with a
+    question every author is asked, the answers their own), the forget set the last
+    authors'."""
     corpus = generate_corpus(people=people, holdout_people=1, seed=0)
     by_person: dict[str, list[dict]] = {}
     for r in corpus.full:
         by_person.setdefault(r["person"], []).append(r)
     for name, items in by_person.items():
         for k in range(len(items), QA_PER_AUTHOR):
-            items.append({"question": f"What is {name}'s {k}th book called?",
-                          "answer": f"{name}'s {k}th book is called Volume {k}."})
+            items.append({"question": "Which of the author's books came out last?",
+                          "answer": f"{name}'s last book is Volume {k}."})
     forget_people = {r["person"] for r in corpus.forget10}
     corpus.full = [r for items in by_person.values() for r in items]
     corpus.forget10 = [r for p, items in by_person.items() if p in forget_people for r in items]
@@ -85,6 +86,8 @@ def test_tofus_own_files_name_no_person_their_layout_does(tmp_path: Path) -> Non
     assert any("no 'person' field" in n and "20 QA per author" in n for n in data.notes)
     assert [r["person"] for r in data.full[:21:10]] == ["author 1", "author 1", "author 2"]
     assert {r["person"] for r in data.forget10} == {"author 19", "author 20"}
+    shared = [r for r in data.full if r["question"].startswith("Which of the author's")]
+    assert len({r["person"] for r in shared}) == len(shared) > 1  # one question, many authors
     assert "author 19" not in {r["person"] for r in data.retain90}
     asked = {r["question"]: r["person"] for r in data.full}
     assert all(r["person"] == asked[r["question"]] for r in data.forget10_perturbed)
