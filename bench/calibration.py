@@ -284,7 +284,13 @@ def _world(args: argparse.Namespace, out: Path) -> tuple[_World, Any]:
     from alkn_core.losses import mean_answer_probability
     from alkn_core.methods import method_params
     from alkn_core.tofu import load_tofu_dir
-    from bench.continual_data import build_data_tokenizer, cap, load_or_train, split_tasks
+    from bench.continual_data import (
+        build_data_tokenizer,
+        cap,
+        load_or_train,
+        split_tasks,
+        with_perturbed,
+    )
 
     cont = _continual()
     data = load_tofu_dir(args.data_dir)
@@ -299,9 +305,7 @@ def _world(args: argparse.Namespace, out: Path) -> tuple[_World, Any]:
                                              args)
     tasks = [cap(t, args.max_items) for t in split_tasks(list(data.forget10), args.tasks)]
     names = [f"task{i}" for i in range(1, len(tasks) + 1)]
-    perturbed = {r["question"]: r for r in data.forget10_perturbed}
-    task_eval = {n: [perturbed.get(r["question"], r) for r in t]
-                 for n, t in zip(names, tasks, strict=True)}
+    task_eval = dict(zip(names, with_perturbed(tasks, data.forget10_perturbed), strict=True))
     retain_eval = cap(data.retain_perturbed or data.retain90, args.max_items, rng)
     retain_train = cap(data.retain90, args.max_items, rng)
     general = {k: cap(v, args.max_items, rng) for k, v in data.general_sets().items()}

@@ -47,6 +47,7 @@ from bench.continual_data import (  # noqa: E402
     held_out_people,
     load_or_train,
     split_tasks,
+    with_perturbed,
 )
 from bench.continual_report import fmt, matched, short, write_markdown, write_plots  # noqa: E402
 
@@ -270,11 +271,10 @@ def _setup(args: argparse.Namespace, notes: list[str]) -> _Setup:
         notes.append("tasks are equal chunks of the forget items, not whole people (too few "
                      "people for the tasks, or items without one): a person may span tasks")
     task_names = [f"task{i}" for i in range(1, len(tasks) + 1)]
-    perturbed = {r["question"]: r for r in data.forget10_perturbed}
-    if not perturbed:
+    if not data.forget10_perturbed:
         notes.append("no forget10_perturbed: forget sets evaluated without truth ratios")
-    task_eval = {n: [perturbed.get(r["question"], r) for r in t]
-                 for n, t in zip(task_names, tasks, strict=True)}
+    task_eval = dict(zip(task_names, with_perturbed(tasks, data.forget10_perturbed),
+                         strict=True))
     # "People not requested": the evaluated retain people are never given to unlearning (its
     # retain items come from the other retain people), and the general sets are split into
     # an evaluated part and a part unlearning may use (eval_sets): no item is both.

@@ -27,6 +27,13 @@ def split_tasks(forget: list[Record], n_tasks: int) -> list[list[Record]]:
     return _chunks(forget, n_tasks)
 
 
+def with_perturbed(tasks: list[list[Record]], perturbed: list[Record]) -> list[list[Record]]:
+    """Each task's items as their perturbed records (forget10_perturbed), matched by question
+    and answer (a question alone may be asked of several people), else as they are."""
+    by_qa = {(r["question"], r["answer"]): r for r in perturbed}
+    return [[by_qa.get((r["question"], r["answer"]), r) for r in t] for t in tasks]
+
+
 def held_out_people(items: list[Record], exclude: set[Any], n: int,
                     rng: random.Random) -> list[Record]:
     """The items of `n` people of `items` drawn with `rng`, none of them in `exclude`."""

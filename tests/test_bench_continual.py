@@ -34,6 +34,11 @@ def test_split_tasks_by_person_and_chunks() -> None:
     assert not {r["person"] for r in tasks[0]} & {r["person"] for r in tasks[1]}
     # Fewer people than tasks: contiguous equal chunks.
     assert [len(t) for t in bench.split_tasks(items, 5)] == [3, 3, 2, 2, 2]
+    # a task item's perturbed record: the one with its question and its answer
+    asked = [{"question": "Who?", "answer": a} for a in ("Ann", "Bo")]
+    perturbed = [{**x, "perturbed_answer": [x["answer"] + "n"]} for x in reversed(asked)]
+    assert bench.with_perturbed([asked, [{"question": "q", "answer": "a"}]], perturbed) == [
+        [perturbed[1], perturbed[0]], [{"question": "q", "answer": "a"}]]
     assert bench.parse_sweep(
         "alkn:alpha=0.5,1;grad_ascent:lr=1e-3;alkn:mask_rule=retain_safe&alpha=1,2") == {
         "alkn": [{"alpha": 0.5}, {"alpha": 1.0}, {"mask_rule": "retain_safe", "alpha": 1.0},
