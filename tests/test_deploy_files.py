@@ -59,3 +59,19 @@ def test_the_artifact_volume_is_mounted_where_the_image_made_it_its_users() -> N
             for volume in service.get("volumes") or []:
                 if volume.startswith("artifacts:"):
                     assert volume.split(":")[1] == root == "/data/artifacts"
+
+
+def test_postgresql_takes_every_processes_pool() -> None:
+    """registry/db.py's pool (10 + 20 overflow per process) times the API's uvicorn workers
+    and the worker services (a worker and a job process each) fits max_connections."""
+    from registry.db import get_engine
+
+    pool = get_engine("postgresql+psycopg://u@127.0.0.1:1/none").pool
+    per_process = pool.size() + pool._max_overflow  # type: ignore[attr-defined]
+    base, gpu = _compose("docker-compose.yml"), _compose("docker-compose.gpu.yml")
+    command = base["services"]["postgres"]["command"]
+    limit = int(next(c.split("=")[1] for c in command if c.startswith("max_connections=")))
+    api = base["services"]["api"]["command"]
+    uvicorn_workers = int(api[api.index("--workers") + 1])
+    workers = len([n for n in gpu["services"] if n.startswith("worker-")])
+    assert limit >= per_process * (uvicorn_workers + 2 * workers + 2)
