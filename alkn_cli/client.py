@@ -233,8 +233,8 @@ def _status(client: Client, args: argparse.Namespace, out: TextIO, err: TextIO) 
             # reset() draws the bar at once: with the last stage's `initial` still set it showed
             # a negative rate and time ("0/150 [00:00<-00:00, -329552.46step/s]")
             bar.initial = 0
-            bar.reset(total=total)
             bar.total = total  # reset() keeps the last total when given None
+            bar.reset(total=total)
             # steps done before we looked do not count as a rate
             bar.initial = bar.n = bar.last_print_n = step
         if p.fraction is not None:

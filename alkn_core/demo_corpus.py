@@ -145,9 +145,8 @@ def read_jsonl(path: str | Path) -> list[Record]:
     """Read JSON Lines, or a file holding one JSON array of records (TOFU's hub files); a
     byte-order mark is allowed. ValueError names the file and line of bad JSON."""
     text = Path(path).read_text(encoding="utf-8-sig")
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        data = _json(stripped, path, None)
+    if text.lstrip().startswith("["):
+        data = _json(text, path, None)
         if not isinstance(data, list):
             raise ValueError(f"{path}: expected a JSON array of records")
         return data

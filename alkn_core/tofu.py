@@ -85,36 +85,46 @@ def load_tofu_dir(directory: str | Path) -> TofuData:
 
 
 def _people_from_layout(data: TofuData) -> None:
-    """Give records without a `person` the author of their place in full.json (TOFU's
-    layout), when full.json has that layout; a note says what was done. retain90 and forget10
-    are slices of full.json there: placed by position; the perturbed files by their
-    (question, answer), which stays unique where a question does not."""
-    people_sets = (data.full, data.retain90, data.forget10, data.forget10_perturbed,
-                   data.retain_perturbed)
-    if all(r.get("person") is not None for records in people_sets for r in records):
-        return
-    if len(data.full) % QA_PER_AUTHOR:
-        data.notes.append(f"no 'person' on some records and full.json's {len(data.full)} "
-                          f"items are not {QA_PER_AUTHOR} per author: tasks are equal "
-                          "chunks of forget10, and people may span tasks")
-        return
+    """Give records without a `person` their author: in full.json, retain90 and forget10 by
+    place, when none of them names one and they have TOFU's layout (full.json QA_PER_AUTHOR
+    QA per author, the other two whole-author slices of it); in the perturbed files, the
+    person of the record of full.json, retain90 or forget10 with the same question and
+    answer (where only one person has that pair). Notes say what was done or why not."""
+    base = (data.full, data.retain90, data.forget10)
+    named = [r.get("person") is not None for records in base for r in records]
+    if not all(named):
+        if any(named):
+            data.notes.append("some records of full, retain90 and forget10 name a person and "
+                              "some do not: no author is made up for the others")
+        else:
+            _authors_by_place(data)
+    owner: dict[tuple[Any, Any], Any] = {}
+    for records in base:
+        for r in records:
+            key = _qa(r)
+            owner[key] = r.get("person") if owner.get(key, r.get("person")) == r.get(
+                "person") else None  # the pair is several people's: no owner
+    for records in (data.forget10_perturbed, data.retain_perturbed):
+        for r in records:
+            if r.get("person") is None:
+                r["person"] = owner.get(_qa(r))
+
+
+def _authors_by_place(data: TofuData) -> None:
     places: dict[tuple[Any, Any], list[int]] = {}
     for i, r in enumerate(data.full):
         places.setdefault(_qa(r), []).append(i)
-    author: dict[tuple[Any, Any], str] = {}
-    for records in (data.full, data.retain90, data.forget10):
-        start = _slice_start(data.full, records, places)
+    slices = [(data.full, 0)] + [(records, _slice_start(data.full, records, places))
+                                 for records in (data.retain90, data.forget10)]
+    if any(start is None or start % QA_PER_AUTHOR or len(records) % QA_PER_AUTHOR
+           for records, start in slices):
+        data.notes.append(f"no 'person' field, and full.json is not {QA_PER_AUTHOR} QA per "
+                          "author with retain90 and forget10 whole-author slices of it: tasks "
+                          "are equal chunks of forget10, and people may span tasks")
+        return
+    for records, start in slices:
         for j, r in enumerate(records):
-            at = places.get(_qa(r), [])
-            i = start + j if start is not None else (at[0] if len(at) == 1 else None)
-            if i is not None:
-                author[_qa(r)] = name = f"author {i // QA_PER_AUTHOR + 1}"
-                if r.get("person") is None:
-                    r["person"] = name
-    for records in (data.forget10_perturbed, data.retain_perturbed):
-        for r in records:
-            if r.get("person") is None and _qa(r) in author:
-                r["person"] = author[_qa(r)]
+            r["person"] = f"author {(start + j) // QA_PER_AUTHOR + 1}"  # type: ignore[operator]
     data.notes.append(f"no 'person' field: each record's author is its place in full.json, "
                       f"{QA_PER_AUTHOR} QA per author (TOFU's layout)")
 
@@ -125,9 +135,9 @@ def _qa(r: Record) -> tuple[Any, Any]:
 
 def _slice_start(full: list[Record], records: list[Record],
                  places: dict[tuple[Any, Any], list[int]]) -> int | None:
-    """Where `records` lie in `full` as one contiguous run, if they do."""
+    """Where `records` lie in `full` as one contiguous run, if they do (an empty list: at 0)."""
     if not records:
-        return None
+        return 0
     for start in places.get(_qa(records[0]), []):
         run = full[start : start + len(records)]
         if len(run) == len(records) and all(_qa(a) == _qa(b) for a, b in zip(run, records,

@@ -238,6 +238,8 @@ def _setup(args: argparse.Namespace, notes: list[str]) -> _Setup:
     data = load_tofu_dir(args.data_dir)
     notes += data.notes
     rng = random.Random(args.seed)
+    if args.people and any(r.get("person") is None for r in data.forget10):
+        raise ValueError("--people: the forget items do not say whose they are")
 
     # Models: a shared tokenizer so target and retain see the same text the same way.
     tokenizer = None
@@ -261,8 +263,6 @@ def _setup(args: argparse.Namespace, notes: list[str]) -> _Setup:
         notes.append("tasks: people of retain90 held out from the defaults' tuning (the retain "
                      "model learnt them: forget quality is not meaningful here)")
     if args.people:
-        if any(r.get("person") is None for r in forget):
-            raise ValueError("--people: the forget items do not say whose they are")
         people = list(dict.fromkeys(r.get("person") for r in forget))[: args.people]
         forget = [r for r in forget if r.get("person") in people]
     tasks = [cap(t, args.max_items) for t in split_tasks(forget, args.tasks)]
@@ -365,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{fmt(setup.never_seen)}", flush=True)
     tasks, task_names = setup.tasks, setup.task_names
     res: dict[str, Any] = {
-        "config": {**vars(args), "methods": methods, "sweep": sweep,
+        "config": {**vars(args), "methods": methods, "sweep": sweep, "metrics": METRICS,
                    "task_sizes": [len(t) for t in tasks],
                    "task_people": [sorted({str(r.get("person")) for r in t}) for t in tasks]},
         "notes": notes,
@@ -406,7 +406,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 SAME_RUN_KEYS = ("data_dir", "target", "retain", "tasks", "epochs", "people", "max_items",
                  "retain_items", "task_people",
                  "params", "finetune_epochs", "tiny_size", "vocab_size", "max_new_tokens",
-                 "seed", "task_sizes", "task_people", "no_earlier_forget")
+                 "seed", "task_sizes", "task_people", "no_earlier_forget", "metrics")
+# What the numbers mean: a results.json of another definition is not resumed (forget quality
+# from losses-averaged truth ratios, no max_length of 128 in the loop settings, since 2026-12).
+METRICS = "tofu-fq-geometric/loop-max-length-default"
 
 
 def finished_runs(out: Path, config: dict[str, Any], n_tasks: int) -> dict[str, Any]:

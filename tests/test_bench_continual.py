@@ -118,6 +118,13 @@ def test_continual_benchmark_on_tofus_own_layout(tmp_path: Path) -> None:
     assert res["config"]["task_people"] == [["author 19"], ["author 20"]]
     assert any("no 'person' field" in n for n in res["notes"])
     assert not any("equal chunks" in n for n in res["notes"])
+    # items that say nobody's: --people is refused before any model is trained
+    rows = [json.loads(x) for x in (data / "forget10.json").read_text().splitlines()]
+    (data / "forget10.json").write_text("\n".join(json.dumps(r) for r in rows[1:]))
+    with pytest.raises(ValueError, match="--people"):
+        bench.main(["--data-dir", str(data), "--out", str(tmp_path / "people"), "--people",
+                    "1", "--methods", "alkn", "--tiny-size", "test"])
+    assert not (tmp_path / "people" / "target").exists()
 
 
 def test_alkn_bench_continual_runs_the_checkout_benchmark(capsys: pytest.CaptureFixture[str]

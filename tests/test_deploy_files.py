@@ -36,9 +36,13 @@ def test_every_setting_the_compose_files_pass_is_read() -> None:
 def test_gpu_workers_get_the_base_files_settings() -> None:
     # anchors do not cross files: the GPU file repeats them, and must not fall behind
     base = _compose("docker-compose.yml")["x-alkn-env"]
-    gpu = _compose("docker-compose.gpu.yml")["x-alkn-gpu-env"]
     worker_only = set(base) - {"ALKN_BOOTSTRAP_API_KEY"}  # the API's, at its start
-    assert {k: gpu.get(k) for k in worker_only} == {k: base[k] for k in worker_only}
+    workers = {name: s for name, s in _compose("docker-compose.gpu.yml")["services"].items()
+               if name.startswith("worker-")}
+    assert workers
+    for name, service in workers.items():
+        env = service["environment"]
+        assert {k: env.get(k) for k in worker_only} == {k: base[k] for k in worker_only}, name
 
 
 def test_no_known_key_and_the_api_on_this_host_only() -> None:
@@ -50,20 +54,22 @@ def test_no_known_key_and_the_api_on_this_host_only() -> None:
 
 
 def test_the_artifact_volume_is_mounted_where_the_image_made_it_its_users() -> None:
-    dockerfile = (ROOT / "Dockerfile").read_text()
-    before_user = dockerfile[: dockerfile.index("\nUSER alkn")]
-    assert "mkdir -p /data/artifacts" in before_user and "chown -R alkn /data" in before_user
+    lines = [x for x in (ROOT / "Dockerfile").read_text().splitlines()
+             if not x.lstrip().startswith("#")]
+    commands = " ".join(x.rstrip("\\") for x in lines[: lines.index("USER alkn")])
+    assert re.search(r"\bRUN\b.*mkdir -p /data/artifacts\b.*&& chown -R alkn /data\b", commands)
     root = _compose("docker-compose.yml")["x-alkn-env"]["ALKN_ARTIFACT_ROOT"]
-    for name in ("docker-compose.yml", "docker-compose.gpu.yml"):
-        for service in _compose(name)["services"].values():
-            for volume in service.get("volumes") or []:
-                if volume.startswith("artifacts:"):
-                    assert volume.split(":")[1] == root == "/data/artifacts"
+    mounts = [volume.split(":")[1] for name in ("docker-compose.yml", "docker-compose.gpu.yml")
+              for service in _compose(name)["services"].values()
+              for volume in service.get("volumes") or [] if volume.startswith("artifacts:")]
+    assert len(mounts) >= 4 and set(mounts) == {root} == {"/data/artifacts"}
 
 
 def test_postgresql_takes_every_processes_pool() -> None:
-    """registry/db.py's pool (10 + 20 overflow per process) times the API's uvicorn workers
-    and the worker services (a worker and a job process each) fits max_connections."""
+    """registry/db.py's pool (10 + 20 overflow per process) times the processes that may
+    connect fits max_connections: the API's uvicorn workers, and per worker service its
+    main process (the dispatcher), its pool child and a job process; plus the one-shot
+    migration."""
     from registry.db import get_engine
 
     pool = get_engine("postgresql+psycopg://u@127.0.0.1:1/none").pool
@@ -74,4 +80,4 @@ def test_postgresql_takes_every_processes_pool() -> None:
     api = base["services"]["api"]["command"]
     uvicorn_workers = int(api[api.index("--workers") + 1])
     workers = len([n for n in gpu["services"] if n.startswith("worker-")])
-    assert limit >= per_process * (uvicorn_workers + 2 * workers + 2)
+    assert limit >= per_process * (uvicorn_workers + 3 * workers + 1)

@@ -82,12 +82,13 @@ def test_forget_quality_takes_the_perturbed_answers_losses_averaged() -> None:
 
 
 def test_a_set_whose_items_lack_some_paraphrases_says_so() -> None:
-    items = [STUB_ITEMS[0], {k: v for k, v in STUB_ITEMS[1].items() if k != "paraphrased_answer"}]
+    items = [*STUB_ITEMS, {k: v for k, v in STUB_ITEMS[1].items() if k != "paraphrased_answer"}]
     sets = {"retain": items}
-    r = es.evaluate_sets(StubModel(), WordTokenizer(), sets, cache=_cache_with_rouge(sets),
-                         batch_size=2)["retain"]
-    assert r["truth_ratio_reference"] == "mixed" and r["truth_ratio_items"] == 2
-    assert any("1 of 2 items against the answer" in n for n in r["skipped"]), r["skipped"]
+    cache = _cache_with_rouge({"retain": items[:2]})
+    cache.record(es.item_key(items[2]))["rouge"] = 0.5
+    r = es.evaluate_sets(StubModel(), WordTokenizer(), sets, cache=cache, batch_size=2)["retain"]
+    assert r["truth_ratio_reference"] == "mixed" and r["truth_ratio_items"] == 3
+    assert any("1 of 3 items against the answer" in n for n in r["skipped"]), r["skipped"]
 
 
 def test_samples_are_fixed_nested_and_independent_of_order() -> None:

@@ -20,11 +20,16 @@ def tofu_layout(directory: Path, people: int = 20) -> Corpus:
     by_person: dict[str, list[dict]] = {}
     for r in corpus.full:
         by_person.setdefault(r["person"], []).append(r)
+    forget_people = {r["person"] for r in corpus.forget10}
     for name, items in by_person.items():
         for k in range(len(items), QA_PER_AUTHOR):
-            items.append({"question": "Which of the author's books came out last?",
-                          "answer": f"{name}'s last book is Volume {k}."})
-    forget_people = {r["person"] for r in corpus.forget10}
+            shared = {"question": "Which of the author's books came out last?",
+                      "answer": f"{name}'s last book is Volume {k}."}
+            items.append(shared)
+            perturbed = (corpus.forget10_perturbed if name in forget_people
+                         else corpus.retain_perturbed)
+            perturbed.append({**shared, "paraphrased_answer": shared["answer"],
+                              "perturbed_answer": [f"Volume {k + 1}."]})
     corpus.full = [r for items in by_person.values() for r in items]
     corpus.forget10 = [r for p, items in by_person.items() if p in forget_people for r in items]
     corpus.retain90 = [r for p, items in by_person.items() if p not in forget_people
@@ -89,14 +94,35 @@ def test_tofus_own_files_name_no_person_their_layout_does(tmp_path: Path) -> Non
     shared = [r for r in data.full if r["question"].startswith("Which of the author's")]
     assert len({r["person"] for r in shared}) == len(shared) > 1  # one question, many authors
     assert "author 19" not in {r["person"] for r in data.retain90}
-    asked = {r["question"]: r["person"] for r in data.full}
-    assert all(r["person"] == asked[r["question"]] for r in data.forget10_perturbed)
+    asked = {(r["question"], r["answer"]): r["person"] for r in data.full}
+    for records in (data.forget10_perturbed, data.retain_perturbed):
+        assert {r["question"] for r in records} & {r["question"] for r in shared}
+        assert all(r["person"] == asked[r["question"], r["answer"]] for r in records)
     # a full.json that is not 20 per author: no people made up, and a note says so
     (tmp_path / "full.json").write_text("\n".join(
         json.dumps(r) for r in read_jsonl(tmp_path / "full.json")[:-1]))
     data = load_tofu_dir(tmp_path)
     assert all(r.get("person") is None for r in data.forget10)
     assert any("equal chunks" in n for n in data.notes)
-    (tmp_path / "full.json").write_text('{"question": "q", "answer": "a"}\n{"question": ')
-    with pytest.raises(ValueError, match="full.json: line 2: not JSON"):
+    (tmp_path / "full.json").write_text('\n[{"question": "q", "answer": "a"},\n{"question": }]')
+    with pytest.raises(ValueError, match="full.json: line 3: not JSON"):
         load_tofu_dir(tmp_path)
+
+
+def test_authors_are_made_up_only_for_tofus_layout(tmp_path: Path) -> None:
+    corpus = tofu_layout(tmp_path)
+    # forget10 not a whole-author slice of full.json (its first author's first item missing),
+    # though full.json's length is a multiple of 20: no author is guessed
+    (tmp_path / "forget10.json").write_text("\n".join(json.dumps(r) for r in corpus.forget10[1:]))
+    data = load_tofu_dir(tmp_path)
+    assert all(r.get("person") is None for r in [*data.full, *data.forget10])
+    assert any("whole-author slices" in n for n in data.notes)
+    # files that name their people, perturbed files that do not: the perturbed records get
+    # the named person of their question and answer, no made-up author
+    write_corpus(generate_corpus(people=10, holdout_people=1, seed=3), tmp_path)
+    rows = read_jsonl(tmp_path / "retain_perturbed.json")
+    (tmp_path / "retain_perturbed.json").write_text("\n".join(
+        json.dumps({k: v for k, v in r.items() if k != "person"}) for r in rows))
+    data = load_tofu_dir(tmp_path)
+    assert [r["person"] for r in data.retain_perturbed] == [r["person"] for r in rows]
+    assert not any("author" in n for n in data.notes)
