@@ -295,6 +295,11 @@ def run_plan(model: torch.nn.Module, tokenizer: Any, plan: EvalPlan, cache: Item
     utility_sets = {name: m for name, m in out.items() if kinds[name] != "forget"}
     utility_skipped = [f"{name}: {key} is None" for name, m in utility_sets.items()
                        for key in ("probability", "rouge_l", "truth_ratio") if m[key] is None]
+    # TOFU's utility takes a general set's normalised probability: say where the plain one
+    # stood in (some items without usable perturbed answers)
+    utility_skipped += [f"{name}: probability plain, not normalised" for name, m in
+                        utility_sets.items() if any(s.startswith("probability: plain, not")
+                                                    for s in m["skipped"])]
     try:
         out["model_utility"] = model_utility(utility_sets)
     except ValueError:

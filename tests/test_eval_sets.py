@@ -91,6 +91,17 @@ def test_a_set_whose_items_lack_some_paraphrases_says_so() -> None:
     assert any("1 of 3 items against the answer" in n for n in r["skipped"]), r["skipped"]
 
 
+def test_model_utility_says_where_a_plain_probability_stood_in() -> None:
+    general = [GENERAL_ITEMS[0], {k: v for k, v in GENERAL_ITEMS[1].items()
+                                  if k != "perturbed_answer"}]
+    sets = {"retain": STUB_ITEMS, "eval/real_authors": general}
+    res = es.evaluate_sets(StubModel(), WordTokenizer(), sets, cache=_cache_with_rouge(sets),
+                           batch_size=2)
+    assert res["eval/real_authors"]["probability_kind"] == "plain"
+    assert res["model_utility_skipped"] == [
+        "eval/real_authors: probability plain, not normalised"]
+
+
 def test_samples_are_fixed_nested_and_independent_of_order() -> None:
     items = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(50)]
     shuffled = random.Random(1).sample(items, len(items))
