@@ -19,6 +19,10 @@ from .evaluate import (
     truth_ratios,
 )
 
+# A general set's note when its plain probability stands in for TOFU's normalised one
+# (eval_sets.run_plan repeats it in model_utility_skipped).
+PLAIN_PROBABILITY = "probability: plain, not normalised"
+
 
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values)
@@ -58,7 +62,7 @@ class _Aggregate:
                    probability_items=len(plan.entries))
         with_pert = sum(1 for e in qa_detail if e.pert is not None)
         if plan.kind == "general" and with_pert:
-            self.skipped.append(f"probability: plain, not normalised: only {with_pert} of "
+            self.skipped.append(f"{PLAIN_PROBABILITY}: only {with_pert} of "
                                 f"{len(detail)} items have a usable perturbed_answer")
 
     def rouge(self) -> None:
@@ -71,8 +75,8 @@ class _Aggregate:
 
     def truth_ratio(self, forget: bool) -> list[float]:
         """The set's truth-ratio statistic (the perturbed answers' arithmetic mean, as model
-        utility takes it); returns the per-item ratios forget quality takes (their geometric
-        mean: TOFU's get_forget_quality)."""
+        utility takes it); returns, on a forget set, the per-item ratios forget quality takes
+        (their geometric mean: TOFU's get_forget_quality)."""
         detail = self.plan.detail
         usable = [e for e in detail if _tr_reference(e) is not None]
         refs = {_tr_reference(e) for e in usable}
@@ -93,7 +97,7 @@ class _Aggregate:
                                     "against their paraphrase")
         elif self.plan.entries:
             self.skipped.append("truth_ratio: no item has a usable perturbed_answer")
-        return truth_ratios(ref_p, pert, mean="geometric")
+        return truth_ratios(ref_p, pert, mean="geometric") if forget else []
 
 
 def aggregate_set(plan: SetPlan, cache: ItemScores, holdout: SetPlan | None,

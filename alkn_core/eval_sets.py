@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from .data import pad_id
-from .eval_aggregate import aggregate_set
+from .eval_aggregate import PLAIN_PROBABILITY, aggregate_set
 from .eval_plan import Entry, SetPlan, is_normalised, plan_set
 from .eval_samples import ItemScores, Limits, fingerprint, item_key, sample, sample_order
 from .evaluate import (
@@ -298,7 +298,7 @@ def run_plan(model: torch.nn.Module, tokenizer: Any, plan: EvalPlan, cache: Item
     # TOFU's utility takes a general set's normalised probability: say where the plain one
     # stood in (some items without usable perturbed answers)
     utility_skipped += [f"{name}: probability plain, not normalised" for name, m in
-                        utility_sets.items() if any(s.startswith("probability: plain, not")
+                        utility_sets.items() if any(s.startswith(PLAIN_PROBABILITY)
                                                     for s in m["skipped"])]
     try:
         out["model_utility"] = model_utility(utility_sets)

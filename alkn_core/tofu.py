@@ -101,9 +101,9 @@ def _people_from_layout(data: TofuData) -> None:
     owner: dict[tuple[Any, Any], Any] = {}
     for records in base:
         for r in records:
-            key = _qa(r)
-            owner[key] = r.get("person") if owner.get(key, r.get("person")) == r.get(
-                "person") else None  # the pair is several people's: no owner
+            key, person = _qa(r), r.get("person")
+            # a pair several people have: no owner
+            owner[key] = person if owner.get(key, person) == person else None
     for records in (data.forget10_perturbed, data.retain_perturbed):
         for r in records:
             if r.get("person") is None:

@@ -18,7 +18,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .errors import Conflict, Invalid
-from .forget_requests import DEFAULT_METHOD, check_queue_room, lock_tenant, resolve_params
+from .forget_requests import (
+    DEFAULT_METHOD,
+    check_queue_room_locked,
+    lock_tenant,
+    resolve_params,
+)
 from .jobs.common import (
     DONE_PROGRESS,
     QUEUED_PROGRESS,
@@ -47,7 +52,7 @@ def enqueue_evaluation(session: Session, model: Model, version: Version,
     if pending is not None:
         return pending, False
     if max_queued is not None:
-        check_queue_room(session, model.tenant_id, max_queued)
+        check_queue_room_locked(session, model.tenant_id, max_queued)
     try:
         # How items are encoded: the model's defaults for its default method.
         params = resolve_params(model, DEFAULT_METHOD, None)

@@ -62,6 +62,11 @@ def check_queue_room(session: Session, tenant_id: str, limit: int) -> None:
     reference the tenant (a foreign-key check takes FOR KEY SHARE on its row); FOR UPDATE
     here would block that while we wait for the same model's lock: a deadlock."""
     lock_tenant(session, tenant_id)
+    check_queue_room_locked(session, tenant_id, limit)
+
+
+def check_queue_room_locked(session: Session, tenant_id: str, limit: int) -> None:
+    """check_queue_room for a caller that already holds lock_tenant's lock."""
     requests = session.scalar(select(func.count()).select_from(ForgetRequest).where(
         ForgetRequest.tenant_id == tenant_id, ForgetRequest.status.not_in(FINISHED))) or 0
     jobs = session.scalar(select(func.count()).select_from(Job).where(

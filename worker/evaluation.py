@@ -40,7 +40,6 @@ from registry.jobs import JobSpec
 Progress = Callable[[str, int, int], None]
 Items = list[dict[str, Any]]
 FORGET_PREFIXES = ("task/", "request/")
-MAX_NEW_TOKENS = EVAL_MAX_NEW_TOKENS
 
 
 def is_forget_set(name: str) -> bool:
@@ -85,7 +84,7 @@ class JobEvaluation:
     def fingerprint(self) -> str:
         p = self.params
         return fingerprint(qa_template=p["qa_template"], chat_template=p["chat_template"],
-                           max_length=p["max_length"], max_new_tokens=MAX_NEW_TOKENS)
+                           max_length=p["max_length"], max_new_tokens=EVAL_MAX_NEW_TOKENS)
 
     def cache(self, stored: Any = None) -> ItemScores:
         """The score cache of a model: `stored` (a version's `item_scores`) if it was made
@@ -107,7 +106,7 @@ class JobEvaluation:
         "model_utility": ...}; `progress("evaluating", step, total)`."""
         return run_plan(model, tokenizer, plan, cache,
                         batch_size=max(1, int(self.params["batch_size"])),
-                        max_new_tokens=MAX_NEW_TOKENS, holdout_given=bool(self.holdout),
+                        max_new_tokens=EVAL_MAX_NEW_TOKENS, holdout_given=bool(self.holdout),
                         progress=progress)
 
     def evaluate(self, model: torch.nn.Module, tokenizer: Any,

@@ -16,6 +16,12 @@ from registry.model_files import InvalidModelFiles
 from .job_control import MESSAGES
 
 
+def is_panic(exc: BaseException) -> bool:
+    """A Rust library's panic (pyo3's PanicException: tokenizers, safetensors), which derives
+    from BaseException and has no importable class to test against."""
+    return type(exc).__name__ == "PanicException"
+
+
 def describe_error(exc: BaseException, stage: str | None) -> JobError:
     """A clear error for clients: no stack trace, and no file path or internal detail (the
     traceback goes to the worker log)."""
@@ -27,8 +33,8 @@ def describe_error(exc: BaseException, stage: str | None) -> JobError:
         return JobError("invalid_model_files", str(exc)[:1000])
     if isinstance(exc, ChatTemplateError):  # whichever stage first rendered it
         return JobError("invalid_input", str(exc)[:1000])
-    if type(exc).__name__ == "PanicException" and stage != "saving":  # pyo3's: tokenizers,
-        # safetensors, reading the version's files or tokenizing with them
+    # reading the version's files or tokenizing with them (saving: our own files)
+    if is_panic(exc) and stage != "saving":
         return JobError("invalid_model_files", "a library reading the version's files (its "
                         "tokenizer or weights) failed on them or on the request's text "
                         "(PanicException)")

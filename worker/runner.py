@@ -42,7 +42,7 @@ from .job_control import (
     db_unreachable,
     new_worker_id,
 )
-from .job_errors import describe_error
+from .job_errors import describe_error, is_panic
 from .job_process import model_modules, run_in_child, warm_imports
 from .job_records import calibration_event, publish_row, settle
 from .metrics import observe_stages, track_job
@@ -99,7 +99,7 @@ def run_job(settings: Settings, store: Store, spec: JobSpec, owner: str,
         # A Rust library's panic (pyo3's PanicException: tokenizers, safetensors) derives
         # from BaseException: uncaught, the job process died and the job ran 3 times, then
         # failed as worker_lost. Anything else of the kind stops the process as before.
-        if type(exc).__name__ != "PanicException":
+        if not is_panic(exc):
             raise
         return _job_ended(exc, settings, store, spec, report, job.key)
 
