@@ -15,10 +15,12 @@ from .params import DEFAULT_QA_TEMPLATE, EVAL_MAX_NEW_TOKENS
 
 
 def item_key(item: Any) -> str:
-    """A stable key of an item's content (sha256 of its canonical JSON, 24 hex digits)."""
+    """A stable key of an item's content (sha256 of its canonical JSON, 24 hex digits).
+    A lone surrogate (a str a library caller built from bad bytes; JSON never yields one)
+    is hashed as its code point rather than raising; other strings hash as UTF-8."""
     raw = json.dumps(item, sort_keys=True, ensure_ascii=False, separators=(",", ":"),
                      default=str)
-    return hashlib.sha256(raw.encode()).hexdigest()[:24]
+    return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:24]
 
 
 def sample_order(items: Sequence[Any]) -> list[int]:

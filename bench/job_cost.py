@@ -19,7 +19,14 @@ params. Four parts, each printed with its ratios:
 4. A full evaluation of the lineage's last version (`kind: evaluate`) against a job's
    sampled one.
 
+Each job's model utility kept (the quality gate's ratio to the lineage's first version) is
+printed beside its time: what a cheaper job gives up shows in the same run. `--variant
+NAME=JSON` (repeatable) runs the parts again with those params over the defaults (`repair_rounds`,
+`repair_steps`, ...), each on a registry of its own, and ends with a table of every variant's
+ratios and what it kept, side by side.
+
     python bench/job_cost.py [--jobs 10] [--facts 4] [--growth-facts 16] [--json out.json]
+                             [--variant 'one_round={"repair_rounds": 1}' ...]
 """
 
 from __future__ import annotations
@@ -36,7 +43,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # run as a script: bench.* importable
+
+from bench.job_cost_variants import cell as _cell  # noqa: E402
+from bench.job_cost_variants import summary_rows, variant  # noqa: E402
 
 EVAL_STAGES = ("evaluating_before", "evaluating_after")
 STAGES = ("loading", "evaluating_before", "probing", "training", "negating",
@@ -51,10 +61,11 @@ TARGET_OVERHEAD = 0.2
 class Service:
     """A registry on SQLite with a local store under a temporary home."""
 
-    def __init__(self) -> None:
+    def __init__(self, params: dict[str, Any] | None = None) -> None:
         from config.settings import Settings
         from registry.migrate import upgrade
 
+        self.params = dict(params or {})  # over the demo's registered defaults
         self.home = Path(tempfile.mkdtemp(prefix="alkn-jobcost-"))
         self.settings = Settings(home=self.home, register_demo=False)
         upgrade(self.settings.resolved_database_url)
@@ -75,7 +86,7 @@ class Service:
                 s, open_store(self.settings.resolved_artifact_root),
                 tenant_named(s, "bench").id, name, demo_model_dir(),
                 qa_template="Question: {question}\nAnswer: {answer}",
-                default_params=DEMO_DEFAULT_PARAMS,
+                default_params={**DEMO_DEFAULT_PARAMS, **self.params},
                 retain_set=retain if retain is not None else sets["retain"],
                 holdout_set=sets["holdout"], eval_sets=sets["eval_sets"])
             return str(model.id)
@@ -109,7 +120,10 @@ class Service:
             repair = repair_stats(job.metrics)
             params = dict(job.params)
             general, ref = repair.get("general_probe"), repair.get("general_probe_reference")
+            utility = (job.quality or {}).get("model_utility_ratio")
         return {**timings, "wall": wall, "repair_rounds": len(repair.get("rounds") or []),
+                # the quality gate's model utility: after / the lineage's first version's
+                "utility_kept": utility,
                 # the model the job left: its general probe / the lineage's first model's
                 "general_kept": general / ref if general is not None and ref else None,
                 "rounds_expected": expected_repair_rounds(params, seen),
@@ -157,9 +171,9 @@ def without_repair(t: dict[str, Any]) -> float:
 
 def shares_row(label: str, t: dict[str, Any]) -> str:
     cells = " ".join(f"{t.get(k, 0.0) / t['total']:>6.2f}" for k in STAGES)
-    kept = "-" if t.get("general_kept") is None else f"{t['general_kept']:.3f}"
     return (f"{label:<8} {t['total']:>7.1f} s {cells} {evaluation_share(t):>6.2f} "
-            f"{t.get('repair_rounds', 0):>6} {kept:>7}")
+            f"{t.get('repair_rounds', 0):>6} {_cell(t.get('general_kept')):>7} "
+            f"{_cell(t.get('utility_kept')):>7}")
 
 
 def full_evaluation(svc: Service, model_id: str) -> dict[str, float]:
@@ -190,7 +204,7 @@ def lineage(svc: Service, n_jobs: int, facts: int, forget: list[dict[str, Any]]
     runs = [svc.run(model, forget[i * facts : (i + 1) * facts]) for i in range(n_jobs)]
     print(f"\n1. A lineage of {n_jobs} jobs, {facts} facts each: stage shares of each job")
     print(f"{'job':<8} {'time':>9} " + " ".join(f"{s[:6]:>6}" for s in STAGES)
-          + "   eval rounds general")
+          + "   eval rounds general utility")
     for i, t in enumerate(runs, 1):
         print(shares_row(f"job {i}", t))
     later = [evaluation_share(t) for t in runs[1:]]
@@ -209,7 +223,10 @@ def lineage(svc: Service, n_jobs: int, facts: int, forget: list[dict[str, Any]]
            "without_repair_last_over_first": rest[-1] / rest[0],
            "without_repair_last_k_over_first_k": statistics.median(rest[-k:])
            / statistics.median(rest[:k]),
-           "repair_seconds": [t.get("repair", 0.0) for t in runs]}
+           "repair_seconds": [t.get("repair", 0.0) for t in runs],
+           "last_utility_kept": runs[-1].get("utility_kept"),
+           "min_utility_kept": min((t["utility_kept"] for t in runs
+                                    if t.get("utility_kept") is not None), default=None)}
     print(f"evaluation share: job 1 (measures the base once) {out['first_eval_share']:.2f}; "
           f"jobs 2-{n_jobs} median {out['later_eval_share_median']:.2f}, max "
           f"{out['later_eval_share_max']:.2f} (target <= {TARGET_EVAL_SHARE})")
@@ -300,7 +317,8 @@ def growth(svc: Service, base_facts: int, forget: list[dict[str, Any]]) -> dict[
     print(f"\n3. Growth with the forget set ({base_facts} items = 1x):")
     for p in points:
         print(f"   {p['multiple']:>2}x {p['items']:>4} items {p['tokens']:>6} tokens "
-              f"{p['seconds']:>7.1f} s")
+              f"{p['seconds']:>7.1f} s, model utility kept "
+              f"{_cell(p['timings'].get('utility_kept'))}")
     print(f"log-log slope {slope:.2f} (target <= {TARGET_SLOPE}); fixed overhead "
           f"{intercept:.1f} s = {overhead:.2f} of the 1x job (target <= {TARGET_OVERHEAD}); "
           f"without the repair {rest_intercept:.1f} s = {rest_overhead:.2f} of its "
@@ -314,7 +332,8 @@ def growth(svc: Service, base_facts: int, forget: list[dict[str, Any]]) -> dict[
           f"{service[0]:.1f} s = {service[0] / points[0]['seconds']:.2f} of the 1x job")
     return {"points": points, "slope": slope, "intercept_s": intercept, "overhead": overhead,
             "without_repair_intercept_s": rest_intercept,
-            "without_repair_overhead": rest_overhead}
+            "without_repair_overhead": rest_overhead,
+            "utility_kept": [p["timings"].get("utility_kept") for p in points]}
 
 
 def _fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
@@ -325,6 +344,20 @@ def _fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return my - b * mx, b
 
 
+def run_parts(args: argparse.Namespace, params: dict[str, Any], forget: list[dict[str, Any]]
+              ) -> dict[str, Any]:
+    svc = Service(params)
+    parts = set(args.parts.split(","))
+    out: dict[str, Any] = {"facts": args.facts, "params": params}
+    if "lineage" in parts:
+        out["lineage"] = lineage(svc, args.jobs, args.facts, forget)
+    if "retain" in parts:
+        out["retain"] = retain_size(svc, args.facts, forget, args.retain_rounds)
+    if "growth" in parts:
+        out["growth"] = growth(svc, args.growth_facts, forget)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=10)
@@ -332,21 +365,24 @@ def main() -> int:
     ap.add_argument("--retain-rounds", type=int, default=3)
     ap.add_argument("--growth-facts", type=int, default=16)
     ap.add_argument("--parts", default="lineage,retain,growth")
+    ap.add_argument("--variant", type=variant, action="append", default=[],
+                    help="NAME=JSON: the parts again with these params over the defaults")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     forget = forget_pool()["forget"]
-    svc = Service()
-    parts = set(args.parts.split(","))
-    out: dict[str, Any] = {"facts": args.facts}
-    if "lineage" in parts:
-        out["lineage"] = lineage(svc, args.jobs, args.facts, forget)
-    if "retain" in parts:
-        out["retain"] = retain_size(svc, args.facts, forget, args.retain_rounds)
-    if "growth" in parts:
-        out["growth"] = growth(svc, args.growth_facts, forget)
+    results: dict[str, dict[str, Any]] = {}
+    for name, params in [("defaults", {}), *args.variant]:
+        if args.variant:
+            print(f"\n===== {name}: {json.dumps(params)}")
+        results[name] = run_parts(args, params, forget)
+    if args.variant:
+        print("\nSide by side (ratios within each variant; utility: model utility kept, "
+              "a fraction of the lineage's first version's):")
+        print("\n".join(summary_rows(results)))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
+        out = results["defaults"] if not args.variant else results
         args.json.write_text(json.dumps(out, indent=1))
     return 0
 

@@ -113,6 +113,9 @@ def test_samples_are_fixed_nested_and_independent_of_order() -> None:
         assert all(it in es.sample(half, 8) for it in union if it in half)
     assert es.sample(items, None) == es.sample(items, 1000)
     assert es.item_key({"a": 1, "b": 2}) == es.item_key({"b": 2, "a": 1})
+    # a lone surrogate is keyed, not raised on, and apart from the replacement character
+    assert es.item_key({"q": "a\udc80"}) != es.item_key({"q": "a\ufffd"})
+    assert es.item_key({"q": "é"}) == "4b8e3fd40acdad6181314bfe"  # stored keys stay valid
 
 
 def _sets(n_people: int = 4) -> dict[str, list[dict[str, Any]]]:
