@@ -52,15 +52,17 @@ def demo_data_dir() -> Path:
     return _ASSETS / "data"
 
 
-def demo_registration_sets() -> dict[str, Any]:
+def demo_registration_sets(data_dir: Path | None = None) -> dict[str, Any]:
     """The sets `alkn serve` registers the demo model with: `retain`, `holdout` and
-    `eval_sets` (real authors, world facts), each item with its TOFU fields only."""
+    `eval_sets` (real authors, world facts), each item with its TOFU fields only; from
+    `data_dir` (another build's corpus) if given, else the committed one."""
     from .demo_corpus import read_jsonl
 
     keep = ("question", "answer", "paraphrased_answer", "perturbed_answer")
+    data = data_dir or demo_data_dir()
 
     def qa(name: str) -> list[dict[str, Any]]:
-        return [{k: r[k] for k in keep if k in r} for r in read_jsonl(demo_data_dir() / name)]
+        return [{k: r[k] for k in keep if k in r} for r in read_jsonl(data / name)]
 
     return {"retain": qa("retain_perturbed.json"), "holdout": qa("holdout10.json"),
             "eval_sets": {"real_authors": qa("real_authors_perturbed.json"),

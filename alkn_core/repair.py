@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from .adapters import attached
 from .data import IGNORE, Example, length_sorted_batches
 from .losses import token_logprobs
+from .params import hinge_batches
 from .runtime import autocast_for
 
 Batch = dict[str, torch.Tensor]
@@ -218,26 +219,39 @@ class _Hinges:
     """The hinge of each forget set, measured only when it may be active (HINGE_IDLE_*)."""
 
     def __init__(self, forget: Sequence[Sequence[Batch]], log_target: float, weight: float,
-                 before: int, steps: int) -> None:
+                 before: int, steps: int, passes: int = 0) -> None:
         self.forget, self.log_target, self.weight = forget, log_target, weight
         self.before, self.steps = before, steps  # batch_turn's
+        self.passes = passes  # repair_hinge_passes
         self.idle_until: dict[tuple[int, int], int] = {}  # (set, batch) -> step
         self.measured = 0
 
     def backward(self, model: torch.nn.Module, step: int) -> float:
         total = 0.0
         for i in _hinge_sets(self.forget, step):
-            # each batch has its own mean
-            key = (i, batch_turn(step, len(self.forget[i]), self.before, self.steps))
-            if self.idle_until.get(key, 0) > step:
-                continue
-            hinge, log_mean = hinge_step(model, self.forget[i][key[1]], self.log_target,
-                                         self.weight)
-            self.measured += 1
-            if log_mean < self.log_target + math.log(HINGE_IDLE_BELOW):
-                self.idle_until[key] = step + 1 + HINGE_IDLE_STEPS
-            total += hinge
+            for b in self.turns(i, step):
+                key = (i, b)  # each batch has its own mean
+                if self.idle_until.get(key, 0) > step:
+                    continue
+                hinge, log_mean = hinge_step(model, self.forget[i][b], self.log_target,
+                                             self.weight)
+                self.measured += 1
+                if log_mean < self.log_target + math.log(HINGE_IDLE_BELOW):
+                    self.idle_until[key] = step + 1 + HINGE_IDLE_STEPS
+                total += hinge
         return total
+
+    def turns(self, i: int, step: int) -> list[int]:
+        """Set i's batches at this step: one in turn (`batch_turn`), or, for this task's set
+        when a round would not come around it `repair_hinge_passes` times, `hinge_batches`
+        of them, consecutive, so that it does."""
+        n = len(self.forget[i])
+        k = hinge_batches(n, self.steps, self.passes) if i == 0 else 1
+        if k == 1:
+            return [batch_turn(step, n, self.before, self.steps)]
+        start = (self.before + step) * k
+        return sorted({(start + j) % n for j in range(k)})
+
 
 
 def repair(model: torch.nn.Module, teacher: Teacher, forget: Sequence[Sequence[Batch]],
@@ -264,7 +278,7 @@ def _repair_steps(model: torch.nn.Module, teacher: Teacher, forget: Sequence[Seq
     weight = params["repair_forget_weight"]
     kls: list[float] = []
     hinges: list[float] = []
-    watch = _Hinges(forget, log_target, weight, before, steps)
+    watch = _Hinges(forget, log_target, weight, before, steps, params["repair_hinge_passes"])
     model.train()
     for step in range(steps):
         optimizer.zero_grad(set_to_none=True)  # no gradient held through the first forward

@@ -20,13 +20,12 @@ params. Four parts, each printed with its ratios:
    sampled one.
 
 Each job's model utility kept (the quality gate's ratio to the lineage's first version) is
-printed beside its time: what a cheaper job gives up shows in the same run. `--variant
-NAME=JSON` (repeatable) runs the parts again with those params over the defaults (`repair_rounds`,
-`repair_steps`, ...), each on a registry of its own, and ends with a table of every variant's
-ratios and what it kept, side by side.
+printed beside its time. `--variant NAME=JSON` (repeatable) runs the parts again with those
+params over the defaults, each on a registry of its own, and ends with a table of every
+variant's ratios and what it kept, side by side; `--demo-root DIR`: another demo build.
 
     python bench/job_cost.py [--jobs 10] [--facts 4] [--growth-facts 16] [--json out.json]
-                             [--variant 'one_round={"repair_rounds": 1}' ...]
+                             [--variant 'one_round={"repair_rounds": 1}' ...] [--demo-root DIR]
 """
 
 from __future__ import annotations
@@ -58,14 +57,24 @@ TARGET_SLOPE = 1.1
 TARGET_OVERHEAD = 0.2
 
 
+def demo_dirs(root: Path | None) -> tuple[Path, Path]:
+    """model/ and data/ of the committed demo, or of another build of it (`python -m
+    alkn_core.demo build --out DIR --seed N`: another corpus, another model)."""
+    from alkn_core.demo_model import demo_data_dir, demo_model_dir
+
+    return (root / "model", root / "data") if root else (demo_model_dir(), demo_data_dir())
+
+
 class Service:
     """A registry on SQLite with a local store under a temporary home."""
 
-    def __init__(self, params: dict[str, Any] | None = None) -> None:
+    def __init__(self, params: dict[str, Any] | None = None,
+                 demo_root: Path | None = None) -> None:
         from config.settings import Settings
         from registry.migrate import upgrade
 
         self.params = dict(params or {})  # over the demo's registered defaults
+        self.model_dir, self.data_dir = demo_dirs(demo_root)
         self.home = Path(tempfile.mkdtemp(prefix="alkn-jobcost-"))
         self.settings = Settings(home=self.home, register_demo=False)
         upgrade(self.settings.resolved_database_url)
@@ -75,16 +84,16 @@ class Service:
         from alkn_cli.service import (
             DEMO_DEFAULT_PARAMS,  # what `alkn serve` registers the demo with
         )
-        from alkn_core.demo_model import demo_model_dir, demo_registration_sets
+        from alkn_core.demo_model import demo_registration_sets
         from registry.catalog import register_model, tenant_named
         from registry.db import session_scope
         from registry.store import open_store
 
-        sets = demo_registration_sets()
+        sets = demo_registration_sets(self.data_dir)
         with session_scope(self.url) as s:
             model = register_model(
                 s, open_store(self.settings.resolved_artifact_root),
-                tenant_named(s, "bench").id, name, demo_model_dir(),
+                tenant_named(s, "bench").id, name, self.model_dir,
                 qa_template="Question: {question}\nAnswer: {answer}",
                 default_params={**DEMO_DEFAULT_PARAMS, **self.params},
                 retain_set=retain if retain is not None else sets["retain"],
@@ -130,26 +139,25 @@ class Service:
                 "rounds_expected_without_history": expected_repair_rounds(params, None)}
 
 
-def forget_pool() -> dict[str, list[dict[str, Any]]]:
+def forget_pool(data: Path) -> dict[str, list[dict[str, Any]]]:
     """Forget items: forget10's people first (nobody in the registered retain set), then
     other people's facts that are not in it either ("others", also big_retain's source)."""
     from alkn_core.demo_corpus import read_jsonl
-    from alkn_core.demo_model import demo_data_dir, demo_registration_sets
+    from alkn_core.demo_model import demo_registration_sets
 
-    data = demo_data_dir()
     forget10 = [{"question": r["question"], "answer": r["answer"]}
                 for r in read_jsonl(data / "forget10.json")]
-    taken = {r["question"] for r in demo_registration_sets()["retain"]} | {
+    taken = {r["question"] for r in demo_registration_sets(data)["retain"]} | {
         r["question"] for r in forget10}
     others = [{"question": r["question"], "answer": r["answer"]}
               for r in read_jsonl(data / "full.json") if r["question"] not in taken]
     return {"forget": forget10 + others, "others": others}
 
 
-def big_retain(n: int) -> list[dict[str, Any]]:
+def big_retain(n: int, data: Path) -> list[dict[str, Any]]:
     """n distinct QA items of the retain people (facts repeated with a numbered suffix past
     the corpus's size, as a registered retain set of that size would be)."""
-    base = forget_pool()["others"]
+    base = forget_pool(data)["others"]
     out = []
     for i in range(n):
         item = base[i % len(base)]
@@ -258,7 +266,7 @@ def retain_size(svc: Service, facts: int, forget: list[dict[str, Any]], rounds: 
                 ) -> dict[str, Any]:
     from alkn_core.eval_sets import sample
 
-    big = big_retain(10_000)
+    big = big_retain(10_000, svc.data_dir)
     # the small set drawn from the big one: the same kind of items, only fewer
     small = svc.register("retain200", sample(big, 200))
     large = svc.register("retain10k", big)
@@ -289,9 +297,7 @@ def retain_size(svc: Service, facts: int, forget: list[dict[str, Any]], rounds: 
 def growth(svc: Service, base_facts: int, forget: list[dict[str, Any]]) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
-    from alkn_core.demo_model import demo_model_dir
-
-    tok = AutoTokenizer.from_pretrained(demo_model_dir())
+    tok = AutoTokenizer.from_pretrained(svc.model_dir)
     sizes = (1, 4, 16)
     points = []
     pos = 0
@@ -346,7 +352,7 @@ def _fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
 
 def run_parts(args: argparse.Namespace, params: dict[str, Any], forget: list[dict[str, Any]]
               ) -> dict[str, Any]:
-    svc = Service(params)
+    svc = Service(params, args.demo_root)
     parts = set(args.parts.split(","))
     out: dict[str, Any] = {"facts": args.facts, "params": params}
     if "lineage" in parts:
@@ -367,10 +373,13 @@ def main() -> int:
     ap.add_argument("--parts", default="lineage,retain,growth")
     ap.add_argument("--variant", type=variant, action="append", default=[],
                     help="NAME=JSON: the parts again with these params over the defaults")
+    ap.add_argument("--demo-root", type=Path,
+                    help="another build of the demo (python -m alkn_core.demo build --out DIR "
+                         "--seed N): DIR's model/ and data/ instead of the committed ones")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    forget = forget_pool()["forget"]
+    forget = forget_pool(demo_dirs(args.demo_root)[1])["forget"]
     results: dict[str, dict[str, Any]] = {}
     for name, params in [("defaults", {}), *args.variant]:
         if args.variant:

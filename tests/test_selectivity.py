@@ -236,6 +236,50 @@ def test_a_hinge_far_under_its_aim_is_not_measured_every_step(
     assert hinges.measured == sum(len(c) for c in calls.values())
 
 
+def test_the_hinge_takes_a_large_request_several_times_a_round(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task's forget set of more batches than repair_steps / repair_hinge_passes is taken
+    several batches a step, each batch repair_hinge_passes times a round at least (one a
+    step, a 640-item request's hinge saw each item 0.375 times a round); a smaller set, the
+    earlier tasks' sets, and every set with passes 0 keep one batch a step, in turn."""
+    from collections import Counter
+
+    from alkn_core import repair
+    from alkn_core.params import hinge_batches
+
+    steps, passes = 30, method_params("alkn", {})["repair_hinge_passes"]
+    assert passes == 3
+    assert [hinge_batches(n, steps, 3) for n in (1, 5, 10, 11, 32, 80)] == [1, 1, 1, 2, 4, 8]
+    assert {hinge_batches(n, steps, 0) for n in (1, 80)} == {1}
+    seen: list[tuple[int, str]] = []
+
+    def fake_step(_model: Any, batch: str, target: float, _w: float) -> tuple[float, float]:
+        seen.append((step_now[0], batch))
+        return 0.0, target  # at the aim: never idle, measured at every turn
+
+    monkeypatch.setattr(repair, "hinge_step", fake_step)
+    step_now = [0]
+    for n, rounds, p in ((10, 2, passes), (32, 2, passes), (80, 1, passes), (80, 1, 0)):
+        this = [f"b{i}" for i in range(n)]
+        for r in range(rounds):
+            seen.clear()
+            hinges = repair._Hinges([this, ["earlier"]], 0.0, 1.0, before=r * steps,
+                                    steps=steps, passes=p)
+            for step in range(steps):
+                step_now[0] = step
+                hinges.backward(None, step)  # type: ignore[arg-type]
+            taken = Counter(b for _, b in seen if b != "earlier")
+            per_step = Counter(st for st, b in seen if b != "earlier")
+            assert sum(b == "earlier" for _, b in seen) == steps  # one a step
+            assert set(per_step.values()) == {hinge_batches(n, steps, p)}
+            if p == 0 or n <= steps // p:  # batch_turn's, one a step, as before
+                assert [b for _, b in seen if b != "earlier"] == [
+                    this[repair.batch_turn(st, n, r * steps, steps)] for st in range(steps)]
+            if p:
+                assert set(taken) == set(this)  # every batch, every round
+                assert min(taken.values()) >= min(p, steps // n)
+
+
 def test_repair_rounds_stop_at_a_plateau_only_above_the_floor() -> None:
     """A round that gained less than repair_min_gain on every probe ends the rounds, unless a
     probe is still under the utility floor (the flat rounds there were followed by gains, and

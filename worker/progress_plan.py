@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from alkn_core.params import hinge_batches
+
 # A greedy answer (48 new tokens, KV-cached) against one scoring pass of a QA item, as
 # measured by bench/eval_speed.py on the demo model (0.62 s vs 0.46 s for 96 items batched,
 # 1.10 s at batch size 8).
@@ -54,6 +56,11 @@ def unlearning_work(method: str, params: Mapping[str, Any], n_forget: int, n_ret
         bs = float(params.get("batch_size") or 1)
         # teacher pass + student forward/backward per repair item, + the hinge's sets
         negating += steps * bs * (1 + TRAIN_COST) * 1.5
+        # + a large request's further hinge batches a step (a forward pass each, mostly idle)
+        more = hinge_batches(-(-n_forget // max(1, int(bs))),
+                             int(params.get("repair_steps") or 0),
+                             int(params.get("repair_hinge_passes") or 0)) - 1
+        negating += steps * bs * more
     return {"probing": probing, "training": train, "negating": negating}
 
 
