@@ -295,9 +295,9 @@ class NegationParams(Params):
     repair_items: int = param(512, "repair items at most (a seeded sample of the pool)",
                               positive=True, le=100_000)
     # With one batch a step, a 640-item request's hinge saw each item 0.375 times a round: the
-    # guard then negated tau further and model utility fell to 0.51 of version 1's, 0.69 with
-    # 3; requests of up to repair_steps / 3 batches (80 items at batch size 8) are unchanged
-    # (docs/benchmarks.md, "The hinge on large requests").
+    # guard then negated tau further and model utility fell to 0.48 of version 1's, 0.70 with
+    # 3 (0.50 and 0.63 on another demo build); requests of up to repair_steps / 3 batches (80
+    # items at batch size 8) are unchanged (docs/benchmarks.md, "The hinge on large requests").
     repair_hinge_passes: int = param(
         3, "each repair round, the hinge takes this task's forget set at least this often "
         "(several of its batches a step past repair_steps / this batches; 0: one a step)",
