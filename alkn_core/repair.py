@@ -253,7 +253,6 @@ class _Hinges:
         return sorted({(start + j) % n for j in range(k)})
 
 
-
 def repair(model: torch.nn.Module, teacher: Teacher, forget: Sequence[Sequence[Batch]],
            target: float, params: dict[str, Any], lr: float, round_index: int = 0,
            report: Callable[[int, int], None] | None = None) -> dict[str, Any]:

@@ -38,6 +38,14 @@ def test_work_estimates_follow_sizes() -> None:
     assert big["training"] == pytest.approx(10 * small["training"])
     assert big["negating"] > small["negating"]
     assert eval_work(100, 20) > eval_work(100, 0) == 100.0
+    # a 640-item request's hinge takes 8 batches a step (repair_hinge_passes 3): 7 more
+    # forward passes of a batch per step than one a step; 40 items take one either way
+    def negating(n: int, passes: int) -> float:
+        return unlearning_work("alkn", {**params, "repair_hinge_passes": passes}, n, 100,
+                               0)["negating"]
+    steps = 30 * 2.5  # repair_steps x the rounds expected without a lineage (half of 5)
+    assert negating(640, 3) - negating(640, 0) == pytest.approx(steps * 8 * 7)
+    assert negating(40, 3) == negating(40, 0)
 
 
 def test_eta() -> None:
