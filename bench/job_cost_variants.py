@@ -58,5 +58,3 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[str]:
         rows.append(f"{name:<16} " + " ".join(f"{cell(_dig(out, path), '.2f'):>14}"
                                               for _, path in SUMMARY))
     return rows
-
-
